@@ -1,0 +1,1 @@
+//! hyvideo-engines: ONNX Runtime sessions.

@@ -1,0 +1,3 @@
+//! hyvideo-exporters: HunyuanVideo checkpoints in, ONNX graphs out.
+pub mod checkpoint;
+pub mod onnx;

@@ -1,0 +1,1 @@
+//! ONNX protobuf types and graph builder.

@@ -1,0 +1,2 @@
+//! hyvideo runtime.
+pub mod video;
