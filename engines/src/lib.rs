@@ -1,1 +1,14 @@
-//! hyvideo-engines: ONNX Runtime sessions.
+//! hyvideo-engines: ONNX Runtime sessions on a chosen execution provider (CPU always; CUDA and
+//! TensorRT behind the `cuda` / `tensorrt` cargo features, which compile without a GPU).
+//!
+//! ONNX Runtime is loaded at run time (`ort` with `load-dynamic`) from the library that
+//! `scripts/setup.sh` fetches from PyPI; see [`ortlib`].
+
+pub mod error;
+pub mod ortlib;
+pub mod provider;
+pub mod session;
+
+pub use error::{EngineError, Result};
+pub use provider::{Backend, BackendKind, TensorRtOptions};
+pub use session::{Engine, Input, Optimization, SessionConfig, Tensor};
