@@ -98,9 +98,9 @@ impl Tensor5 {
         }
     }
 
-    /// Multiply every element by `k` (in place).
-    pub fn scale(&mut self, k: f32) {
-        self.data.iter_mut().for_each(|v| *v *= k);
+    /// Divide every element by `k` in f32 (in place), as `latents / scaling_factor` does.
+    pub fn scale_div(&mut self, k: f32) {
+        self.data.iter_mut().for_each(|v| *v /= k);
     }
 
     /// Element at an index (tests and checks).

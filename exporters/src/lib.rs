@@ -1,3 +1,15 @@
 //! hyvideo-exporters: HunyuanVideo checkpoints in, ONNX graphs out.
+//!
+//! [`checkpoint`] reads safetensors and diffusers configs, [`onnx`] writes graphs with external
+//! weights, [`graph`] has the shared layers, one module per subnetwork builds its graph, and
+//! [`export`] / [`bundle`] put the results into a self-contained bundle.
+
+pub mod bundle;
 pub mod checkpoint;
+pub mod error;
+pub mod export;
+pub mod graph;
 pub mod onnx;
+pub mod vae_decoder;
+
+pub use error::{ExportError, Result};

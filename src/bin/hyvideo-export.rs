@@ -1,1 +1,81 @@
-fn main() {}
+//! `hyvideo-export`: HunyuanVideo checkpoints in, a self-contained ONNX bundle out.
+//!
+//! `onnx` exports components of a diffusers-format folder; `inspect` prints a bundle's
+//! manifest (precision, exporter version, graph I/O, source checkpoints).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use hyvideo_exporters::bundle::{Component, Manifest, Precision};
+use hyvideo_exporters::export::{ExportRequest, export};
+
+#[derive(Parser)]
+#[command(name = "hyvideo-export", version, about = "Export HunyuanVideo checkpoints to ONNX bundles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Export components of a diffusers-format HunyuanVideo folder to ONNX.
+    Onnx(OnnxArgs),
+    /// Print a bundle's manifest.
+    Inspect {
+        /// Bundle directory.
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct OnnxArgs {
+    /// diffusers-format model folder (model_index.json, vae/, transformer/, ...).
+    #[arg(long)]
+    model: PathBuf,
+    /// Bundle directory to write (created; an existing bundle of the same precision is extended).
+    #[arg(long)]
+    out: PathBuf,
+    /// Precision profile written into the graphs.
+    #[arg(long, default_value = "fp32", value_parser = |s: &str| s.parse::<Precision>())]
+    precision: Precision,
+    /// Components to export, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "vae_decoder", value_parser = |s: &str| s.parse::<Component>())]
+    components: Vec<Component>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Onnx(args) => onnx(args),
+        Command::Inspect { bundle } => inspect(bundle),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn onnx(args: OnnxArgs) -> Result<()> {
+    if args.components.is_empty() {
+        bail!("--components: give at least one component");
+    }
+    let req = ExportRequest { model: args.model, out: args.out, precision: args.precision, components: args.components };
+    let t0 = Instant::now();
+    let manifest = export(&req, |c| eprintln!("exporting {c} ({})", req.precision))?;
+    for c in &req.components {
+        if let Some(e) = manifest.components.get(c) {
+            println!("{c}: {} (sha256 {})", req.out.join(&e.file).display(), e.sha256);
+        }
+    }
+    println!("export took {:.3} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn inspect(bundle: PathBuf) -> Result<()> {
+    let m = Manifest::load(&bundle)?;
+    print!("{}", m.to_yaml()?);
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! The exporter's top-level error: checkpoint and ONNX-writer errors plus model-structure ones.
+
+use crate::checkpoint::CheckpointError;
+use crate::onnx::OnnxError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error("{component}: {reason}")]
+    Model { component: &'static str, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+}
+
+pub type Result<T, E = ExportError> = std::result::Result<T, E>;

@@ -1,0 +1,165 @@
+//! Neural-network layers written as standard ONNX operators, shared by every component graph.
+//!
+//! Each helper mirrors one PyTorch module the diffusers models use (`nn.Conv3d`, `nn.GroupNorm`,
+//! `nn.Linear`, `nn.SiLU`, the `Attention` of diffusers' `attention_processor.py` in its
+//! MatMul → Softmax → MatMul form) and reads its weights under the module's checkpoint name,
+//! like candle's `VarBuilder` prefixes. Only operators TensorRT's ONNX parser reads are used.
+
+use crate::error::Result;
+use crate::onnx::{Attr, DataType, GraphBuilder, TensorSource, Value, auto};
+
+/// Supplies checkpoint tensors by full dotted name, checked against the shape the model config
+/// implies, converted to the graph's weight type.
+pub trait WeightProvider {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Box<dyn TensorSource>>;
+}
+
+/// A tensor source presented under another shape (same bytes, same element count).
+struct Reshaped {
+    inner: Box<dyn TensorSource>,
+    dims: Vec<i64>,
+}
+
+impl TensorSource for Reshaped {
+    fn data_type(&self) -> DataType {
+        self.inner.data_type()
+    }
+    fn dims(&self) -> Vec<i64> {
+        self.dims.clone()
+    }
+    fn byte_len(&self) -> u64 {
+        self.inner.byte_len()
+    }
+    fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.inner.write_to(w)
+    }
+}
+
+/// A graph under construction plus the weights it reads.
+pub struct Net<'w> {
+    pub b: GraphBuilder,
+    weights: &'w dyn WeightProvider,
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+}
+
+impl<'w> Net<'w> {
+    pub fn new(b: GraphBuilder, weights: &'w dyn WeightProvider) -> Self {
+        Net { b, weights }
+    }
+
+    pub fn finish(self) -> GraphBuilder {
+        self.b
+    }
+
+    /// The checkpoint tensor `name` (shape checked), as an initializer of the same name.
+    pub fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Value> {
+        let src = self.weights.tensor(name, shape)?;
+        Ok(self.b.weight(name, src)?)
+    }
+
+    /// The checkpoint tensor `name` (shape checked against `shape`), stored with `dims`.
+    pub fn weight_as(&mut self, name: &str, shape: &[usize], dims: &[i64]) -> Result<Value> {
+        let inner = self.weights.tensor(name, shape)?;
+        Ok(self.b.weight(name, Box::new(Reshaped { inner, dims: dims.to_vec() }))?)
+    }
+
+    /// A node with one output, named automatically from `prefix`.
+    pub fn op(&mut self, op: &str, prefix: &str, inputs: &[&Value], attrs: &[Attr]) -> Result<Value> {
+        Ok(self.b.node1(op, auto(format!("{prefix}/{op}")), inputs, attrs)?)
+    }
+
+    pub fn i64s(&mut self, prefix: &str, v: &[i64]) -> Result<Value> {
+        Ok(self.b.const_i64(auto(format!("{prefix}/const")), v, &[v.len() as i64])?)
+    }
+
+    pub fn f32_scalar(&mut self, prefix: &str, v: f32) -> Result<Value> {
+        Ok(self.b.const_f32(auto(format!("{prefix}/const")), &[v], &[])?)
+    }
+
+    /// `x * sigmoid(x)` (`nn.SiLU`).
+    pub fn silu(&mut self, prefix: &str, x: &Value) -> Result<Value> {
+        let s = self.op("Sigmoid", prefix, &[x], &[])?;
+        self.op("Mul", prefix, &[x, &s], &[])
+    }
+
+    /// Mean over the last axis of `x` reshaped as [B, G, -1, W], then over the rest: the sum is
+    /// split in two stages so ONNX Runtime's single-pass float sums stay accurate over millions
+    /// of elements (DESIGN.md, numerics).
+    fn group_mean(&mut self, prefix: &str, x4: &Value) -> Result<Value> {
+        let axes3 = self.axes(prefix, 3)?;
+        let m = self.op("ReduceMean", prefix, &[x4, &axes3], &[Attr::int("keepdims", 1)])?;
+        let axes = self.axes(prefix, 2)?;
+        self.op("ReduceMean", prefix, &[&m, &axes], &[Attr::int("keepdims", 1)])
+    }
+
+    fn axes(&mut self, prefix: &str, axis: i64) -> Result<Value> {
+        self.i64s(prefix, &[axis])
+    }
+
+    /// `nn.GroupNorm(groups, channels, eps, affine=True)` on a channels-first tensor of rank
+    /// ≥ 3 whose last axis is spatial. Weights `<prefix>.weight` / `<prefix>.bias`.
+    pub fn group_norm(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        channels: usize,
+        groups: usize,
+        eps: f32,
+        rank: usize,
+    ) -> Result<Value> {
+        let shape = self.op("Shape", prefix, &[x], &[])?;
+        let last = self.op(
+            "Shape",
+            prefix,
+            &[x],
+            &[Attr::int("start", rank as i64 - 1), Attr::int("end", rank as i64)],
+        )?;
+        let head = self.i64s(prefix, &[0, groups as i64, -1])?;
+        let target = self.op("Concat", prefix, &[&head, &last], &[Attr::int("axis", 0)])?;
+        let x4 = self.op("Reshape", prefix, &[x, &target], &[])?;
+        let mean = self.group_mean(prefix, &x4)?;
+        let d = self.op("Sub", prefix, &[&x4, &mean], &[])?;
+        let d2 = self.op("Mul", prefix, &[&d, &d], &[])?;
+        let var = self.group_mean(prefix, &d2)?;
+        let eps = self.f32_scalar(prefix, eps)?;
+        let ve = self.op("Add", prefix, &[&var, &eps], &[])?;
+        let sd = self.op("Sqrt", prefix, &[&ve], &[])?;
+        let n = self.op("Div", prefix, &[&d, &sd], &[])?;
+        let n = self.op("Reshape", prefix, &[&n, &shape], &[])?;
+        let mut dims = vec![channels as i64];
+        dims.extend(std::iter::repeat_n(1, rank - 2));
+        let g = self.weight_as(&join(prefix, "weight"), &[channels], &dims)?;
+        let b = self.weight_as(&join(prefix, "bias"), &[channels], &dims)?;
+        let y = self.op("Mul", prefix, &[&n, &g], &[])?;
+        self.op("Add", prefix, &[&y, &b], &[])
+    }
+
+    /// `nn.Conv3d` (no padding) with weights `<prefix>.weight` [co, ci, k, k, k] and bias.
+    pub fn conv3d(&mut self, prefix: &str, x: &Value, ci: usize, co: usize, k: usize) -> Result<Value> {
+        let w = self.weight(&join(prefix, "weight"), &[co, ci, k, k, k])?;
+        let b = self.weight(&join(prefix, "bias"), &[co])?;
+        let k = k as i64;
+        self.op(
+            "Conv",
+            prefix,
+            &[x, &w, &b],
+            &[Attr::ints("kernel_shape", vec![k, k, k]), Attr::ints("strides", vec![1, 1, 1])],
+        )
+    }
+
+    /// `nn.Linear(i, o)` on the last axis: `x @ W^T + b` (weights `<prefix>.weight` [o, i]).
+    pub fn linear(&mut self, prefix: &str, x: &Value, i: usize, o: usize, bias: bool) -> Result<Value> {
+        let w = self.weight(&join(prefix, "weight"), &[o, i])?;
+        let wt = self.op("Transpose", prefix, &[&w], &[Attr::ints("perm", vec![1, 0])])?;
+        let y = self.op("MatMul", prefix, &[x, &wt], &[])?;
+        if bias {
+            let b = self.weight(&join(prefix, "bias"), &[o])?;
+            self.op("Add", prefix, &[&y, &b], &[])
+        } else {
+            Ok(y)
+        }
+    }
+}

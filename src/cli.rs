@@ -1,0 +1,79 @@
+//! Command-line arguments shared by the `hyvideo` subcommands: execution backend and VAE
+//! tiling flags (names follow Tencent's `sample_video.py` where it has one).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hyvideo_engines::{Backend, BackendKind, SessionConfig};
+
+use crate::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
+
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Execution provider: cpu, cuda or tensorrt (GPU ones need the matching cargo feature and
+    /// the onnxruntime-gpu library). A provider that cannot run is an error, never a fallback.
+    #[arg(long, default_value = "cpu", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// CUDA device for the cuda / tensorrt backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_id: i32,
+    /// Intra-op threads for ONNX Runtime (default: one per physical core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, then the copy scripts/setup.sh puts
+    /// in .ort/lib/).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse::<BackendKind>().map_err(|e| e.to_string())
+}
+
+impl RuntimeArgs {
+    pub fn session_config(&self) -> SessionConfig {
+        let backend = match self.backend {
+            BackendKind::Cpu => Backend::Cpu,
+            BackendKind::Cuda => Backend::Cuda { device_id: self.device_id },
+            BackendKind::TensorRt => Backend::TensorRt { device_id: self.device_id, options: Default::default() },
+        };
+        SessionConfig::default()
+            .with_backend(backend)
+            .with_intra_threads(self.threads)
+            .with_ort_lib(self.ort_lib.clone())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TilingArgs {
+    /// Spatial tile size of the VAE decode, in output pixels (diffusers `enable_tiling()` default).
+    #[arg(long, default_value_t = vae_tiling::DEFAULT_TILE_SIZE)]
+    pub vae_tile_size: usize,
+    /// Spatial tile stride, in output pixels; tiles overlap by size − stride and are blended.
+    #[arg(long, default_value_t = vae_tiling::DEFAULT_TILE_STRIDE)]
+    pub vae_tile_stride: usize,
+    /// Frames per temporal tile (frame-wise decoding).
+    #[arg(long, default_value_t = vae_tiling::DEFAULT_TILE_FRAMES)]
+    pub vae_tile_frames: usize,
+    /// Temporal tile stride, in frames.
+    #[arg(long, default_value_t = vae_tiling::DEFAULT_TILE_STRIDE_FRAMES)]
+    pub vae_tile_stride_frames: usize,
+    /// Decode each frame chunk whole instead of in spatial tiles (more memory).
+    #[arg(long)]
+    pub no_vae_tiling: bool,
+    /// Decode all frames at once instead of frame-wise temporal tiles (much more memory).
+    #[arg(long)]
+    pub no_vae_framewise: bool,
+}
+
+impl TilingArgs {
+    pub fn config(&self) -> TilingConfig {
+        TilingConfig {
+            spatial: (!self.no_vae_tiling)
+                .then_some(SpatialTiling { tile: self.vae_tile_size, stride: self.vae_tile_stride }),
+            temporal: (!self.no_vae_framewise)
+                .then_some(TemporalTiling { tile: self.vae_tile_frames, stride: self.vae_tile_stride_frames }),
+            ..TilingConfig::default()
+        }
+    }
+}
