@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod latents;
+pub mod memory;
 pub mod tensor;
 pub mod vae;
 pub mod vae_tiling;

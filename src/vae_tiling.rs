@@ -146,6 +146,8 @@ pub struct TilePlan {
     pub chunks: Vec<TemporalChunk>,
     pub blend_frames: usize,
     pub grid: SpatialGrid,
+    /// Output frames per latent frame after the first.
+    pub temporal_ratio: usize,
 }
 
 impl TilePlan {
@@ -192,7 +194,7 @@ impl TilePlan {
             }
             _ => SpatialGrid { rows: vec![0..h], cols: vec![0..w], stride_px: None, blend_px: 0 },
         };
-        Ok(TilePlan { latent_shape: shape, output_shape, chunks, blend_frames, grid })
+        Ok(TilePlan { latent_shape: shape, output_shape, chunks, blend_frames, grid, temporal_ratio: tr })
     }
 
     /// Number of decoder calls the plan makes.
@@ -272,8 +274,18 @@ pub fn blend_t(a: &Tensor5, b: &mut Tensor5, blend: usize) {
     }
 }
 
+/// The part of the previous temporal chunk the next one blends with: its last frames (after
+/// its own blending) and its full frame count (which bounds the blend extent, as in diffusers).
+struct Tail {
+    frames: Tensor5,
+    chunk_frames: usize,
+}
+
 /// Decode `z` following `plan`, calling `decode` once per tile (on latents that are already
 /// scaled for the decoder) and `on_tile` after each call. Returns the [B, C, F, H, W] video.
+///
+/// Every blended tile crop goes straight into the output (or into the tail kept for the next
+/// chunk): beyond the output, memory holds one row of tiles and two chunk tails.
 pub fn decode_tiled<E>(
     z: &Tensor5,
     plan: &TilePlan,
@@ -281,41 +293,54 @@ pub fn decode_tiled<E>(
     mut on_tile: impl FnMut(),
 ) -> Result<Tensor5, E> {
     let mut out = Tensor5::zeros(plan.output_shape);
-    let mut prev: Option<Tensor5> = None;
+    let [b, c, _, oh, ow] = plan.output_shape;
     let [_, _, _, h, w] = z.shape();
+    let mut prev: Option<Tail> = None;
     for (k, chunk) in plan.chunks.iter().enumerate() {
         let zc = z.slice(chunk.latent.clone(), 0..h, 0..w);
-        let mut dec = decode_chunk(&zc, &plan.grid, &mut decode, &mut on_tile)?;
-        if chunk.drop_first {
-            dec = dec.slice(1..dec.frames(), 0..dec.height(), 0..dec.width());
-        }
-        if let Some(p) = &prev {
-            blend_t(p, &mut dec, plan.blend_frames);
-        }
-        let n = chunk.output.len();
-        out.paste(&dec.slice(0..n, 0..dec.height(), 0..dec.width()), chunk.output.start, 0, 0);
-        if k + 1 < plan.chunks.len() {
-            // Only the last `blend_frames` frames are ever read by the next blend.
-            let keep = plan.blend_frames.min(dec.frames());
-            prev = Some(dec.slice(dec.frames() - keep..dec.frames(), 0..dec.height(), 0..dec.width()));
-        }
+        let decoded_frames = (chunk.latent.len() - 1) * plan.temporal_ratio + 1 - usize::from(chunk.drop_first);
+        let extent = prev.as_ref().map_or(0, |p| p.chunk_frames.min(decoded_frames).min(plan.blend_frames));
+        let tail_len = if k + 1 < plan.chunks.len() { plan.blend_frames.min(decoded_frames) } else { 0 };
+        let mut tail = Tensor5::zeros([b, c, tail_len, oh, ow]);
+        let mut emit = |mut crop: Tensor5, y0: usize, x0: usize| {
+            if chunk.drop_first {
+                crop = crop.slice(1..crop.frames(), 0..crop.height(), 0..crop.width());
+            }
+            let (ch, cw) = (crop.height(), crop.width());
+            if let Some(p) = prev.as_ref().filter(|_| extent > 0) {
+                let pf = p.frames.frames();
+                let a = p.frames.slice(pf - extent..pf, y0..y0 + ch, x0..x0 + cw);
+                blend_t(&a, &mut crop, extent);
+            }
+            let n = chunk.output.len();
+            out.paste(&crop.slice(0..n, 0..ch, 0..cw), chunk.output.start, y0, x0);
+            if tail_len > 0 {
+                let f = crop.frames();
+                tail.paste(&crop.slice(f - tail_len..f, 0..ch, 0..cw), 0, y0, x0);
+            }
+        };
+        decode_chunk(&zc, &plan.grid, &mut decode, &mut on_tile, &mut emit)?;
+        prev = Some(Tail { frames: tail, chunk_frames: decoded_frames });
     }
     Ok(out)
 }
 
+/// Decode one temporal chunk, spatially tiled or whole, handing each finished (blended,
+/// cropped) piece and its output origin to `emit`.
 fn decode_chunk<E>(
     zc: &Tensor5,
     grid: &SpatialGrid,
     decode: &mut impl FnMut(&Tensor5) -> Result<Tensor5, E>,
     on_tile: &mut impl FnMut(),
-) -> Result<Tensor5, E> {
+    emit: &mut impl FnMut(Tensor5, usize, usize),
+) -> Result<(), E> {
     let Some(stride) = grid.stride_px else {
         let dec = decode(zc)?;
         on_tile();
-        return Ok(dec);
+        emit(dec, 0, 0);
+        return Ok(());
     };
     let t = zc.frames();
-    let mut out: Option<Tensor5> = None;
     let mut prev_row: Vec<Tensor5> = Vec::new();
     for (i, rows) in grid.rows.iter().enumerate() {
         let mut row: Vec<Tensor5> = Vec::with_capacity(grid.cols.len());
@@ -328,20 +353,17 @@ fn decode_chunk<E>(
             if j > 0 {
                 blend_h(&row[j - 1], &mut tile, grid.blend_px);
             }
-            let out = out.get_or_insert_with(|| {
-                let [b, c, f, _, _] = tile.shape();
-                let ratio = tile.height() / rows.len();
-                Tensor5::zeros([b, c, f, zc.height() * ratio, zc.width() * ratio])
-            });
+            let ratio = tile.height() / rows.len();
+            let (full_h, full_w) = (zc.height() * ratio, zc.width() * ratio);
             let (y0, x0) = (i * stride, j * stride);
-            let hh = stride.min(tile.height()).min(out.height().saturating_sub(y0));
-            let ww = stride.min(tile.width()).min(out.width().saturating_sub(x0));
-            out.paste(&tile.slice(0..tile.frames(), 0..hh, 0..ww), 0, y0, x0);
+            let hh = stride.min(tile.height()).min(full_h.saturating_sub(y0));
+            let ww = stride.min(tile.width()).min(full_w.saturating_sub(x0));
+            emit(tile.slice(0..tile.frames(), 0..hh, 0..ww), y0, x0);
             row.push(tile);
         }
         prev_row = row;
     }
-    Ok(out.expect("a spatial grid has at least one tile"))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -113,6 +113,9 @@ fn decode(args: DecodeArgs) -> Result<()> {
     println!("load vae         {load_s:>8.3}");
     println!("decode ({:>3} t)  {decode_s:>8.3}", plan.decoder_calls());
     println!("write video      {write_s:>8.3}");
+    if let Some(rss) = hyvideo::memory::peak_rss_bytes() {
+        println!("peak RSS         {:>8.1} MiB", rss as f64 / (1 << 20) as f64);
+    }
     println!("provider: {}", vae.provider());
     for w in written {
         println!("wrote {}", w.display());
