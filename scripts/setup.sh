@@ -15,6 +15,18 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.ort/lib"
 stamp="$dest/.wheel-sha256"
 
+# The `onnx` package (its checker) for the graph-validity tests, in a project-local venv.
+ONNX_VERSION="1.23.2"
+tools="$root/.venv-tools"
+if [[ ! -x "$tools/bin/python" ]] || ! "$tools/bin/python" -c "import onnx, sys; sys.exit(onnx.__version__ != '$ONNX_VERSION')" 2>/dev/null; then
+  echo "setup: installing onnx==$ONNX_VERSION into $tools (for the ONNX checker in tests)"
+  rm -rf "$tools.tmp"
+  python3 -m venv "$tools.tmp"
+  "$tools.tmp/bin/python" -m pip install --quiet "onnx==$ONNX_VERSION"
+  rm -rf "$tools"
+  mv "$tools.tmp" "$tools"
+fi
+
 if [[ -f "$dest/$LIB" && -f "$stamp" && "$(cat "$stamp")" == "$WHEEL_SHA256" ]]; then
   echo "setup: ONNX Runtime $ORT_VERSION already in $dest"
   exit 0

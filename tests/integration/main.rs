@@ -1,1 +1,10 @@
-//! Integration tests.
+//! hyvideo integration tests: one binary, a module per topic (ripgrep's layout).
+//!
+//! They run real ONNX graphs exported from the committed tiny fixture pipeline on the real
+//! ONNX Runtime library (`scripts/setup.sh` fetches it) and compare with diffusers' goldens in
+//! `tests/fixtures/goldens/` (made by `tests/fixtures/make_fixtures.py`).
+
+mod cli;
+mod common;
+mod graphs;
+mod vae;

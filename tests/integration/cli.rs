@@ -1,0 +1,195 @@
+//! The binaries end to end: `hyvideo-export onnx` then `hyvideo decode`, and every kind of bad
+//! input the foundation issue lists — each a clear error naming the culprit, a non-zero exit,
+//! and nothing half-written left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::{golden, list_dir, rel_max_err, tiny_model, vae_bundle, write_tensor};
+
+fn run(bin: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(bin);
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.output().expect("spawn binary")
+}
+
+fn export_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hyvideo-export")
+}
+
+fn hyvideo_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hyvideo")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert a failed run: non-zero exit, no panic, and stderr containing every `needle`.
+fn assert_fails(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`: {err}");
+    }
+}
+
+/// A model folder holding a copy of the tiny pipeline's `vae/`, with `edit` applied.
+fn vae_model(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let vae = model.join("vae");
+    std::fs::create_dir_all(&vae).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(tiny_model().join("vae").join(f), vae.join(f)).unwrap();
+    }
+    edit(&vae);
+    (dir, model)
+}
+
+#[test]
+fn export_then_decode_to_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let o = run(export_bin(), &[&"onnx", &"--model", &tiny_model(), &"--out", &bundle, &"--components", &"vae_decoder"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(list_dir(&bundle), ["manifest.yaml", "vae", "vae_decoder.onnx", "vae_decoder.onnx.data"]);
+
+    let (shape, data) = golden("vae_decode.safetensors", "small.latents");
+    let lat = dir.path().join("latents.safetensors");
+    write_tensor(&lat, "latents", &shape, &data);
+    let st = dir.path().join("video.safetensors");
+    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &bundle, &"--latents", &lat, &"--save-path", &st, &"--threads", &"2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("provider: cpu") && stdout.contains("peak RSS"), "{stdout}");
+    let bytes = std::fs::read(&st).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let v = got.tensor("video").unwrap();
+    assert_eq!(v.shape(), [2, 3, 9, 48, 80]);
+    let vals: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let (_, want) = golden("vae_decode.safetensors", "small.sample");
+    assert!(rel_max_err(&vals, &want) <= 1e-4);
+
+    // B = 2: one MP4 per batch item; PNG: one file per frame and batch item.
+    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &bundle, &"--latents", &lat, &"--save-path", &dir.path().join("v.mp4")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &bundle, &"--latents", &lat, &"--save-path", &dir.path().join("f.png")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files = list_dir(dir.path());
+    assert!(files.contains(&"v_0.mp4".to_string()) && files.contains(&"v_1.mp4".to_string()), "{files:?}");
+    assert_eq!(files.iter().filter(|f| f.ends_with(".png")).count(), 2 * 9, "{files:?}");
+    assert!(!files.iter().any(|f| f.contains(".tmp")), "{files:?}");
+}
+
+#[test]
+fn missing_vae_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(tiny_model().join("model_index.json"), model.join("model_index.json")).unwrap();
+    let out = dir.path().join("bundle");
+    let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
+    assert_fails(&o, &["vae", "does not exist"]);
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let (dir, model) = vae_model(|vae| {
+        let f = vae.join("diffusion_pytorch_model.safetensors");
+        let len = std::fs::metadata(&f).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        file.set_len(len - 1000).unwrap();
+    });
+    let out = dir.path().join("bundle");
+    let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
+    assert_fails(&o, &["diffusion_pytorch_model.safetensors", "corrupt"]);
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+#[test]
+fn tensor_of_the_wrong_shape() {
+    let name = "decoder.conv_in.conv.weight";
+    let (dir, model) = vae_model(|vae| {
+        let f = vae.join("diffusion_pytorch_model.safetensors");
+        let bytes = std::fs::read(&f).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+        for (n, v) in st.tensors() {
+            if n == name {
+                // [16, 4, 3, 3, 3] -> [16, 4, 3, 9]: same bytes, another shape.
+                let mut shape = v.shape().to_vec();
+                let last = shape.pop().unwrap();
+                *shape.last_mut().unwrap() *= last;
+                let w = safetensors::tensor::TensorView::new(v.dtype(), shape, v.data()).unwrap();
+                tensors.push((n, w));
+            } else {
+                tensors.push((n, v));
+            }
+        }
+        let out = safetensors::serialize(tensors, None).unwrap();
+        std::fs::write(&f, out).unwrap();
+    });
+    let out = dir.path().join("bundle");
+    let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
+    assert_fails(&o, &[name, "[16, 4, 3, 9]", "expected [16, 4, 3, 3, 3]"]);
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+#[test]
+fn unwritable_export_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.join("bundle");
+    let o = run(export_bin(), &[&"onnx", &"--model", &tiny_model(), &"--out", &out]);
+    assert_fails(&o, &["a-file"]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+fn decode_with(dir: &Path, latents_shape: &[usize], tensor: &str, save: &Path) -> Output {
+    let lat = dir.join("bad-latents.safetensors");
+    let n = latents_shape.iter().product();
+    write_tensor(&lat, tensor, latents_shape, &vec![0.5; n]);
+    run(hyvideo_bin(), &[&"decode", &"--bundle", &vae_bundle(), &"--latents", &lat, &"--save-path", &save])
+}
+
+#[test]
+fn latents_with_wrong_channels_rank_or_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("out.mp4");
+    let o = decode_with(dir.path(), &[1, 3, 2, 4, 4], "latents", &save);
+    assert_fails(&o, &["bad-latents.safetensors", "`latents`", "3 channels", "expects 4"]);
+    let o = decode_with(dir.path(), &[1, 4, 4, 4], "latents", &save);
+    assert_fails(&o, &["bad-latents.safetensors", "rank 5", "[1, 4, 4, 4]"]);
+    let o = decode_with(dir.path(), &[1, 4, 2, 4, 4], "noise", &save);
+    assert_fails(&o, &["bad-latents.safetensors", "no tensor `latents`", "noise"]);
+    assert_eq!(list_dir(dir.path()), ["bad-latents.safetensors"], "partial output left behind");
+}
+
+#[test]
+fn unwritable_save_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for save in [file.join("out.mp4"), dir.path().join("missing-dir/out.png"), dir.path().join("out.gif")] {
+        let o = decode_with(dir.path(), &[1, 4, 1, 2, 2], "latents", &save);
+        let shown = save.display().to_string();
+        assert_fails(&o, &[&shown]);
+    }
+    assert_eq!(list_dir(dir.path()), ["a-file", "bad-latents.safetensors"]);
+}
+
+#[test]
+fn not_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("out.mp4");
+    let lat = dir.path().join("l.safetensors");
+    write_tensor(&lat, "latents", &[1, 4, 1, 2, 2], &[0.0; 16]);
+    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &dir.path(), &"--latents", &lat, &"--save-path", &save]);
+    assert_fails(&o, &["not a hyvideo bundle", "hyvideo-export onnx"]);
+}

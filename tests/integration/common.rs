@@ -1,0 +1,83 @@
+//! Shared helpers: fixture paths, golden tensors, a once-per-run exported bundle, and error
+//! metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use hyvideo::tensor::Tensor5;
+use hyvideo_exporters::bundle::{Component, Precision};
+use hyvideo_exporters::export::{ExportRequest, export};
+use safetensors::SafeTensors;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
+pub fn tiny_model() -> PathBuf {
+    fixtures().join("tiny")
+}
+
+pub fn goldens(name: &str) -> PathBuf {
+    fixtures().join("goldens").join(name)
+}
+
+/// A golden f32 tensor and its shape.
+pub fn golden(file: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(goldens(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor(name).unwrap_or_else(|e| panic!("{file}: {name}: {e}"));
+    assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
+    let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    (v.shape().to_vec(), data)
+}
+
+pub fn golden5(file: &str, name: &str) -> Tensor5 {
+    let (shape, data) = golden(file, name);
+    Tensor5::from_vec(shape.try_into().expect("rank 5"), data).unwrap()
+}
+
+/// max |a - b| / max |b|: the error relative to the output's scale.
+pub fn rel_max_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let err = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    err / scale
+}
+
+/// The tiny pipeline's VAE decoder exported once per test run (fp32).
+pub fn vae_bundle() -> &'static Path {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("hyvideo-it-").tempdir().unwrap().keep();
+        let out = dir.join("bundle");
+        let req = ExportRequest {
+            model: tiny_model(),
+            out: out.clone(),
+            precision: Precision::Fp32,
+            components: vec![Component::VaeDecoder],
+        };
+        export(&req, |_| {}).expect("export the tiny VAE decoder");
+        out
+    })
+}
+
+/// Files directly in `dir` (names), sorted.
+pub fn list_dir(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Write `latents` to a safetensors file under tensor `name`.
+pub fn write_tensor(path: &Path, name: &str, shape: &[usize], data: &[f32]) {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes).unwrap();
+    let out = safetensors::serialize([(name, view)], None).unwrap();
+    std::fs::write(path, out).unwrap();
+}
