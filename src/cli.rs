@@ -34,8 +34,13 @@ impl RuntimeArgs {
     pub fn session_config(&self) -> SessionConfig {
         let backend = match self.backend {
             BackendKind::Cpu => Backend::Cpu,
-            BackendKind::Cuda => Backend::Cuda { device_id: self.device_id },
-            BackendKind::TensorRt => Backend::TensorRt { device_id: self.device_id, options: Default::default() },
+            BackendKind::Cuda => Backend::Cuda {
+                device_id: self.device_id,
+            },
+            BackendKind::TensorRt => Backend::TensorRt {
+                device_id: self.device_id,
+                options: Default::default(),
+            },
         };
         SessionConfig::default()
             .with_backend(backend)
@@ -69,10 +74,14 @@ pub struct TilingArgs {
 impl TilingArgs {
     pub fn config(&self) -> TilingConfig {
         TilingConfig {
-            spatial: (!self.no_vae_tiling)
-                .then_some(SpatialTiling { tile: self.vae_tile_size, stride: self.vae_tile_stride }),
-            temporal: (!self.no_vae_framewise)
-                .then_some(TemporalTiling { tile: self.vae_tile_frames, stride: self.vae_tile_stride_frames }),
+            spatial: (!self.no_vae_tiling).then_some(SpatialTiling {
+                tile: self.vae_tile_size,
+                stride: self.vae_tile_stride,
+            }),
+            temporal: (!self.no_vae_framewise).then_some(TemporalTiling {
+                tile: self.vae_tile_frames,
+                stride: self.vae_tile_stride_frames,
+            }),
             ..TilingConfig::default()
         }
     }

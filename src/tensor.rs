@@ -19,13 +19,20 @@ pub struct ShapeError {
 
 impl Tensor5 {
     pub fn zeros(shape: [usize; 5]) -> Tensor5 {
-        Tensor5 { shape, data: vec![0.0; shape.iter().product()] }
+        Tensor5 {
+            shape,
+            data: vec![0.0; shape.iter().product()],
+        }
     }
 
     pub fn from_vec(shape: [usize; 5], data: Vec<f32>) -> Result<Tensor5, ShapeError> {
         let expected: usize = shape.iter().product();
         if expected != data.len() {
-            return Err(ShapeError { shape: shape.to_vec(), len: data.len(), expected });
+            return Err(ShapeError {
+                shape: shape.to_vec(),
+                len: data.len(),
+                expected,
+            });
         }
         Ok(Tensor5 { shape, data })
     }
@@ -84,7 +91,9 @@ impl Tensor5 {
     pub fn paste(&mut self, src: &Tensor5, t0: usize, y0: usize, x0: usize) {
         let [bs, cs, ts, hs, ws] = src.shape;
         debug_assert!(bs == self.shape[0] && cs == self.shape[1]);
-        debug_assert!(t0 + ts <= self.shape[2] && y0 + hs <= self.shape[3] && x0 + ws <= self.shape[4]);
+        debug_assert!(
+            t0 + ts <= self.shape[2] && y0 + hs <= self.shape[3] && x0 + ws <= self.shape[4]
+        );
         for b in 0..bs {
             for c in 0..cs {
                 for t in 0..ts {

@@ -20,8 +20,14 @@ pub enum VaeError {
     Tiling(#[from] TilingError),
     #[error("{}: manifest has a vae_decoder but no `vae` settings", .0.display())]
     NoSettings(std::path::PathBuf),
-    #[error("vae_decoder returned shape {found:?} for a tile of latents {latents:?}; expected {expected:?}")]
-    OutputShape { latents: [usize; 5], found: Vec<usize>, expected: [usize; 5] },
+    #[error(
+        "vae_decoder returned shape {found:?} for a tile of latents {latents:?}; expected {expected:?}"
+    )]
+    OutputShape {
+        latents: [usize; 5],
+        found: Vec<usize>,
+        expected: [usize; 5],
+    },
     #[error("latents must have {expected} channels, got shape {shape:?}")]
     Channels { expected: usize, shape: [usize; 5] },
 }
@@ -33,9 +39,16 @@ pub struct VaeDecoder {
 
 impl VaeDecoder {
     /// Load the bundle's `vae_decoder` graph.
-    pub fn load(bundle: &Path, manifest: &Manifest, config: &SessionConfig) -> Result<VaeDecoder, VaeError> {
+    pub fn load(
+        bundle: &Path,
+        manifest: &Manifest,
+        config: &SessionConfig,
+    ) -> Result<VaeDecoder, VaeError> {
         let entry = manifest.component(bundle, Component::VaeDecoder)?;
-        let settings = manifest.vae.clone().ok_or_else(|| VaeError::NoSettings(bundle.into()))?;
+        let settings = manifest
+            .vae
+            .clone()
+            .ok_or_else(|| VaeError::NoSettings(bundle.into()))?;
         let engine = Engine::load(&bundle.join(&entry.file), config)?;
         Ok(VaeDecoder { engine, settings })
     }
@@ -62,27 +75,58 @@ impl VaeDecoder {
     pub fn decode_tile(&mut self, z: &Tensor5) -> Result<Tensor5, VaeError> {
         let shape = z.shape();
         let out = self.engine.run_one(
-            &[(hyvideo_exporters::vae_decoder::INPUT, Input::F32 { shape: &shape, data: z.data() })],
+            &[(
+                hyvideo_exporters::vae_decoder::INPUT,
+                Input::F32 {
+                    shape: &shape,
+                    data: z.data(),
+                },
+            )],
             hyvideo_exporters::vae_decoder::OUTPUT,
         )?;
-        let (sr, tr) = (self.settings.spatial_compression_ratio, self.settings.temporal_compression_ratio);
-        let expected = [shape[0], self.settings.out_channels, (shape[2] - 1) * tr + 1, shape[3] * sr, shape[4] * sr];
-        let found: [usize; 5] = out
-            .shape
-            .clone()
-            .try_into()
-            .map_err(|_| VaeError::OutputShape { latents: shape, found: out.shape.clone(), expected })?;
+        let (sr, tr) = (
+            self.settings.spatial_compression_ratio,
+            self.settings.temporal_compression_ratio,
+        );
+        let expected = [
+            shape[0],
+            self.settings.out_channels,
+            (shape[2] - 1) * tr + 1,
+            shape[3] * sr,
+            shape[4] * sr,
+        ];
+        let found: [usize; 5] =
+            out.shape
+                .clone()
+                .try_into()
+                .map_err(|_| VaeError::OutputShape {
+                    latents: shape,
+                    found: out.shape.clone(),
+                    expected,
+                })?;
         if found != expected {
-            return Err(VaeError::OutputShape { latents: shape, found: out.shape, expected });
+            return Err(VaeError::OutputShape {
+                latents: shape,
+                found: out.shape,
+                expected,
+            });
         }
         Ok(Tensor5::from_vec(found, out.data).expect("engine output length matches its shape"))
     }
 
     /// Decode latents (before division by the scaling factor) to video in [-1, 1], following
     /// `plan`; `on_tile` is called after every decoder call.
-    pub fn decode(&mut self, latents: &Tensor5, plan: &TilePlan, on_tile: impl FnMut()) -> Result<Tensor5, VaeError> {
+    pub fn decode(
+        &mut self,
+        latents: &Tensor5,
+        plan: &TilePlan,
+        on_tile: impl FnMut(),
+    ) -> Result<Tensor5, VaeError> {
         if latents.shape()[1] != self.settings.latent_channels {
-            return Err(VaeError::Channels { expected: self.settings.latent_channels, shape: latents.shape() });
+            return Err(VaeError::Channels {
+                expected: self.settings.latent_channels,
+                shape: latents.shape(),
+            });
         }
         let mut z = latents.clone();
         z.scale_div(self.settings.scaling_factor as f32);

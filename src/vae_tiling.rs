@@ -28,7 +28,10 @@ pub struct SpatialTiling {
 
 impl Default for SpatialTiling {
     fn default() -> Self {
-        SpatialTiling { tile: DEFAULT_TILE_SIZE, stride: DEFAULT_TILE_STRIDE }
+        SpatialTiling {
+            tile: DEFAULT_TILE_SIZE,
+            stride: DEFAULT_TILE_STRIDE,
+        }
     }
 }
 
@@ -41,7 +44,10 @@ pub struct TemporalTiling {
 
 impl Default for TemporalTiling {
     fn default() -> Self {
-        TemporalTiling { tile: DEFAULT_TILE_FRAMES, stride: DEFAULT_TILE_STRIDE_FRAMES }
+        TemporalTiling {
+            tile: DEFAULT_TILE_FRAMES,
+            stride: DEFAULT_TILE_STRIDE_FRAMES,
+        }
     }
 }
 
@@ -71,7 +77,11 @@ impl Default for TilingConfig {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TilingError {
     #[error("{flag} = {value}: {reason}")]
-    BadSetting { flag: &'static str, value: usize, reason: String },
+    BadSetting {
+        flag: &'static str,
+        value: usize,
+        reason: String,
+    },
     #[error("latents must have at least one frame and a non-empty spatial size, got {0:?}")]
     EmptyLatents([usize; 5]),
 }
@@ -79,30 +89,50 @@ pub enum TilingError {
 impl TilingConfig {
     /// Check the settings (names the CLI flag at fault).
     pub fn validate(&self) -> Result<(), TilingError> {
-        let bad = |flag, value, reason: String| Err(TilingError::BadSetting { flag, value, reason });
+        let bad = |flag, value, reason: String| {
+            Err(TilingError::BadSetting {
+                flag,
+                value,
+                reason,
+            })
+        };
         if let Some(s) = self.spatial {
             let r = self.spatial_ratio;
             if s.tile == 0 || s.tile % r != 0 {
-                return bad("--vae-tile-size", s.tile, format!("must be a positive multiple of {r}"));
+                return bad(
+                    "--vae-tile-size",
+                    s.tile,
+                    format!("must be a positive multiple of {r}"),
+                );
             }
             if s.stride == 0 || s.stride % r != 0 || s.stride > s.tile {
                 return bad(
                     "--vae-tile-stride",
                     s.stride,
-                    format!("must be a positive multiple of {r} and at most --vae-tile-size ({})", s.tile),
+                    format!(
+                        "must be a positive multiple of {r} and at most --vae-tile-size ({})",
+                        s.tile
+                    ),
                 );
             }
         }
         if let Some(t) = self.temporal {
             let r = self.temporal_ratio;
             if t.tile == 0 || t.tile % r != 0 {
-                return bad("--vae-tile-frames", t.tile, format!("must be a positive multiple of {r}"));
+                return bad(
+                    "--vae-tile-frames",
+                    t.tile,
+                    format!("must be a positive multiple of {r}"),
+                );
             }
             if t.stride == 0 || t.stride % r != 0 || t.stride > t.tile {
                 return bad(
                     "--vae-tile-stride-frames",
                     t.stride,
-                    format!("must be a positive multiple of {r} and at most --vae-tile-frames ({})", t.tile),
+                    format!(
+                        "must be a positive multiple of {r} and at most --vae-tile-frames ({})",
+                        t.tile
+                    ),
                 );
             }
         }
@@ -152,7 +182,11 @@ pub struct TilePlan {
 
 impl TilePlan {
     /// Plan the decode of latents of `shape` [B, C, t, h, w] (output has `out_channels`).
-    pub fn new(shape: [usize; 5], out_channels: usize, cfg: &TilingConfig) -> Result<TilePlan, TilingError> {
+    pub fn new(
+        shape: [usize; 5],
+        out_channels: usize,
+        cfg: &TilingConfig,
+    ) -> Result<TilePlan, TilingError> {
         cfg.validate()?;
         let [b, _, t, h, w] = shape;
         if t == 0 || h == 0 || w == 0 {
@@ -177,24 +211,52 @@ impl TilePlan {
                     if n == 0 {
                         break;
                     }
-                    chunks.push(TemporalChunk { latent, drop_first: k > 0, output: out_start..out_start + n });
+                    chunks.push(TemporalChunk {
+                        latent,
+                        drop_first: k > 0,
+                        output: out_start..out_start + n,
+                    });
                     out_start += n;
                 }
             }
-            _ => chunks.push(TemporalChunk { latent: 0..t, drop_first: false, output: 0..frames }),
+            _ => chunks.push(TemporalChunk {
+                latent: 0..t,
+                drop_first: false,
+                output: 0..frames,
+            }),
         }
 
         let grid = match cfg.spatial {
             Some(s) if h > s.tile / sr || w > s.tile / sr => {
                 let (tile_lat, stride_lat) = (s.tile / sr, s.stride / sr);
                 let split = |n: usize| -> Vec<Range<usize>> {
-                    (0..n).step_by(stride_lat).map(|i| i..(i + tile_lat).min(n)).collect()
+                    (0..n)
+                        .step_by(stride_lat)
+                        .map(|i| i..(i + tile_lat).min(n))
+                        .collect()
                 };
-                SpatialGrid { rows: split(h), cols: split(w), stride_px: Some(s.stride), blend_px: s.tile - s.stride }
+                SpatialGrid {
+                    rows: split(h),
+                    cols: split(w),
+                    stride_px: Some(s.stride),
+                    blend_px: s.tile - s.stride,
+                }
             }
-            _ => SpatialGrid { rows: vec![0..h], cols: vec![0..w], stride_px: None, blend_px: 0 },
+            _ => SpatialGrid {
+                rows: std::iter::once(0..h).collect(),
+                cols: std::iter::once(0..w).collect(),
+                stride_px: None,
+                blend_px: 0,
+            },
         };
-        Ok(TilePlan { latent_shape: shape, output_shape, chunks, blend_frames, grid, temporal_ratio: tr })
+        Ok(TilePlan {
+            latent_shape: shape,
+            output_shape,
+            chunks,
+            blend_frames,
+            grid,
+            temporal_ratio: tr,
+        })
     }
 
     /// Number of decoder calls the plan makes.
@@ -298,9 +360,16 @@ pub fn decode_tiled<E>(
     let mut prev: Option<Tail> = None;
     for (k, chunk) in plan.chunks.iter().enumerate() {
         let zc = z.slice(chunk.latent.clone(), 0..h, 0..w);
-        let decoded_frames = (chunk.latent.len() - 1) * plan.temporal_ratio + 1 - usize::from(chunk.drop_first);
-        let extent = prev.as_ref().map_or(0, |p| p.chunk_frames.min(decoded_frames).min(plan.blend_frames));
-        let tail_len = if k + 1 < plan.chunks.len() { plan.blend_frames.min(decoded_frames) } else { 0 };
+        let decoded_frames =
+            (chunk.latent.len() - 1) * plan.temporal_ratio + 1 - usize::from(chunk.drop_first);
+        let extent = prev.as_ref().map_or(0, |p| {
+            p.chunk_frames.min(decoded_frames).min(plan.blend_frames)
+        });
+        let tail_len = if k + 1 < plan.chunks.len() {
+            plan.blend_frames.min(decoded_frames)
+        } else {
+            0
+        };
         let mut tail = Tensor5::zeros([b, c, tail_len, oh, ow]);
         let mut emit = |mut crop: Tensor5, y0: usize, x0: usize| {
             if chunk.drop_first {
@@ -320,7 +389,10 @@ pub fn decode_tiled<E>(
             }
         };
         decode_chunk(&zc, &plan.grid, &mut decode, &mut on_tile, &mut emit)?;
-        prev = Some(Tail { frames: tail, chunk_frames: decoded_frames });
+        prev = Some(Tail {
+            frames: tail,
+            chunk_frames: decoded_frames,
+        });
     }
     Ok(out)
 }
@@ -372,7 +444,10 @@ mod tests {
 
     fn cfg_small() -> TilingConfig {
         TilingConfig {
-            spatial: Some(SpatialTiling { tile: 64, stride: 48 }),
+            spatial: Some(SpatialTiling {
+                tile: 64,
+                stride: 48,
+            }),
             temporal: Some(TemporalTiling::default()),
             spatial_ratio: 8,
             temporal_ratio: 4,
@@ -390,8 +465,22 @@ mod tests {
         assert_eq!(plan.grid.cols[6], 144..160);
         assert_eq!(plan.grid.blend_px, 64);
         // Temporal chunks start every 3 latent frames and decode 5 of them.
-        assert_eq!(plan.chunks[0], TemporalChunk { latent: 0..5, drop_first: false, output: 0..13 });
-        assert_eq!(plan.chunks[1], TemporalChunk { latent: 3..8, drop_first: true, output: 13..25 });
+        assert_eq!(
+            plan.chunks[0],
+            TemporalChunk {
+                latent: 0..5,
+                drop_first: false,
+                output: 0..13
+            }
+        );
+        assert_eq!(
+            plan.chunks[1],
+            TemporalChunk {
+                latent: 3..8,
+                drop_first: true,
+                output: 13..25
+            }
+        );
         assert_eq!(plan.blend_frames, 4);
         let last = plan.chunks.last().unwrap();
         assert_eq!(last.output.end, 129);
@@ -423,22 +512,47 @@ mod tests {
 
     #[test]
     fn tiling_off_decodes_whole() {
-        let cfg = TilingConfig { spatial: None, temporal: None, ..Default::default() };
+        let cfg = TilingConfig {
+            spatial: None,
+            temporal: None,
+            ..Default::default()
+        };
         let plan = TilePlan::new([1, 16, 33, 90, 160], 3, &cfg).unwrap();
         assert_eq!(plan.decoder_calls(), 1);
     }
 
     #[test]
     fn settings_are_validated_naming_the_flag() {
-        let mut cfg = TilingConfig::default();
-        cfg.spatial = Some(SpatialTiling { tile: 256, stride: 300 });
+        let mut cfg = TilingConfig {
+            spatial: Some(SpatialTiling {
+                tile: 256,
+                stride: 300,
+            }),
+            ..TilingConfig::default()
+        };
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("--vae-tile-stride"), "{e}");
-        cfg.spatial = Some(SpatialTiling { tile: 250, stride: 192 });
-        assert!(cfg.validate().unwrap_err().to_string().contains("--vae-tile-size"));
+        cfg.spatial = Some(SpatialTiling {
+            tile: 250,
+            stride: 192,
+        });
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--vae-tile-size")
+        );
         cfg.spatial = None;
-        cfg.temporal = Some(TemporalTiling { tile: 16, stride: 10 });
-        assert!(cfg.validate().unwrap_err().to_string().contains("--vae-tile-stride-frames"));
+        cfg.temporal = Some(TemporalTiling {
+            tile: 16,
+            stride: 10,
+        });
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--vae-tile-stride-frames")
+        );
     }
 
     /// A stand-in decoder with the VAE's shape contract (nearest upsampling x8 spatially,
@@ -452,7 +566,8 @@ mod tests {
                 for ff in 0..f {
                     for y in 0..h * 8 {
                         for x in 0..w * 8 {
-                            *out.at_mut(bb, c, ff, y, x) = z.at(bb, c, (ff + 3) / 4, y / 8, x / 8);
+                            *out.at_mut(bb, c, ff, y, x) =
+                                z.at(bb, c, ff.div_ceil(4), y / 8, x / 8);
                         }
                     }
                 }
@@ -475,7 +590,12 @@ mod tests {
         assert_eq!(calls, plan.decoder_calls());
         let whole = fake_decode(&z).unwrap();
         assert_eq!(tiled.shape(), whole.shape());
-        let max = tiled.data().iter().zip(whole.data()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max = tiled
+            .data()
+            .iter()
+            .zip(whole.data())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(max < 1e-5, "max diff {max}");
     }
 
@@ -485,6 +605,14 @@ mod tests {
         let mut b = Tensor5::from_vec([1, 1, 1, 4, 1], vec![0.0; 4]).unwrap();
         blend_v(&a, &mut b, 3);
         // extent 3: b[y] = a[1 + y] * (1 - y/3)
-        assert_eq!(b.data(), &[20.0, 30.0 * (2.0f64 / 3.0) as f32, 40.0 * (1.0f64 / 3.0) as f32, 0.0]);
+        assert_eq!(
+            b.data(),
+            &[
+                20.0,
+                30.0 * (2.0f64 / 3.0) as f32,
+                40.0 * (1.0f64 / 3.0) as f32,
+                0.0
+            ]
+        );
     }
 }

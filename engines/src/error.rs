@@ -16,15 +16,26 @@ pub enum EngineError {
         "execution provider `{provider}` was requested but this build of hyvideo was compiled \
          without it: rebuild with `--features {feature}`"
     )]
-    ProviderNotCompiled { provider: String, feature: &'static str },
+    ProviderNotCompiled {
+        provider: String,
+        feature: &'static str,
+    },
     #[error(
         "execution provider `{provider}` is not available in the loaded ONNX Runtime library \
          (available: {}). {hint}",
         available.join(", ")
     )]
-    ProviderUnavailable { provider: String, available: Vec<String>, hint: &'static str },
+    ProviderUnavailable {
+        provider: String,
+        available: Vec<String>,
+        hint: &'static str,
+    },
     #[error("execution provider `{provider}` failed to initialise for {model}: {reason}")]
-    ProviderInit { provider: String, model: PathBuf, reason: String },
+    ProviderInit {
+        provider: String,
+        model: PathBuf,
+        reason: String,
+    },
     #[error("unknown backend `{0}` (expected one of: cpu, cuda, tensorrt)")]
     UnknownBackend(String),
     #[error("model file {0} does not exist")]
@@ -32,13 +43,25 @@ pub enum EngineError {
     #[error("failed to load model {model}: {reason}")]
     ModelLoad { model: PathBuf, reason: String },
     #[error("model {model} has no input named `{name}` (inputs: {})", inputs.join(", "))]
-    UnknownInput { model: PathBuf, name: String, inputs: Vec<String> },
+    UnknownInput {
+        model: PathBuf,
+        name: String,
+        inputs: Vec<String>,
+    },
     #[error("model {model}: missing input `{name}`")]
     MissingInput { model: PathBuf, name: String },
     #[error("model {model} has no output named `{name}`")]
     UnknownOutput { model: PathBuf, name: String },
-    #[error("model {model}: tensor `{name}` has {len} elements but shape {shape:?} needs {expected}")]
-    BadTensor { model: PathBuf, name: String, shape: Vec<usize>, len: usize, expected: usize },
+    #[error(
+        "model {model}: tensor `{name}` has {len} elements but shape {shape:?} needs {expected}"
+    )]
+    BadTensor {
+        model: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+        len: usize,
+        expected: usize,
+    },
     #[error("running {model} failed: {reason}")]
     Run { model: PathBuf, reason: String },
 }

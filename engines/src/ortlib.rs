@@ -32,7 +32,9 @@ pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
             out.push(up.join(".ort/lib").join(ORT_LIB_NAME));
         }
     }
-    let src_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let src_root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
     out.push(src_root.join(".ort/lib").join(ORT_LIB_NAME));
     out.dedup();
     out
@@ -64,11 +66,16 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment:
     });
     match entry {
         Ok((_, env)) => Ok(env),
-        Err(reason) => Err(EngineError::LibraryLoad { path, reason: reason.clone() }),
+        Err(reason) => Err(EngineError::LibraryLoad {
+            path,
+            reason: reason.clone(),
+        }),
     }
 }
 
 /// The path of the library this process loaded, if any.
 pub fn loaded_library() -> Option<&'static Path> {
-    ENV.get().and_then(|r| r.as_ref().ok()).map(|(p, _)| p.as_path())
+    ENV.get()
+        .and_then(|r| r.as_ref().ok())
+        .map(|(p, _)| p.as_path())
 }

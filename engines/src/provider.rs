@@ -94,8 +94,13 @@ pub struct TensorRtOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Backend {
     Cpu,
-    Cuda { device_id: i32 },
-    TensorRt { device_id: i32, options: TensorRtOptions },
+    Cuda {
+        device_id: i32,
+    },
+    TensorRt {
+        device_id: i32,
+        options: TensorRtOptions,
+    },
 }
 
 impl Backend {
@@ -103,7 +108,10 @@ impl Backend {
         match kind {
             BackendKind::Cpu => Backend::Cpu,
             BackendKind::Cuda => Backend::Cuda { device_id: 0 },
-            BackendKind::TensorRt => Backend::TensorRt { device_id: 0, options: Default::default() },
+            BackendKind::TensorRt => Backend::TensorRt {
+                device_id: 0,
+                options: Default::default(),
+            },
         }
     }
 
@@ -176,7 +184,10 @@ fn cuda_dispatch(device_id: i32) -> Result<ort::ep::ExecutionProviderDispatch> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_dispatch(_device_id: i32) -> Result<ort::ep::ExecutionProviderDispatch> {
-    Err(EngineError::ProviderNotCompiled { provider: "cuda".into(), feature: "cuda" })
+    Err(EngineError::ProviderNotCompiled {
+        provider: "cuda".into(),
+        feature: "cuda",
+    })
 }
 
 #[cfg(feature = "tensorrt")]
@@ -186,10 +197,14 @@ fn tensorrt_dispatch(
 ) -> Result<ort::ep::ExecutionProviderDispatch> {
     let mut ep = ort::ep::TensorRT::default().with_device_id(device_id);
     if let Some(dir) = &options.engine_cache_dir {
-        ep = ep.with_engine_cache(true).with_engine_cache_path(dir.display());
+        ep = ep
+            .with_engine_cache(true)
+            .with_engine_cache_path(dir.display());
     }
     if let Some(dir) = &options.timing_cache_dir {
-        ep = ep.with_timing_cache(true).with_timing_cache_path(dir.display());
+        ep = ep
+            .with_timing_cache(true)
+            .with_timing_cache_path(dir.display());
     }
     if let Some(level) = options.builder_optimization_level {
         ep = ep.with_builder_optimization_level(level);
@@ -202,7 +217,10 @@ fn tensorrt_dispatch(
     _device_id: i32,
     _options: &TensorRtOptions,
 ) -> Result<ort::ep::ExecutionProviderDispatch> {
-    Err(EngineError::ProviderNotCompiled { provider: "tensorrt".into(), feature: "tensorrt" })
+    Err(EngineError::ProviderNotCompiled {
+        provider: "tensorrt".into(),
+        feature: "tensorrt",
+    })
 }
 
 #[cfg(test)]
@@ -233,7 +251,10 @@ mod tests {
             }
             let err = Backend::from_kind(kind).check_available().unwrap_err();
             let msg = err.to_string();
-            assert!(matches!(err, EngineError::ProviderNotCompiled { .. }), "{msg}");
+            assert!(
+                matches!(err, EngineError::ProviderNotCompiled { .. }),
+                "{msg}"
+            );
             assert!(msg.contains(kind.cargo_feature().unwrap()), "{msg}");
         }
     }

@@ -135,13 +135,18 @@ impl Engine {
         let env = ortlib::environment(config.ort_lib.as_deref())?;
         let provider = config.backend.kind();
         let dispatch = config.backend.dispatch()?;
-        let load_err = |e: String| EngineError::ModelLoad { model: model.to_path_buf(), reason: e };
+        let load_err = |e: String| EngineError::ModelLoad {
+            model: model.to_path_buf(),
+            reason: e,
+        };
         let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
         builder = builder
             .with_optimization_level(config.optimization.level())
             .map_err(|e| load_err(e.to_string()))?;
         if let Some(n) = config.intra_threads {
-            builder = builder.with_intra_threads(n).map_err(|e| load_err(e.to_string()))?;
+            builder = builder
+                .with_intra_threads(n)
+                .map_err(|e| load_err(e.to_string()))?;
         }
         builder = builder.with_execution_providers([dispatch]).map_err(|e| {
             EngineError::ProviderInit {
@@ -150,10 +155,26 @@ impl Engine {
                 reason: e.to_string(),
             }
         })?;
-        let session = builder.commit_from_file(model).map_err(|e| load_err(e.to_string()))?;
-        let inputs = session.inputs().iter().map(|o| o.name().to_string()).collect();
-        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        Ok(Engine { session, model: model.to_path_buf(), provider, inputs, outputs })
+        let session = builder
+            .commit_from_file(model)
+            .map_err(|e| load_err(e.to_string()))?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        Ok(Engine {
+            session,
+            model: model.to_path_buf(),
+            provider,
+            inputs,
+            outputs,
+        })
     }
 
     /// The execution provider this engine runs on.
@@ -197,34 +218,50 @@ impl Engine {
         }
         for name in &self.inputs {
             if !inputs.iter().any(|(n, _)| n == name) {
-                return Err(EngineError::MissingInput { model: self.model.clone(), name: name.clone() });
+                return Err(EngineError::MissingInput {
+                    model: self.model.clone(),
+                    name: name.clone(),
+                });
             }
         }
-        let run_err = |e: ort::Error| EngineError::Run { model: self.model.clone(), reason: e.to_string() };
+        let run_err = |e: ort::Error| EngineError::Run {
+            model: self.model.clone(),
+            reason: e.to_string(),
+        };
         let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for (name, input) in inputs {
             let v: ort::session::SessionInputValue<'_> = match input {
-                Input::F32 { shape, data } => {
-                    TensorRef::from_array_view((shape.to_vec(), *data)).map_err(run_err)?.into()
-                }
-                Input::I64 { shape, data } => {
-                    TensorRef::from_array_view((shape.to_vec(), *data)).map_err(run_err)?.into()
-                }
+                Input::F32 { shape, data } => TensorRef::from_array_view((shape.to_vec(), *data))
+                    .map_err(run_err)?
+                    .into(),
+                Input::I64 { shape, data } => TensorRef::from_array_view((shape.to_vec(), *data))
+                    .map_err(run_err)?
+                    .into(),
             };
             values.push((name.to_string(), v));
         }
         let model = self.model.clone();
-        let outputs = self
-            .session
-            .run(values)
-            .map_err(|e| EngineError::Run { model: model.clone(), reason: e.to_string() })?;
+        let outputs = self.session.run(values).map_err(|e| EngineError::Run {
+            model: model.clone(),
+            reason: e.to_string(),
+        })?;
         let mut out = Vec::with_capacity(outputs.len());
         for (name, value) in outputs.iter() {
-            let (shape, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| EngineError::Run { model: model.clone(), reason: e.to_string() })?;
+            let (shape, data) =
+                value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| EngineError::Run {
+                        model: model.clone(),
+                        reason: e.to_string(),
+                    })?;
             let shape = shape.iter().map(|&d| d as usize).collect();
-            out.push((name.to_string(), Tensor { shape, data: data.to_vec() }));
+            out.push((
+                name.to_string(),
+                Tensor {
+                    shape,
+                    data: data.to_vec(),
+                },
+            ));
         }
         Ok(out)
     }
@@ -236,6 +273,9 @@ impl Engine {
             .into_iter()
             .find(|(n, _)| n == output)
             .map(|(_, t)| t)
-            .ok_or(EngineError::UnknownOutput { model, name: output.to_string() })
+            .ok_or(EngineError::UnknownOutput {
+                model,
+                name: output.to_string(),
+            })
     }
 }

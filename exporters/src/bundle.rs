@@ -31,8 +31,12 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 4] =
-        [Component::Transformer, Component::VaeDecoder, Component::TextEncoder, Component::TextEncoder2];
+    pub const ALL: [Component; 4] = [
+        Component::Transformer,
+        Component::VaeDecoder,
+        Component::TextEncoder,
+        Component::TextEncoder2,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -88,7 +92,9 @@ impl FromStr for Precision {
             "fp16" => Ok(Precision::Fp16),
             "bf16" => Ok(Precision::Bf16),
             "fp8" => Ok(Precision::Fp8),
-            _ => Err(format!("unknown precision `{s}` (expected fp32, fp16, bf16 or fp8)")),
+            _ => Err(format!(
+                "unknown precision `{s}` (expected fp32, fp16, bf16 or fp8)"
+            )),
         }
     }
 }
@@ -151,9 +157,19 @@ pub enum ManifestError {
         "{}: bundle written by exporter {found} (format {found_format}), this is {expected} (format {expected_format}); re-export it with this version",
         .path.display()
     )]
-    VersionMismatch { path: PathBuf, found: String, expected: String, found_format: u32, expected_format: u32 },
+    VersionMismatch {
+        path: PathBuf,
+        found: String,
+        expected: String,
+        found_format: u32,
+        expected_format: u32,
+    },
     #[error("{}: the bundle has no `{component}` component (has: {available}); export it with `hyvideo-export onnx --components {component}`", .path.display())]
-    MissingComponent { path: PathBuf, component: Component, available: String },
+    MissingComponent {
+        path: PathBuf,
+        component: Component,
+        available: String,
+    },
 }
 
 impl Manifest {
@@ -173,13 +189,25 @@ impl Manifest {
         let path = bundle.join(MANIFEST);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ManifestError::Missing(bundle.into())),
-            Err(e) => return Err(ManifestError::Invalid { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ManifestError::Missing(bundle.into()));
+            }
+            Err(e) => {
+                return Err(ManifestError::Invalid {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
         };
-        let m: Manifest = serde_saphyr::from_str(&text)
-            .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
+        let m: Manifest = serde_saphyr::from_str(&text).map_err(|e| ManifestError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if m.format != FORMAT {
-            return Err(ManifestError::Invalid { path, reason: format!("format is `{}`, expected `{FORMAT}`", m.format) });
+            return Err(ManifestError::Invalid {
+                path,
+                reason: format!("format is `{}`, expected `{FORMAT}`", m.format),
+            });
         }
         if m.exporter_version != EXPORTER_VERSION || m.format_version != FORMAT_VERSION {
             return Err(ManifestError::VersionMismatch {
@@ -194,22 +222,38 @@ impl Manifest {
     }
 
     /// The entry of `component`, or an error saying how to add it.
-    pub fn component(&self, bundle: &Path, component: Component) -> Result<&ComponentEntry, ManifestError> {
-        self.components.get(&component).ok_or_else(|| ManifestError::MissingComponent {
-            path: bundle.to_path_buf(),
-            component,
-            available: self.components.keys().map(|c| c.name()).collect::<Vec<_>>().join(", "),
-        })
+    pub fn component(
+        &self,
+        bundle: &Path,
+        component: Component,
+    ) -> Result<&ComponentEntry, ManifestError> {
+        self.components
+            .get(&component)
+            .ok_or_else(|| ManifestError::MissingComponent {
+                path: bundle.to_path_buf(),
+                component,
+                available: self
+                    .components
+                    .keys()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     pub fn to_yaml(&self) -> Result<String> {
-        serde_saphyr::to_string(self)
-            .map_err(|e| ExportError::Model { component: "manifest", reason: e.to_string() })
+        serde_saphyr::to_string(self).map_err(|e| ExportError::Model {
+            component: "manifest",
+            reason: e.to_string(),
+        })
     }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io { path: path.to_path_buf(), source }
+    move |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes a bundle through a staging directory; dropped without `commit`, it removes
@@ -237,7 +281,10 @@ impl BundleWriter {
             });
         }
         let manifest = if out.join(MANIFEST).exists() {
-            let m = Manifest::load(out).map_err(|e| ExportError::Model { component: "bundle", reason: e.to_string() })?;
+            let m = Manifest::load(out).map_err(|e| ExportError::Model {
+                component: "bundle",
+                reason: e.to_string(),
+            })?;
             if m.precision != precision {
                 return Err(ExportError::Model {
                     component: "bundle",
@@ -259,8 +306,17 @@ impl BundleWriter {
             }
             e
         };
-        std::fs::create_dir_all(&staging).map_err(io_err(&staging)).map_err(cleanup)?;
-        Ok(BundleWriter { out: out.to_path_buf(), staging, created_out, manifest, staged: Vec::new(), committed: false })
+        std::fs::create_dir_all(&staging)
+            .map_err(io_err(&staging))
+            .map_err(cleanup)?;
+        Ok(BundleWriter {
+            out: out.to_path_buf(),
+            staging,
+            created_out,
+            manifest,
+            staged: Vec::new(),
+            committed: false,
+        })
     }
 
     /// Where component files are written before the commit.
@@ -331,12 +387,26 @@ mod tests {
                 file: "vae_decoder.onnx".into(),
                 data_file: Some("vae_decoder.onnx.data".into()),
                 sha256: "ab".into(),
-                inputs: vec![TensorSpec { name: "latent_sample".into(), dtype: "float32".into(), dims: vec!["batch".into(), "4".into()] }],
+                inputs: vec![TensorSpec {
+                    name: "latent_sample".into(),
+                    dtype: "float32".into(),
+                    dims: vec!["batch".into(), "4".into()],
+                }],
                 outputs: vec![],
-                sources: vec![SourceFile { path: "vae/x.safetensors".into(), bytes: 3, identity: "cd".into() }],
+                sources: vec![SourceFile {
+                    path: "vae/x.safetensors".into(),
+                    bytes: 3,
+                    identity: "cd".into(),
+                }],
             },
         );
-        m.vae = Some(VaeSettings { latent_channels: 4, out_channels: 3, scaling_factor: 0.476986, spatial_compression_ratio: 8, temporal_compression_ratio: 4 });
+        m.vae = Some(VaeSettings {
+            latent_channels: 4,
+            out_channels: 3,
+            scaling_factor: 0.476986,
+            spatial_compression_ratio: 8,
+            temporal_compression_ratio: 4,
+        });
         let y = m.to_yaml().unwrap();
         let back: Manifest = serde_saphyr::from_str(&y).unwrap();
         assert_eq!(back, m);
@@ -360,6 +430,9 @@ mod tests {
         m.exporter_version = "0.0.0-old".into();
         std::fs::write(dir.path().join(MANIFEST), m.to_yaml().unwrap()).unwrap();
         let e = Manifest::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("0.0.0-old") && e.contains(EXPORTER_VERSION), "{e}");
+        assert!(
+            e.contains("0.0.0-old") && e.contains(EXPORTER_VERSION),
+            "{e}"
+        );
     }
 }

@@ -10,9 +10,15 @@ pub enum ExportError {
     #[error(transparent)]
     Onnx(#[from] OnnxError),
     #[error("{component}: {reason}")]
-    Model { component: &'static str, reason: String },
+    Model {
+        component: &'static str,
+        reason: String,
+    },
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{BundleWriter, Component, ComponentEntry, Manifest, Precision, SourceFile, TensorSpec, VaeSettings};
+use crate::bundle::{
+    BundleWriter, Component, ComponentEntry, Manifest, Precision, SourceFile, TensorSpec,
+    VaeSettings,
+};
 use crate::checkpoint::{Checkpoint, DType, VaeConfig, Weights};
 use crate::error::{ExportError, Result};
 use crate::graph::{Net, WeightProvider};
@@ -54,7 +57,10 @@ fn subfolder(model: &Path, component: Component) -> Result<PathBuf> {
     if !dir.is_dir() {
         return Err(ExportError::Model {
             component: component.name(),
-            reason: format!("{} does not exist: --model must be a diffusers-format HunyuanVideo folder with a `{name}/` sub-folder", dir.display()),
+            reason: format!(
+                "{} does not exist: --model must be a diffusers-format HunyuanVideo folder with a `{name}/` sub-folder",
+                dir.display()
+            ),
         });
     }
     Ok(dir)
@@ -65,7 +71,12 @@ fn sources(ckpt: &Checkpoint, model: &Path) -> Result<Vec<SourceFile>> {
         .identities()?
         .into_iter()
         .map(|id| SourceFile {
-            path: id.path.strip_prefix(model).unwrap_or(&id.path).display().to_string(),
+            path: id
+                .path
+                .strip_prefix(model)
+                .unwrap_or(&id.path)
+                .display()
+                .to_string(),
             bytes: id.size,
             identity: id.header_sha256,
         })
@@ -74,12 +85,25 @@ fn sources(ckpt: &Checkpoint, model: &Path) -> Result<Vec<SourceFile>> {
 
 fn tensor_specs(dims: &[(&str, &str, Vec<String>)]) -> Vec<TensorSpec> {
     dims.iter()
-        .map(|(n, t, d)| TensorSpec { name: n.to_string(), dtype: t.to_string(), dims: d.clone() })
+        .map(|(n, t, d)| TensorSpec {
+            name: n.to_string(),
+            dtype: t.to_string(),
+            dims: d.clone(),
+        })
         .collect()
 }
 
-fn entry(written: &WrittenModel, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>, sources: Vec<SourceFile>) -> ComponentEntry {
-    let file_name = |p: &Path| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+fn entry(
+    written: &WrittenModel,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    sources: Vec<SourceFile>,
+) -> ComponentEntry {
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     ComponentEntry {
         file: file_name(&written.onnx_path),
         data_file: Some(file_name(&written.data_path)),
@@ -97,26 +121,70 @@ fn with_metadata(b: GraphBuilder, component: Component, precision: Precision) ->
 }
 
 /// Export the VAE decoder of `model` into the staging area of `bundle`.
-pub fn export_vae_decoder(model: &Path, bundle: &mut BundleWriter, precision: Precision) -> Result<()> {
+pub fn export_vae_decoder(
+    model: &Path,
+    bundle: &mut BundleWriter,
+    precision: Precision,
+) -> Result<()> {
     let dir = subfolder(model, Component::VaeDecoder)?;
     let cfg = VaeConfig::load(dir.join("config.json"))?;
     let ckpt = std::sync::Arc::new(Checkpoint::open(&dir)?);
-    let provider = CheckpointWeights { weights: Weights::new(ckpt.clone()), target: weight_dtype(precision)? };
-    let mut net = Net::new(with_metadata(vae_decoder::graph_builder(), Component::VaeDecoder, precision), &provider);
+    let provider = CheckpointWeights {
+        weights: Weights::new(ckpt.clone()),
+        target: weight_dtype(precision)?,
+    };
+    let mut net = Net::new(
+        with_metadata(
+            vae_decoder::graph_builder(),
+            Component::VaeDecoder,
+            precision,
+        ),
+        &provider,
+    );
     vae_decoder::build(&mut net, &cfg)?;
-    let written = write_model(net.finish(), bundle.staging_dir(), Component::VaeDecoder.name())?;
-    bundle.stage(written.onnx_path.file_name().unwrap_or_default().to_string_lossy().into_owned());
-    bundle.stage(written.data_path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    let written = write_model(
+        net.finish(),
+        bundle.staging_dir(),
+        Component::VaeDecoder.name(),
+    )?;
+    bundle.stage(
+        written
+            .onnx_path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+    );
+    bundle.stage(
+        written
+            .data_path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+    );
     let f = "float32";
     let inputs = tensor_specs(&[(
         vae_decoder::INPUT,
         f,
-        vec!["batch".into(), cfg.latent_channels.to_string(), "latent_frames".into(), "latent_height".into(), "latent_width".into()],
+        vec![
+            "batch".into(),
+            cfg.latent_channels.to_string(),
+            "latent_frames".into(),
+            "latent_height".into(),
+            "latent_width".into(),
+        ],
     )]);
     let outputs = tensor_specs(&[(
         vae_decoder::OUTPUT,
         f,
-        vec!["batch".into(), cfg.out_channels.to_string(), "frames".into(), "height".into(), "width".into()],
+        vec![
+            "batch".into(),
+            cfg.out_channels.to_string(),
+            "frames".into(),
+            "height".into(),
+            "width".into(),
+        ],
     )]);
     let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
     bundle.copy_file(&dir.join("config.json"), "vae/config.json")?;
@@ -148,7 +216,8 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
             other => {
                 return Err(ExportError::Model {
                     component: other.name(),
-                    reason: "exporting this component is not implemented yet (only vae_decoder)".into(),
+                    reason: "exporting this component is not implemented yet (only vae_decoder)"
+                        .into(),
                 });
             }
         }

@@ -42,7 +42,11 @@ pub struct Net<'w> {
 }
 
 fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
 }
 
 impl<'w> Net<'w> {
@@ -63,20 +67,38 @@ impl<'w> Net<'w> {
     /// The checkpoint tensor `name` (shape checked against `shape`), stored with `dims`.
     pub fn weight_as(&mut self, name: &str, shape: &[usize], dims: &[i64]) -> Result<Value> {
         let inner = self.weights.tensor(name, shape)?;
-        Ok(self.b.weight(name, Box::new(Reshaped { inner, dims: dims.to_vec() }))?)
+        Ok(self.b.weight(
+            name,
+            Box::new(Reshaped {
+                inner,
+                dims: dims.to_vec(),
+            }),
+        )?)
     }
 
     /// A node with one output, named automatically from `prefix`.
-    pub fn op(&mut self, op: &str, prefix: &str, inputs: &[&Value], attrs: &[Attr]) -> Result<Value> {
-        Ok(self.b.node1(op, auto(format!("{prefix}/{op}")), inputs, attrs)?)
+    pub fn op(
+        &mut self,
+        op: &str,
+        prefix: &str,
+        inputs: &[&Value],
+        attrs: &[Attr],
+    ) -> Result<Value> {
+        Ok(self
+            .b
+            .node1(op, auto(format!("{prefix}/{op}")), inputs, attrs)?)
     }
 
     pub fn i64s(&mut self, prefix: &str, v: &[i64]) -> Result<Value> {
-        Ok(self.b.const_i64(auto(format!("{prefix}/const")), v, &[v.len() as i64])?)
+        Ok(self
+            .b
+            .const_i64(auto(format!("{prefix}/const")), v, &[v.len() as i64])?)
     }
 
     pub fn f32_scalar(&mut self, prefix: &str, v: f32) -> Result<Value> {
-        Ok(self.b.const_f32(auto(format!("{prefix}/const")), &[v], &[])?)
+        Ok(self
+            .b
+            .const_f32(auto(format!("{prefix}/const")), &[v], &[])?)
     }
 
     /// `x * sigmoid(x)` (`nn.SiLU`).
@@ -90,9 +112,19 @@ impl<'w> Net<'w> {
     /// of elements (DESIGN.md, numerics).
     fn group_mean(&mut self, prefix: &str, x4: &Value) -> Result<Value> {
         let axes3 = self.axes(prefix, 3)?;
-        let m = self.op("ReduceMean", prefix, &[x4, &axes3], &[Attr::int("keepdims", 1)])?;
+        let m = self.op(
+            "ReduceMean",
+            prefix,
+            &[x4, &axes3],
+            &[Attr::int("keepdims", 1)],
+        )?;
         let axes = self.axes(prefix, 2)?;
-        self.op("ReduceMean", prefix, &[&m, &axes], &[Attr::int("keepdims", 1)])
+        self.op(
+            "ReduceMean",
+            prefix,
+            &[&m, &axes],
+            &[Attr::int("keepdims", 1)],
+        )
     }
 
     fn axes(&mut self, prefix: &str, axis: i64) -> Result<Value> {
@@ -115,7 +147,10 @@ impl<'w> Net<'w> {
             "Shape",
             prefix,
             &[x],
-            &[Attr::int("start", rank as i64 - 1), Attr::int("end", rank as i64)],
+            &[
+                Attr::int("start", rank as i64 - 1),
+                Attr::int("end", rank as i64),
+            ],
         )?;
         let head = self.i64s(prefix, &[0, groups as i64, -1])?;
         let target = self.op("Concat", prefix, &[&head, &last], &[Attr::int("axis", 0)])?;
@@ -138,7 +173,14 @@ impl<'w> Net<'w> {
     }
 
     /// `nn.Conv3d` (no padding) with weights `<prefix>.weight` [co, ci, k, k, k] and bias.
-    pub fn conv3d(&mut self, prefix: &str, x: &Value, ci: usize, co: usize, k: usize) -> Result<Value> {
+    pub fn conv3d(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        ci: usize,
+        co: usize,
+        k: usize,
+    ) -> Result<Value> {
         let w = self.weight(&join(prefix, "weight"), &[co, ci, k, k, k])?;
         let b = self.weight(&join(prefix, "bias"), &[co])?;
         let k = k as i64;
@@ -146,14 +188,29 @@ impl<'w> Net<'w> {
             "Conv",
             prefix,
             &[x, &w, &b],
-            &[Attr::ints("kernel_shape", vec![k, k, k]), Attr::ints("strides", vec![1, 1, 1])],
+            &[
+                Attr::ints("kernel_shape", vec![k, k, k]),
+                Attr::ints("strides", vec![1, 1, 1]),
+            ],
         )
     }
 
     /// `nn.Linear(i, o)` on the last axis: `x @ W^T + b` (weights `<prefix>.weight` [o, i]).
-    pub fn linear(&mut self, prefix: &str, x: &Value, i: usize, o: usize, bias: bool) -> Result<Value> {
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        i: usize,
+        o: usize,
+        bias: bool,
+    ) -> Result<Value> {
         let w = self.weight(&join(prefix, "weight"), &[o, i])?;
-        let wt = self.op("Transpose", prefix, &[&w], &[Attr::ints("perm", vec![1, 0])])?;
+        let wt = self.op(
+            "Transpose",
+            prefix,
+            &[&w],
+            &[Attr::ints("perm", vec![1, 0])],
+        )?;
         let y = self.op("MatMul", prefix, &[x, &wt], &[])?;
         if bias {
             let b = self.weight(&join(prefix, "bias"), &[o])?;

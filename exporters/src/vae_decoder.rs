@@ -16,7 +16,10 @@ pub const INPUT: &str = "latent_sample";
 pub const OUTPUT: &str = "sample";
 
 fn model_err(reason: String) -> ExportError {
-    ExportError::Model { component: "vae_decoder", reason }
+    ExportError::Model {
+        component: "vae_decoder",
+        reason,
+    }
 }
 
 /// Per-up-block settings derived from the config exactly as diffusers' decoder does.
@@ -65,11 +68,19 @@ struct Decoder<'a, 'w> {
 
 impl Decoder<'_, '_> {
     /// `HunyuanVideoCausalConv3d`: replicate-pad (k/2 in H and W, k-1 frames before), then conv.
-    fn causal_conv(&mut self, prefix: &str, x: &Value, ci: usize, co: usize, k: usize) -> Result<Value> {
+    fn causal_conv(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        ci: usize,
+        co: usize,
+        k: usize,
+    ) -> Result<Value> {
         let x = if k > 1 {
             let (t, s) = ((k - 1) as i64, (k / 2) as i64);
             let pads = self.net.i64s(prefix, &[0, 0, t, s, s, 0, 0, 0, s, s])?;
-            self.net.op("Pad", prefix, &[x, &pads], &[Attr::string("mode", "edge")])?
+            self.net
+                .op("Pad", prefix, &[x, &pads], &[Attr::string("mode", "edge")])?
         } else {
             x.clone()
         };
@@ -78,10 +89,14 @@ impl Decoder<'_, '_> {
 
     fn resnet(&mut self, prefix: &str, x: &Value, ci: usize, co: usize) -> Result<Value> {
         let g = self.groups;
-        let h = self.net.group_norm(&format!("{prefix}.norm1"), x, ci, g, 1e-6, 5)?;
+        let h = self
+            .net
+            .group_norm(&format!("{prefix}.norm1"), x, ci, g, 1e-6, 5)?;
         let h = self.net.silu(prefix, &h)?;
         let h = self.causal_conv(&format!("{prefix}.conv1"), &h, ci, co, 3)?;
-        let h = self.net.group_norm(&format!("{prefix}.norm2"), &h, co, g, 1e-6, 5)?;
+        let h = self
+            .net
+            .group_norm(&format!("{prefix}.norm2"), &h, co, g, 1e-6, 5)?;
         let h = self.net.silu(prefix, &h)?;
         let h = self.causal_conv(&format!("{prefix}.conv2"), &h, co, co, 3)?;
         let res = if ci != co {
@@ -110,15 +125,32 @@ impl Decoder<'_, '_> {
         let q = n.linear(&format!("{prefix}.to_q"), &h, c, c, true)?;
         let k = n.linear(&format!("{prefix}.to_k"), &h, c, c, true)?;
         let v = n.linear(&format!("{prefix}.to_v"), &h, c, c, true)?;
-        let kt = n.op("Transpose", prefix, &[&k], &[Attr::ints("perm", vec![0, 2, 1])])?;
+        let kt = n.op(
+            "Transpose",
+            prefix,
+            &[&k],
+            &[Attr::ints("perm", vec![0, 2, 1])],
+        )?;
         let scores = n.op("MatMul", prefix, &[&q, &kt], &[])?;
         let scale = n.f32_scalar(prefix, 1.0 / (c as f32).sqrt())?;
         let scores = n.op("Mul", prefix, &[&scores, &scale], &[])?;
         // Frame index of every token: token j may attend to token i when frame(i) <= frame(j).
-        let t_dim = n.op("Shape", prefix, &[x], &[Attr::int("start", 2), Attr::int("end", 3)])?;
-        let hw = n.op("Shape", prefix, &[x], &[Attr::int("start", 3), Attr::int("end", 5)])?;
-        let zero = n.b.const_i64(crate::onnx::auto(format!("{prefix}/zero")), &[0], &[])?;
-        let one = n.b.const_i64(crate::onnx::auto(format!("{prefix}/one")), &[1], &[])?;
+        let t_dim = n.op(
+            "Shape",
+            prefix,
+            &[x],
+            &[Attr::int("start", 2), Attr::int("end", 3)],
+        )?;
+        let hw = n.op(
+            "Shape",
+            prefix,
+            &[x],
+            &[Attr::int("start", 3), Attr::int("end", 5)],
+        )?;
+        let zero =
+            n.b.const_i64(crate::onnx::auto(format!("{prefix}/zero")), &[0], &[])?;
+        let one =
+            n.b.const_i64(crate::onnx::auto(format!("{prefix}/one")), &[1], &[])?;
         let t_scalar = n.op("Squeeze", prefix, &[&t_dim], &[])?;
         let frames = n.op("Range", prefix, &[&zero, &t_scalar, &one], &[])?;
         let hw_n = n.op("ReduceProd", prefix, &[&hw], &[Attr::int("keepdims", 1)])?;
@@ -144,13 +176,25 @@ impl Decoder<'_, '_> {
         let idx = n.i64s(prefix, &[0, 2, 3, 4, 1])?;
         let bthwc = n.op("Gather", prefix, &[&shape, &idx], &[Attr::int("axis", 0)])?;
         let out = n.op("Reshape", prefix, &[&out, &bthwc], &[])?;
-        n.op("Transpose", prefix, &[&out], &[Attr::ints("perm", vec![0, 4, 1, 2, 3])])
+        n.op(
+            "Transpose",
+            prefix,
+            &[&out],
+            &[Attr::ints("perm", vec![0, 4, 1, 2, 3])],
+        )
     }
 
     /// `HunyuanVideoUpsampleCausal3D`: nearest upsampling (the first frame only spatially),
     /// then a causal conv. Upsampling every frame in time and dropping the first output frame
     /// gives exactly `cat(first, interpolate(rest))`, also when T = 1.
-    fn upsample(&mut self, prefix: &str, x: &Value, c: usize, time: bool, spatial: bool) -> Result<Value> {
+    fn upsample(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        c: usize,
+        time: bool,
+        spatial: bool,
+    ) -> Result<Value> {
         let s = if spatial { 2.0 } else { 1.0 };
         let t = if time { 2.0 } else { 1.0 };
         let scales = self.net.b.const_f32(
@@ -173,7 +217,8 @@ impl Decoder<'_, '_> {
             let starts = self.net.i64s(prefix, &[1])?;
             let ends = self.net.i64s(prefix, &[i64::MAX])?;
             let axes = self.net.i64s(prefix, &[2])?;
-            self.net.op("Slice", prefix, &[&up, &starts, &ends, &axes], &[])?
+            self.net
+                .op("Slice", prefix, &[&up, &starts, &ends, &axes], &[])?
         } else {
             up
         };
@@ -186,14 +231,26 @@ impl Decoder<'_, '_> {
 pub fn build(net: &mut Net<'_>, cfg: &VaeConfig) -> Result<()> {
     let plan = up_blocks(cfg)?;
     let cz = cfg.latent_channels;
-    let top = *cfg.block_out_channels.last().ok_or_else(|| model_err("block_out_channels is empty".into()))?;
+    let top = *cfg
+        .block_out_channels
+        .last()
+        .ok_or_else(|| model_err("block_out_channels is empty".into()))?;
     let x = net.b.input(
         INPUT,
         DataType::Float,
-        &[Dim::from("batch"), Dim::Fixed(cz as i64), "latent_frames".into(), "latent_height".into(), "latent_width".into()],
+        &[
+            Dim::from("batch"),
+            Dim::Fixed(cz as i64),
+            "latent_frames".into(),
+            "latent_height".into(),
+            "latent_width".into(),
+        ],
     )?;
     let x = net.conv3d("post_quant_conv", &x, cz, cz, 1)?;
-    let mut d = Decoder { net, groups: cfg.norm_num_groups };
+    let mut d = Decoder {
+        net,
+        groups: cfg.norm_num_groups,
+    };
     let mut h = d.causal_conv("decoder.conv_in", &x, cz, top, 3)?;
     h = d.resnet("decoder.mid_block.resnets.0", &h, top, top)?;
     if cfg.mid_block_add_attention {
@@ -202,22 +259,50 @@ pub fn build(net: &mut Net<'_>, cfg: &VaeConfig) -> Result<()> {
     h = d.resnet("decoder.mid_block.resnets.1", &h, top, top)?;
     for (i, blk) in plan.iter().enumerate() {
         for r in 0..blk.resnets {
-            let ci = if r == 0 { blk.in_channels } else { blk.out_channels };
-            h = d.resnet(&format!("decoder.up_blocks.{i}.resnets.{r}"), &h, ci, blk.out_channels)?;
+            let ci = if r == 0 {
+                blk.in_channels
+            } else {
+                blk.out_channels
+            };
+            h = d.resnet(
+                &format!("decoder.up_blocks.{i}.resnets.{r}"),
+                &h,
+                ci,
+                blk.out_channels,
+            )?;
         }
         if let Some((time, spatial)) = blk.upsample {
-            h = d.upsample(&format!("decoder.up_blocks.{i}.upsamplers.0"), &h, blk.out_channels, time, spatial)?;
+            h = d.upsample(
+                &format!("decoder.up_blocks.{i}.upsamplers.0"),
+                &h,
+                blk.out_channels,
+                time,
+                spatial,
+            )?;
         }
     }
     let c0 = cfg.block_out_channels[0];
-    h = d.net.group_norm("decoder.conv_norm_out", &h, c0, cfg.norm_num_groups, 1e-6, 5)?;
+    h = d.net.group_norm(
+        "decoder.conv_norm_out",
+        &h,
+        c0,
+        cfg.norm_num_groups,
+        1e-6,
+        5,
+    )?;
     h = d.net.silu("decoder.conv_act", &h)?;
     h = d.causal_conv("decoder.conv_out", &h, c0, cfg.out_channels, 3)?;
     net.b.output_as(
         &h,
         OUTPUT,
         DataType::Float,
-        &[Dim::from("batch"), Dim::Fixed(cfg.out_channels as i64), "frames".into(), "height".into(), "width".into()],
+        &[
+            Dim::from("batch"),
+            Dim::Fixed(cfg.out_channels as i64),
+            "frames".into(),
+            "height".into(),
+            "width".into(),
+        ],
     )?;
     Ok(())
 }

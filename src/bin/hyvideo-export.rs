@@ -12,7 +12,11 @@ use hyvideo_exporters::bundle::{Component, Manifest, Precision};
 use hyvideo_exporters::export::{ExportRequest, export};
 
 #[derive(Parser)]
-#[command(name = "hyvideo-export", version, about = "Export HunyuanVideo checkpoints to ONNX bundles")]
+#[command(
+    name = "hyvideo-export",
+    version,
+    about = "Export HunyuanVideo checkpoints to ONNX bundles"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,12 +66,21 @@ fn onnx(args: OnnxArgs) -> Result<()> {
     if args.components.is_empty() {
         bail!("--components: give at least one component");
     }
-    let req = ExportRequest { model: args.model, out: args.out, precision: args.precision, components: args.components };
+    let req = ExportRequest {
+        model: args.model,
+        out: args.out,
+        precision: args.precision,
+        components: args.components,
+    };
     let t0 = Instant::now();
     let manifest = export(&req, |c| eprintln!("exporting {c} ({})", req.precision))?;
     for c in &req.components {
         if let Some(e) = manifest.components.get(c) {
-            println!("{c}: {} (sha256 {})", req.out.join(&e.file).display(), e.sha256);
+            println!(
+                "{c}: {} (sha256 {})",
+                req.out.join(&e.file).display(),
+                e.sha256
+            );
         }
     }
     println!("export took {:.3} s", t0.elapsed().as_secs_f64());

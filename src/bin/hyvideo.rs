@@ -9,14 +9,18 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use hyvideo::cli::{RuntimeArgs, TilingArgs};
-use hyvideo::latents::read_latents;
+use hyvideo::latents::read_latents_named;
 use hyvideo::vae::VaeDecoder;
 use hyvideo::video::{Video, VideoFormat, save_video};
 use hyvideo_exporters::bundle::Manifest;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "hyvideo", version, about = "Run HunyuanVideo from exported ONNX engines")]
+#[command(
+    name = "hyvideo",
+    version,
+    about = "Run HunyuanVideo from exported ONNX engines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,6 +41,9 @@ struct DecodeArgs {
     /// Latents file (.safetensors with tensor `latents`).
     #[arg(long)]
     latents: PathBuf,
+    /// Name of the latents tensor inside --latents.
+    #[arg(long, default_value = hyvideo::latents::LATENTS_TENSOR)]
+    latents_name: String,
     /// Output: .mp4 (H.264), .png (one file per frame) or .safetensors (tensor `video`).
     #[arg(long)]
     save_path: PathBuf,
@@ -68,7 +75,11 @@ fn check_output_path(path: &Path) -> Result<()> {
         _ => Path::new("."),
     };
     if !parent.is_dir() {
-        bail!("--save-path {}: directory {} does not exist", path.display(), parent.display());
+        bail!(
+            "--save-path {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
     }
     Ok(())
 }
@@ -76,9 +87,11 @@ fn check_output_path(path: &Path) -> Result<()> {
 fn progress(total: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(total as u64);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -91,7 +104,11 @@ fn decode(args: DecodeArgs) -> Result<()> {
     let mut vae = VaeDecoder::load(&args.bundle, &manifest, &args.runtime.session_config())
         .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
-    let latents = read_latents(&args.latents, vae.settings().latent_channels)?;
+    let latents = read_latents_named(
+        &args.latents,
+        &args.latents_name,
+        vae.settings().latent_channels,
+    )?;
     let plan = vae.plan(latents.shape(), &args.tiling.config())?;
     eprintln!(
         "decoding latents {:?} -> video {:?} in {} decoder call(s) on {}",
@@ -114,7 +131,10 @@ fn decode(args: DecodeArgs) -> Result<()> {
     println!("decode ({:>3} t)  {decode_s:>8.3}", plan.decoder_calls());
     println!("write video      {write_s:>8.3}");
     if let Some(rss) = hyvideo::memory::peak_rss_bytes() {
-        println!("peak RSS         {:>8.1} MiB", rss as f64 / (1 << 20) as f64);
+        println!(
+            "peak RSS         {:>8.1} MiB",
+            rss as f64 / (1 << 20) as f64
+        );
     }
     println!("provider: {}", vae.provider());
     for w in written {

@@ -30,8 +30,14 @@ fn stderr(o: &Output) -> String {
 /// Assert a failed run: non-zero exit, no panic, and stderr containing every `needle`.
 fn assert_fails(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "stderr lacks `{n}`: {err}");
     }
@@ -54,34 +60,102 @@ fn vae_model(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
 fn export_then_decode_to_every_format() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
-    let o = run(export_bin(), &[&"onnx", &"--model", &tiny_model(), &"--out", &bundle, &"--components", &"vae_decoder"]);
+    let o = run(
+        export_bin(),
+        &[
+            &"onnx",
+            &"--model",
+            &tiny_model(),
+            &"--out",
+            &bundle,
+            &"--components",
+            &"vae_decoder",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(list_dir(&bundle), ["manifest.yaml", "vae", "vae_decoder.onnx", "vae_decoder.onnx.data"]);
+    assert_eq!(
+        list_dir(&bundle),
+        [
+            "manifest.yaml",
+            "vae",
+            "vae_decoder.onnx",
+            "vae_decoder.onnx.data"
+        ]
+    );
 
     let (shape, data) = golden("vae_decode.safetensors", "small.latents");
     let lat = dir.path().join("latents.safetensors");
     write_tensor(&lat, "latents", &shape, &data);
     let st = dir.path().join("video.safetensors");
-    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &bundle, &"--latents", &lat, &"--save-path", &st, &"--threads", &"2"]);
+    let o = run(
+        hyvideo_bin(),
+        &[
+            &"decode",
+            &"--bundle",
+            &bundle,
+            &"--latents",
+            &lat,
+            &"--save-path",
+            &st,
+            &"--threads",
+            &"2",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("provider: cpu") && stdout.contains("peak RSS"), "{stdout}");
+    assert!(
+        stdout.contains("provider: cpu") && stdout.contains("peak RSS"),
+        "{stdout}"
+    );
     let bytes = std::fs::read(&st).unwrap();
     let got = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let v = got.tensor("video").unwrap();
     assert_eq!(v.shape(), [2, 3, 9, 48, 80]);
-    let vals: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let vals: Vec<f32> = v
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let (_, want) = golden("vae_decode.safetensors", "small.sample");
     assert!(rel_max_err(&vals, &want) <= 1e-4);
 
     // B = 2: one MP4 per batch item; PNG: one file per frame and batch item.
-    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &bundle, &"--latents", &lat, &"--save-path", &dir.path().join("v.mp4")]);
+    let o = run(
+        hyvideo_bin(),
+        &[
+            &"decode",
+            &"--bundle",
+            &bundle,
+            &"--latents",
+            &lat,
+            &"--save-path",
+            &dir.path().join("v.mp4"),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &bundle, &"--latents", &lat, &"--save-path", &dir.path().join("f.png")]);
+    let o = run(
+        hyvideo_bin(),
+        &[
+            &"decode",
+            &"--bundle",
+            &bundle,
+            &"--latents",
+            &lat,
+            &"--save-path",
+            &dir.path().join("f.png"),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let files = list_dir(dir.path());
-    assert!(files.contains(&"v_0.mp4".to_string()) && files.contains(&"v_1.mp4".to_string()), "{files:?}");
-    assert_eq!(files.iter().filter(|f| f.ends_with(".png")).count(), 2 * 9, "{files:?}");
+    assert!(
+        files.contains(&"v_0.mp4".to_string()) && files.contains(&"v_1.mp4".to_string()),
+        "{files:?}"
+    );
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".png")).count(),
+        2 * 9,
+        "{files:?}"
+    );
     assert!(!files.iter().any(|f| f.contains(".tmp")), "{files:?}");
 }
 
@@ -90,7 +164,11 @@ fn missing_vae_folder() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir_all(&model).unwrap();
-    std::fs::copy(tiny_model().join("model_index.json"), model.join("model_index.json")).unwrap();
+    std::fs::copy(
+        tiny_model().join("model_index.json"),
+        model.join("model_index.json"),
+    )
+    .unwrap();
     let out = dir.path().join("bundle");
     let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
     assert_fails(&o, &["vae", "does not exist"]);
@@ -146,7 +224,10 @@ fn unwritable_export_destination() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let out = file.join("bundle");
-    let o = run(export_bin(), &[&"onnx", &"--model", &tiny_model(), &"--out", &out]);
+    let o = run(
+        export_bin(),
+        &[&"onnx", &"--model", &tiny_model(), &"--out", &out],
+    );
     assert_fails(&o, &["a-file"]);
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
@@ -155,7 +236,18 @@ fn decode_with(dir: &Path, latents_shape: &[usize], tensor: &str, save: &Path) -
     let lat = dir.join("bad-latents.safetensors");
     let n = latents_shape.iter().product();
     write_tensor(&lat, tensor, latents_shape, &vec![0.5; n]);
-    run(hyvideo_bin(), &[&"decode", &"--bundle", &vae_bundle(), &"--latents", &lat, &"--save-path", &save])
+    run(
+        hyvideo_bin(),
+        &[
+            &"decode",
+            &"--bundle",
+            &vae_bundle(),
+            &"--latents",
+            &lat,
+            &"--save-path",
+            &save,
+        ],
+    )
 }
 
 #[test]
@@ -163,12 +255,27 @@ fn latents_with_wrong_channels_rank_or_name() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("out.mp4");
     let o = decode_with(dir.path(), &[1, 3, 2, 4, 4], "latents", &save);
-    assert_fails(&o, &["bad-latents.safetensors", "`latents`", "3 channels", "expects 4"]);
+    assert_fails(
+        &o,
+        &[
+            "bad-latents.safetensors",
+            "`latents`",
+            "3 channels",
+            "expects 4",
+        ],
+    );
     let o = decode_with(dir.path(), &[1, 4, 4, 4], "latents", &save);
     assert_fails(&o, &["bad-latents.safetensors", "rank 5", "[1, 4, 4, 4]"]);
     let o = decode_with(dir.path(), &[1, 4, 2, 4, 4], "noise", &save);
-    assert_fails(&o, &["bad-latents.safetensors", "no tensor `latents`", "noise"]);
-    assert_eq!(list_dir(dir.path()), ["bad-latents.safetensors"], "partial output left behind");
+    assert_fails(
+        &o,
+        &["bad-latents.safetensors", "no tensor `latents`", "noise"],
+    );
+    assert_eq!(
+        list_dir(dir.path()),
+        ["bad-latents.safetensors"],
+        "partial output left behind"
+    );
 }
 
 #[test]
@@ -176,7 +283,11 @@ fn unwritable_save_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    for save in [file.join("out.mp4"), dir.path().join("missing-dir/out.png"), dir.path().join("out.gif")] {
+    for save in [
+        file.join("out.mp4"),
+        dir.path().join("missing-dir/out.png"),
+        dir.path().join("out.gif"),
+    ] {
         let o = decode_with(dir.path(), &[1, 4, 1, 2, 2], "latents", &save);
         let shown = save.display().to_string();
         assert_fails(&o, &[&shown]);
@@ -190,6 +301,17 @@ fn not_a_bundle() {
     let save = dir.path().join("out.mp4");
     let lat = dir.path().join("l.safetensors");
     write_tensor(&lat, "latents", &[1, 4, 1, 2, 2], &[0.0; 16]);
-    let o = run(hyvideo_bin(), &[&"decode", &"--bundle", &dir.path(), &"--latents", &lat, &"--save-path", &save]);
+    let o = run(
+        hyvideo_bin(),
+        &[
+            &"decode",
+            &"--bundle",
+            &dir.path(),
+            &"--latents",
+            &lat,
+            &"--save-path",
+            &save,
+        ],
+    );
     assert_fails(&o, &["not a hyvideo bundle", "hyvideo-export onnx"]);
 }

@@ -29,9 +29,15 @@ pub fn goldens(name: &str) -> PathBuf {
 pub fn golden(file: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(goldens(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let v = st.tensor(name).unwrap_or_else(|e| panic!("{file}: {name}: {e}"));
+    let v = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{file}: {name}: {e}"));
     assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
-    let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let data = v
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (v.shape().to_vec(), data)
 }
 
@@ -44,7 +50,10 @@ pub fn golden5(file: &str, name: &str) -> Tensor5 {
 pub fn rel_max_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let err = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
     err / scale
 }
 
@@ -52,7 +61,11 @@ pub fn rel_max_err(a: &[f32], b: &[f32]) -> f64 {
 pub fn vae_bundle() -> &'static Path {
     static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
     BUNDLE.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("hyvideo-it-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("hyvideo-it-")
+            .tempdir()
+            .unwrap()
+            .keep();
         let out = dir.join("bundle");
         let req = ExportRequest {
             model: tiny_model(),
@@ -68,7 +81,11 @@ pub fn vae_bundle() -> &'static Path {
 /// Files directly in `dir` (names), sorted.
 pub fn list_dir(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -77,7 +94,9 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
 /// Write `latents` to a safetensors file under tensor `name`.
 pub fn write_tensor(path: &Path, name: &str, shape: &[usize], data: &[f32]) {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+            .unwrap();
     let out = safetensors::serialize([(name, view)], None).unwrap();
     std::fs::write(path, out).unwrap();
 }

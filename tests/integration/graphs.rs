@@ -28,16 +28,38 @@ fn vae_decoder_uses_only_allowed_standard_ops() {
     let allowed = allowed_ops();
     let used: BTreeSet<String> = graph.node.iter().map(|n| n.op_type.clone()).collect();
     let extra: Vec<_> = used.difference(&allowed).collect();
-    assert!(extra.is_empty(), "ops outside configs/onnx_ops_tensorrt.txt: {extra:?}");
-    assert!(graph.node.iter().all(|n| n.domain.is_empty()), "non-default domain op");
-    let opset = model.opset_import.iter().find(|o| o.domain.is_empty()).expect("default opset").version;
+    assert!(
+        extra.is_empty(),
+        "ops outside configs/onnx_ops_tensorrt.txt: {extra:?}"
+    );
+    assert!(
+        graph.node.iter().all(|n| n.domain.is_empty()),
+        "non-default domain op"
+    );
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty())
+        .expect("default opset")
+        .version;
     assert!((19..=20).contains(&opset), "opset {opset}");
     // Every weight lives in the external data file, none inline.
-    let inline_big = graph.initializer.iter().filter(|t| t.raw_data.len() > 1024).count();
+    let inline_big = graph
+        .initializer
+        .iter()
+        .filter(|t| t.raw_data.len() > 1024)
+        .count();
     assert_eq!(inline_big, 0);
-    assert!(graph.initializer.iter().any(|t| t.name == "decoder.conv_in.conv.weight" && !t.external_data.is_empty()));
+    assert!(
+        graph
+            .initializer
+            .iter()
+            .any(|t| t.name == "decoder.conv_in.conv.weight" && !t.external_data.is_empty())
+    );
     // Graph I/O as DESIGN.md specifies.
-    let names = |v: &[hyvideo_exporters::onnx::proto::ValueInfoProto]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+    let names = |v: &[hyvideo_exporters::onnx::proto::ValueInfoProto]| {
+        v.iter().map(|i| i.name.clone()).collect::<Vec<_>>()
+    };
     assert_eq!(names(&graph.input), ["latent_sample"]);
     assert_eq!(names(&graph.output), ["sample"]);
 }
@@ -45,12 +67,23 @@ fn vae_decoder_uses_only_allowed_standard_ops() {
 #[test]
 fn vae_decoder_passes_the_onnx_checker() {
     let python = root().join(".venv-tools/bin/python");
-    assert!(python.exists(), "{} missing: run scripts/setup.sh", python.display());
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
     let model = vae_bundle().join("vae_decoder.onnx");
     let o = Command::new(python)
-        .args(["-c", "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True); print('ok')"])
+        .args([
+            "-c",
+            "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True); print('ok')",
+        ])
         .arg(&model)
         .output()
         .unwrap();
-    assert!(o.status.success(), "onnx checker: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "onnx checker: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -15,7 +15,12 @@ const FILE: &str = "vae_decode.safetensors";
 fn decoder() -> VaeDecoder {
     let bundle = vae_bundle();
     let manifest = Manifest::load(bundle).unwrap();
-    VaeDecoder::load(bundle, &manifest, &SessionConfig::default().with_intra_threads(Some(2))).unwrap()
+    VaeDecoder::load(
+        bundle,
+        &manifest,
+        &SessionConfig::default().with_intra_threads(Some(2)),
+    )
+    .unwrap()
 }
 
 fn decode(case: &str, tiling: &TilingConfig) -> (Tensor5, usize) {
@@ -42,7 +47,10 @@ fn graph_matches_diffusers_untiled() {
 
 #[test]
 fn framewise_decode_matches_diffusers() {
-    let tiling = TilingConfig { spatial: None, ..TilingConfig::default() };
+    let tiling = TilingConfig {
+        spatial: None,
+        ..TilingConfig::default()
+    };
     let (out, calls) = decode("framewise", &tiling);
     assert_eq!(calls, 2, "t = 7 latent frames: chunks at 0 and 3");
     let want = golden5(FILE, "framewise.sample");
@@ -53,7 +61,13 @@ fn framewise_decode_matches_diffusers() {
 
 #[test]
 fn small_tiles_match_diffusers_tiled_decode() {
-    let tiling = TilingConfig { spatial: Some(SpatialTiling { tile: 64, stride: 48 }), ..TilingConfig::default() };
+    let tiling = TilingConfig {
+        spatial: Some(SpatialTiling {
+            tile: 64,
+            stride: 48,
+        }),
+        ..TilingConfig::default()
+    };
     let (out, calls) = decode("tiled_small", &tiling);
     assert_eq!(calls, 2 * 3 * 3, "2 chunks of 3x3 tiles");
     let want = golden5(FILE, "tiled_small.sample");
@@ -83,7 +97,10 @@ fn large_latents_with_default_tiling_match_diffusers() {
     }
     let err = rel_max_err(&sub, want.data());
     eprintln!("tiled_large: relative max error {err:.3e}");
-    assert!(err <= 1e-4, "relative max error {err:.3e} (bound for large latents is 1e-3)");
+    assert!(
+        err <= 1e-4,
+        "relative max error {err:.3e} (bound for large latents is 1e-3)"
+    );
 }
 
 #[test]
