@@ -42,6 +42,7 @@ fn graph_matches_diffusers_untiled() {
     let want = golden5(FILE, "small.sample");
     assert_eq!(out.shape(), want.shape());
     let err = rel_max_err(out.data(), want.data());
+    eprintln!("relative max error {err:.3e}");
     assert!(err <= 1e-4, "relative max error {err:.3e}");
 }
 
@@ -56,6 +57,7 @@ fn framewise_decode_matches_diffusers() {
     let want = golden5(FILE, "framewise.sample");
     assert_eq!(out.shape(), [1, 3, 25, 48, 64]);
     let err = rel_max_err(out.data(), want.data());
+    eprintln!("relative max error {err:.3e}");
     assert!(err <= 1e-4, "relative max error {err:.3e}");
 }
 
@@ -73,6 +75,7 @@ fn small_tiles_match_diffusers_tiled_decode() {
     let want = golden5(FILE, "tiled_small.sample");
     assert_eq!(out.shape(), want.shape());
     let err = rel_max_err(out.data(), want.data());
+    eprintln!("relative max error {err:.3e}");
     assert!(err <= 1e-4, "relative max error {err:.3e}");
 }
 
