@@ -164,10 +164,9 @@ impl Decoder<'_, '_> {
         let qi = n.op("Unsqueeze", prefix, &[&flat, &ax1], &[])?;
         let kj = n.op("Unsqueeze", prefix, &[&flat, &ax0], &[])?;
         let allowed = n.op("LessOrEqual", prefix, &[&kj, &qi], &[])?;
-        let zero_f = n.f32_scalar(prefix, 0.0)?;
+        // Masked scores straight from Where: no separate S×S bias tensor.
         let ninf = n.f32_scalar(prefix, f32::NEG_INFINITY)?;
-        let bias = n.op("Where", prefix, &[&allowed, &zero_f, &ninf], &[])?;
-        let scores = n.op("Add", prefix, &[&scores, &bias], &[])?;
+        let scores = n.op("Where", prefix, &[&allowed, &scores, &ninf], &[])?;
         let probs = n.op("Softmax", prefix, &[&scores], &[Attr::int("axis", -1)])?;
         let ctx = n.op("MatMul", prefix, &[&probs, &v], &[])?;
         let out = n.linear(&format!("{prefix}.to_out.0"), &ctx, c, c, true)?;
