@@ -273,62 +273,53 @@ fn weights(y: usize, extent: usize) -> (f32, f32) {
     ((1.0 - r) as f32, r as f32)
 }
 
-/// diffusers `blend_v`: the first rows of `b` fade in from the last rows of `a`.
-pub fn blend_v(a: &Tensor5, b: &mut Tensor5, blend: usize) {
-    let extent = a.height().min(b.height()).min(blend);
-    let [bs, cs, ts, _, ws] = b.shape();
-    let ah = a.height();
-    for y in 0..extent {
-        let (wa, wb) = weights(y, extent);
-        for bb in 0..bs {
-            for c in 0..cs {
-                for t in 0..ts {
-                    for x in 0..ws.min(a.width()) {
-                        let av = a.at(bb, c, t, ah - extent + y, x);
-                        let v = b.at_mut(bb, c, t, y, x);
-                        *v = av * wa + *v * wb;
-                    }
-                }
-            }
+/// The axis a blend runs along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlendAxis {
+    Frames,
+    Height,
+    Width,
+}
+
+impl BlendAxis {
+    fn dim(self) -> usize {
+        match self {
+            BlendAxis::Frames => 2,
+            BlendAxis::Height => 3,
+            BlendAxis::Width => 4,
         }
     }
 }
 
-/// diffusers `blend_h`: the first columns of `b` fade in from the last columns of `a`.
-pub fn blend_h(a: &Tensor5, b: &mut Tensor5, blend: usize) {
-    let extent = a.width().min(b.width()).min(blend);
-    let [bs, cs, ts, hs, _] = b.shape();
-    let aw = a.width();
-    for x in 0..extent {
-        let (wa, wb) = weights(x, extent);
-        for bb in 0..bs {
-            for c in 0..cs {
-                for t in 0..ts {
-                    for y in 0..hs.min(a.height()) {
-                        let av = a.at(bb, c, t, y, aw - extent + x);
-                        let v = b.at_mut(bb, c, t, y, x);
-                        *v = av * wa + *v * wb;
-                    }
-                }
-            }
+/// diffusers `blend_t` / `blend_v` / `blend_h`: the first `extent` slices of `b` along `axis`
+/// fade in from the last `extent` slices of `a`, where `extent = min(a, b, blend)` along it.
+pub fn blend(a: &Tensor5, b: &mut Tensor5, blend: usize, axis: BlendAxis) {
+    let d = axis.dim();
+    let (sa, sb) = (a.shape(), b.shape());
+    let extent = sa[d].min(sb[d]).min(blend);
+    // Iterate over b's shape, limited to a's extent on the other axes.
+    let mut lim = sb;
+    for k in 2..5 {
+        if k != d {
+            lim[k] = lim[k].min(sa[k]);
         }
     }
-}
-
-/// diffusers `blend_t`: the first frames of `b` fade in from the last frames of `a`.
-pub fn blend_t(a: &Tensor5, b: &mut Tensor5, blend: usize) {
-    let extent = a.frames().min(b.frames()).min(blend);
-    let [bs, cs, _, hs, ws] = b.shape();
-    let at = a.frames();
-    for t in 0..extent {
-        let (wa, wb) = weights(t, extent);
-        for bb in 0..bs {
-            for c in 0..cs {
-                for y in 0..hs.min(a.height()) {
-                    for x in 0..ws.min(a.width()) {
-                        let av = a.at(bb, c, at - extent + t, y, x);
-                        let v = b.at_mut(bb, c, t, y, x);
-                        *v = av * wa + *v * wb;
+    lim[d] = 1; // the blended index along `d` is `i`
+    for i in 0..extent {
+        let (wa, wb) = weights(i, extent);
+        for bb in 0..lim[0] {
+            for c in 0..lim[1] {
+                for t in 0..lim[2] {
+                    for y in 0..lim[3] {
+                        for x in 0..lim[4] {
+                            let mut ia = [bb, c, t, y, x];
+                            let mut ib = ia;
+                            ia[d] = sa[d] - extent + i;
+                            ib[d] = i;
+                            let av = a.at(ia[0], ia[1], ia[2], ia[3], ia[4]);
+                            let v = b.at_mut(ib[0], ib[1], ib[2], ib[3], ib[4]);
+                            *v = av * wa + *v * wb;
+                        }
                     }
                 }
             }
@@ -379,7 +370,7 @@ pub fn decode_tiled<E>(
             if let Some(p) = prev.as_ref().filter(|_| extent > 0) {
                 let pf = p.frames.frames();
                 let a = p.frames.slice(pf - extent..pf, y0..y0 + ch, x0..x0 + cw);
-                blend_t(&a, &mut crop, extent);
+                blend(&a, &mut crop, extent, BlendAxis::Frames);
             }
             let n = chunk.output.len();
             out.paste(&crop.slice(0..n, 0..ch, 0..cw), chunk.output.start, y0, x0);
@@ -420,10 +411,10 @@ fn decode_chunk<E>(
             let mut tile = decode(&zc.slice(0..t, rows.clone(), cols.clone()))?;
             on_tile();
             if i > 0 {
-                blend_v(&prev_row[j], &mut tile, grid.blend_px);
+                blend(&prev_row[j], &mut tile, grid.blend_px, BlendAxis::Height);
             }
             if j > 0 {
-                blend_h(&row[j - 1], &mut tile, grid.blend_px);
+                blend(&row[j - 1], &mut tile, grid.blend_px, BlendAxis::Width);
             }
             let ratio = tile.height() / rows.len();
             let (full_h, full_w) = (zc.height() * ratio, zc.width() * ratio);
@@ -603,7 +594,7 @@ mod tests {
     fn blend_matches_diffusers_formula() {
         let a = Tensor5::from_vec([1, 1, 1, 4, 1], vec![10.0, 20.0, 30.0, 40.0]).unwrap();
         let mut b = Tensor5::from_vec([1, 1, 1, 4, 1], vec![0.0; 4]).unwrap();
-        blend_v(&a, &mut b, 3);
+        blend(&a, &mut b, 3, BlendAxis::Height);
         // extent 3: b[y] = a[1 + y] * (1 - y/3)
         assert_eq!(
             b.data(),

@@ -211,6 +211,18 @@ fn check_positive_f(file: &Path, key: &str, v: f64) -> Result<()> {
 
 /// `load(path)`: read (a directory means `<dir>/<FILE_NAME>`), parse, validate.
 macro_rules! config_file {
+    ($ty:ident, $file:literal, plain_json) => {
+        config_file!($ty, $file);
+
+        impl $ty {
+            /// Parse without validating; `file` is used in errors and stored as `source`.
+            pub fn from_json(text: &str, file: &Path) -> Result<$ty> {
+                let mut c: $ty = parse_json(text, file)?;
+                c.source = file.to_path_buf();
+                Ok(c)
+            }
+        }
+    };
     ($ty:ident, $file:literal) => {
         impl $ty {
             /// File name of this config inside a component folder.
@@ -278,19 +290,12 @@ impl Default for VaeConfig {
     }
 }
 
-config_file!(VaeConfig, "config.json");
+config_file!(VaeConfig, "config.json", plain_json);
 
 impl VaeConfig {
     pub const CLASS_NAME: &'static str = "AutoencoderKLHunyuanVideo";
     pub const DOWN_BLOCK: &'static str = "HunyuanVideoDownBlock3D";
     pub const UP_BLOCK: &'static str = "HunyuanVideoUpBlock3D";
-
-    /// Parse without validating; `file` is used in errors and stored as `source`.
-    pub fn from_json(text: &str, file: &Path) -> Result<VaeConfig> {
-        let mut c: VaeConfig = parse_json(text, file)?;
-        c.source = file.to_path_buf();
-        Ok(c)
-    }
 
     /// Reject configs the VAE decoder exporter cannot reproduce.
     pub fn validate(&self) -> Result<()> {
@@ -455,17 +460,10 @@ impl Default for TransformerConfig {
     }
 }
 
-config_file!(TransformerConfig, "config.json");
+config_file!(TransformerConfig, "config.json", plain_json);
 
 impl TransformerConfig {
     pub const CLASS_NAME: &'static str = "HunyuanVideoTransformer3DModel";
-
-    /// Parse without validating; `file` is used in errors and stored as `source`.
-    pub fn from_json(text: &str, file: &Path) -> Result<TransformerConfig> {
-        let mut c: TransformerConfig = parse_json(text, file)?;
-        c.source = file.to_path_buf();
-        Ok(c)
-    }
 
     /// Hidden size: heads × head dim.
     pub fn inner_dim(&self) -> usize {
@@ -613,16 +611,9 @@ pub struct LlamaConfig {
     pub source: PathBuf,
 }
 
-config_file!(LlamaConfig, "config.json");
+config_file!(LlamaConfig, "config.json", plain_json);
 
 impl LlamaConfig {
-    /// Parse without validating; `file` is used in errors and stored as `source`.
-    pub fn from_json(text: &str, file: &Path) -> Result<LlamaConfig> {
-        let mut c: LlamaConfig = parse_json(text, file)?;
-        c.source = file.to_path_buf();
-        Ok(c)
-    }
-
     pub fn num_key_value_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -901,17 +892,10 @@ impl Default for SchedulerConfig {
     }
 }
 
-config_file!(SchedulerConfig, "scheduler_config.json");
+config_file!(SchedulerConfig, "scheduler_config.json", plain_json);
 
 impl SchedulerConfig {
     pub const CLASS_NAME: &'static str = "FlowMatchEulerDiscreteScheduler";
-
-    /// Parse without validating; `file` is used in errors and stored as `source`.
-    pub fn from_json(text: &str, file: &Path) -> Result<SchedulerConfig> {
-        let mut c: SchedulerConfig = parse_json(text, file)?;
-        c.source = file.to_path_buf();
-        Ok(c)
-    }
 
     /// Reject options the runtime's plain shifted flow-matching schedule does not implement.
     pub fn validate(&self) -> Result<()> {
