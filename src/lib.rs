@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod latents;
 pub mod memory;
+pub mod scheduler;
 pub mod tensor;
 pub mod vae;
 pub mod vae_tiling;

@@ -1,0 +1,84 @@
+//! Flow-matching Euler schedule exactly as diffusers' `HunyuanVideoPipeline` drives
+//! `FlowMatchEulerDiscreteScheduler`: σ = linspace(1, 0, N+1)[:-1] (float64, then float32),
+//! shifted σ' = s·σ / (1 + (s−1)·σ) in float32, a final 0 appended, timestep = σ'·1000, and the
+//! Euler step x ← x + (σ'[i+1] − σ'[i])·v in float32. Pure functions; no state.
+
+/// diffusers' default `num_train_timesteps`.
+pub const NUM_TRAIN_TIMESTEPS: f32 = 1000.0;
+
+/// The N + 1 sigmas (last one 0) of an N-step run with shift `shift`.
+pub fn sigmas(steps: usize, shift: f32) -> Vec<f32> {
+    // numpy.linspace: start + i * step, step = (stop - start) / (num - 1), in float64.
+    let step = -1.0 / steps as f64;
+    (0..steps)
+        .map(|i| {
+            let s = (i as f64 * step + 1.0) as f32;
+            shift * s / (1.0 + (shift - 1.0) * s)
+        })
+        .chain(std::iter::once(0.0))
+        .collect()
+}
+
+/// The N timesteps (σ·1000) the transformer sees, for the sigmas of [`sigmas`].
+pub fn timesteps(sigmas: &[f32]) -> Vec<f32> {
+    sigmas[..sigmas.len().saturating_sub(1)]
+        .iter()
+        .map(|s| s * NUM_TRAIN_TIMESTEPS)
+        .collect()
+}
+
+/// One Euler step in place: `x += (σ_next − σ) · v`, as `FlowMatchEulerDiscreteScheduler.step`.
+pub fn euler_step(x: &mut [f32], v: &[f32], sigma: f32, sigma_next: f32) {
+    let dt = sigma_next - sigma;
+    for (xi, vi) in x.iter_mut().zip(v) {
+        *xi += dt * vi;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::SafeTensors;
+
+    fn golden(name: &str) -> Vec<f32> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/goldens/scheduler.safetensors"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor(name).unwrap();
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    #[test]
+    fn sigmas_and_timesteps_match_diffusers_bit_for_bit() {
+        for steps in [4, 30, 50] {
+            for shift in [7u32, 17] {
+                let s = sigmas(steps, shift as f32);
+                let want = golden(&format!("sigmas_{steps}_shift{shift}"));
+                assert_eq!(s.len(), steps + 1);
+                for (i, (a, b)) in s.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "sigma {i} of {steps} steps, shift {shift}: {a} vs {b}"
+                    );
+                }
+                let t = timesteps(&s);
+                let want_t = golden(&format!("timesteps_{steps}_shift{shift}"));
+                assert_eq!(t, want_t, "timesteps of {steps} steps, shift {shift}");
+            }
+        }
+    }
+
+    #[test]
+    fn euler_step_moves_by_the_sigma_difference() {
+        let mut x = vec![1.0f32, -2.0];
+        euler_step(&mut x, &[0.5, 4.0], 0.75, 0.5);
+        assert_eq!(x, vec![1.0 - 0.125, -3.0]);
+    }
+}
