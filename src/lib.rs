@@ -1,11 +1,13 @@
-//! hyvideo: run HunyuanVideo from exported ONNX engines — tiled VAE decoding and video files
-//! (text encoders, scheduler and the denoising loop come with later issues).
+//! hyvideo: run HunyuanVideo from exported ONNX engines — the flow-matching denoising loop on
+//! the transformer, tiled VAE decoding and video files (text encoders come with a later issue).
 
 pub mod cli;
+pub mod denoise;
 pub mod latents;
 pub mod memory;
 pub mod scheduler;
 pub mod tensor;
+pub mod transformer;
 pub mod vae;
 pub mod vae_tiling;
 pub mod video;

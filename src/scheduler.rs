@@ -2,6 +2,11 @@
 //! `FlowMatchEulerDiscreteScheduler`: σ = linspace(1, 0, N+1)[:-1] (float64, then float32),
 //! shifted σ' = s·σ / (1 + (s−1)·σ) in float32, a final 0 appended, timestep = σ'·1000, and the
 //! Euler step x ← x + (σ'[i+1] − σ'[i])·v in float32. Pure functions; no state.
+//!
+//! [`FlowDirection`] adds the `--flow-reverse` switch of Tencent's `sample_video.py`
+//! (`FlowMatchDiscreteScheduler(reverse=...)`): with it, σ runs 1 → 0 as above (diffusers' only
+//! mode, and what every published HunyuanVideo command uses); without it, Tencent's scheduler
+//! uses σ = 1 − σ', running 0 → 1.
 
 /// diffusers' default `num_train_timesteps`.
 pub const NUM_TRAIN_TIMESTEPS: f32 = 1000.0;
@@ -17,6 +22,24 @@ pub fn sigmas(steps: usize, shift: f32) -> Vec<f32> {
         })
         .chain(std::iter::once(0.0))
         .collect()
+}
+
+/// Direction of the flow-matching integration (Tencent's `--flow-reverse`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowDirection {
+    /// `--flow-reverse`: σ from 1 (noise) to 0 (data), as the diffusers pipeline.
+    Reverse,
+    /// Tencent's default without the flag: σ = 1 − σ', from 0 to 1.
+    Forward,
+}
+
+/// [`sigmas`] in the given direction.
+pub fn sigmas_in(steps: usize, shift: f32, direction: FlowDirection) -> Vec<f32> {
+    let s = sigmas(steps, shift);
+    match direction {
+        FlowDirection::Reverse => s,
+        FlowDirection::Forward => s.into_iter().map(|v| 1.0 - v).collect(),
+    }
 }
 
 /// The N timesteps (σ·1000) the transformer sees, for the sigmas of [`sigmas`].
@@ -73,6 +96,20 @@ mod tests {
                 assert_eq!(t, want_t, "timesteps of {steps} steps, shift {shift}");
             }
         }
+    }
+
+    #[test]
+    fn forward_direction_is_one_minus_the_reverse_schedule() {
+        let r = sigmas_in(4, 7.0, FlowDirection::Reverse);
+        let f = sigmas_in(4, 7.0, FlowDirection::Forward);
+        assert_eq!(r, sigmas(4, 7.0));
+        assert_eq!((r[0], r[4]), (1.0, 0.0));
+        assert_eq!((f[0], f[4]), (0.0, 1.0));
+        for (a, b) in r.iter().zip(&f) {
+            assert_eq!(*b, 1.0 - a);
+        }
+        assert!(f.windows(2).all(|w| w[1] > w[0]));
+        assert_eq!(timesteps(&f)[0], 0.0);
     }
 
     #[test]

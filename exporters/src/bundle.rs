@@ -344,6 +344,17 @@ impl BundleWriter {
         Ok(())
     }
 
+    /// Write `bytes` into the bundle as `name` (staged).
+    pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let dst = self.staging.join(name);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        std::fs::write(&dst, bytes).map_err(io_err(&dst))?;
+        self.stage(name);
+        Ok(())
+    }
+
     /// Move every staged file into place, then write the manifest (atomically, last).
     pub fn commit(mut self) -> Result<Manifest> {
         for name in &self.staged {

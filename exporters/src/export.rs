@@ -7,11 +7,14 @@ use crate::bundle::{
     BundleWriter, Component, ComponentEntry, Manifest, Precision, SourceFile, TensorSpec,
     VaeSettings,
 };
-use crate::checkpoint::{Checkpoint, DType, VaeConfig, Weights};
+use std::sync::Arc;
+
+use crate::checkpoint::{Checkpoint, DType, TransformerConfig, VaeConfig, Weights};
 use crate::error::{ExportError, Result};
-use crate::graph::{Net, WeightProvider};
+use crate::graph::{Net, WeightProvider, concat_rows};
 use crate::onnx::{GraphBuilder, TensorSource, WrittenModel, write_model};
-use crate::vae_decoder;
+use crate::transformer_layout::{KeyLayout, Rows, fp8_module_name, tencent_parts};
+use crate::{transformer, vae_decoder};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -21,6 +24,21 @@ pub struct ExportRequest {
     pub out: PathBuf,
     pub precision: Precision,
     pub components: Vec<Component>,
+    pub transformer: TransformerSource,
+}
+
+/// Where the transformer's weights and config come from when not from `--model`.
+#[derive(Debug, Clone, Default)]
+pub struct TransformerSource {
+    /// A single-file checkpoint (diffusers or Tencent key layout) replacing
+    /// `<model>/transformer/*.safetensors` (`--transformer`).
+    pub file: Option<PathBuf>,
+    /// The fp8 per-tensor scale map of an fp8_e4m3fn checkpoint (`--fp8-scale-map`); default
+    /// `<file stem>_map.safetensors` beside `file`.
+    pub fp8_scale_map: Option<PathBuf>,
+    /// A model preset (`configs/models/*.yaml`, `--config`) used instead of
+    /// `<model>/transformer/config.json`.
+    pub config: Option<PathBuf>,
 }
 
 /// Weights read from a checkpoint, streamed to the graph's weight type.
@@ -32,6 +50,73 @@ struct CheckpointWeights {
 impl WeightProvider for CheckpointWeights {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Box<dyn TensorSource>> {
         Ok(Box::new(self.weights.stream(name, shape, self.target)?))
+    }
+}
+
+/// Transformer weights in either key layout, fp8 tensors dequantised with their scale map as the
+/// reference does (bf16 arithmetic, Tencent's `fp8_linear_forward`).
+struct TransformerWeights {
+    ckpt: Arc<Checkpoint>,
+    layout: KeyLayout,
+    scales: Option<Checkpoint>,
+    target: DType,
+    hidden: usize,
+    mlp: usize,
+}
+
+impl TransformerWeights {
+    /// `name` as stored (fp8 dequantised), shape-checked against `shape`.
+    fn stored(&self, name: &str, shape: &[usize]) -> Result<crate::checkpoint::TensorStream> {
+        let view = self.ckpt.get(name)?.expect_shape(shape)?;
+        if view.dtype != DType::F8E4M3 {
+            return Ok(view.stream(self.target));
+        }
+        let Some(scales) = &self.scales else {
+            return Err(ExportError::Model {
+                component: "transformer",
+                reason: format!(
+                    "{} holds float8_e4m3fn weights ({name}) but no fp8 scale map was found: pass                      --fp8-scale-map or put <stem>_map.safetensors beside it",
+                    self.ckpt.path().display()
+                ),
+            });
+        };
+        let module = fp8_module_name(name);
+        let module = match &self.layout {
+            KeyLayout::Tencent { prefix } => module.strip_prefix(prefix.as_str()).unwrap_or(module),
+            KeyLayout::Diffusers => module,
+        };
+        let scale = scales.get(module)?.to_scalar_f32()?;
+        Ok(view.stream(self.target).dequantized(scale, DType::BF16)?)
+    }
+}
+
+impl WeightProvider for TransformerWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Box<dyn TensorSource>> {
+        let prefix = match &self.layout {
+            KeyLayout::Diffusers => return Ok(Box::new(self.stored(name, shape)?)),
+            KeyLayout::Tencent { prefix } => prefix,
+        };
+        let parts =
+            tencent_parts(name, self.hidden, self.mlp).ok_or_else(|| ExportError::Model {
+                component: "transformer",
+                reason: format!("no Tencent-layout tensor is known for `{name}`"),
+            })?;
+        let mut sources: Vec<Box<dyn TensorSource>> = Vec::with_capacity(parts.len());
+        for part in parts {
+            let full = format!("{prefix}{}", part.name);
+            let stream = match part.rows {
+                Rows::All => self.stored(&full, shape)?,
+                Rows::Slice { rows, of } => {
+                    let mut whole = shape.to_vec();
+                    if let Some(first) = whole.first_mut() {
+                        *first = of;
+                    }
+                    self.stored(&full, &whole)?.rows(rows)?
+                }
+            };
+            sources.push(Box::new(stream));
+        }
+        concat_rows(sources)
     }
 }
 
@@ -120,6 +205,160 @@ fn with_metadata(b: GraphBuilder, component: Component, precision: Precision) ->
         .with_metadata("hyvideo.precision", precision.to_string())
 }
 
+/// Write a finished graph into the bundle's staging area and register its files.
+fn write_staged(
+    net: Net<'_>,
+    bundle: &mut BundleWriter,
+    component: Component,
+) -> Result<WrittenModel> {
+    let written = write_model(net.finish(), bundle.staging_dir(), component.name())?;
+    for path in [&written.onnx_path, &written.data_path] {
+        bundle.stage(
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    Ok(written)
+}
+
+/// The transformer config: the preset if one is given, else `<model>/transformer/config.json`.
+pub fn transformer_config(model: &Path, source: &TransformerSource) -> Result<TransformerConfig> {
+    if let Some(preset) = &source.config {
+        return Ok(TransformerConfig::load_preset(preset)?);
+    }
+    let file = model.join("transformer").join(TransformerConfig::FILE_NAME);
+    if !file.is_file() {
+        return Err(ExportError::Model {
+            component: "transformer",
+            reason: format!(
+                "{} does not exist: pass a model preset with --config (e.g. \
+                 configs/models/hunyuan-video-t2v-720p.yaml)",
+                file.display()
+            ),
+        });
+    }
+    Ok(TransformerConfig::load(&file)?)
+}
+
+/// The fp8 scale map for `file`: the explicit one, else `<stem>_map.safetensors` beside it.
+fn fp8_scale_map(file: &Path, explicit: Option<&Path>) -> Result<Option<Checkpoint>> {
+    if let Some(p) = explicit {
+        return Ok(Some(Checkpoint::open(p)?));
+    }
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    let sibling = file.with_file_name(format!("{stem}_map.safetensors"));
+    if sibling.is_file() {
+        Ok(Some(Checkpoint::open(&sibling)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Export the transformer (diffusers folder or single file, either key layout).
+pub fn export_transformer(
+    model: &Path,
+    source: &TransformerSource,
+    bundle: &mut BundleWriter,
+    precision: Precision,
+) -> Result<()> {
+    let cfg = transformer_config(model, source)?;
+    let weights_path = match &source.file {
+        Some(f) => f.clone(),
+        None => subfolder(model, Component::Transformer)?,
+    };
+    let ckpt = Arc::new(Checkpoint::open(&weights_path)?);
+    let layout = KeyLayout::detect(&ckpt)?;
+    let scales = match &source.file {
+        Some(f) => fp8_scale_map(f, source.fp8_scale_map.as_deref())?,
+        None => None,
+    };
+    let provider = TransformerWeights {
+        ckpt: ckpt.clone(),
+        layout: layout.clone(),
+        scales,
+        target: weight_dtype(precision)?,
+        hidden: cfg.inner_dim(),
+        mlp: cfg.mlp_hidden_dim(),
+    };
+    let builder = with_metadata(
+        transformer::graph_builder(),
+        Component::Transformer,
+        precision,
+    )
+    .with_metadata(
+        "hyvideo.checkpoint_layout",
+        match layout {
+            KeyLayout::Diffusers => "diffusers",
+            KeyLayout::Tencent { .. } => "tencent",
+        },
+    );
+    let mut net = Net::new(builder, &provider);
+    transformer::build(&mut net, &cfg)?;
+    let written = write_staged(net, bundle, Component::Transformer)?;
+    let f = "float32";
+    let d = |s: &str| s.to_string();
+    let mut inputs = vec![
+        (
+            transformer::HIDDEN_STATES,
+            f,
+            vec![
+                d("batch"),
+                cfg.in_channels.to_string(),
+                d("frames"),
+                d("height"),
+                d("width"),
+            ],
+        ),
+        (transformer::TIMESTEP, f, vec![d("batch")]),
+        (
+            transformer::ENCODER_HIDDEN_STATES,
+            f,
+            vec![d("batch"), d("text_len"), cfg.text_embed_dim.to_string()],
+        ),
+        (
+            transformer::ENCODER_ATTENTION_MASK,
+            "int64",
+            vec![d("batch"), d("text_len")],
+        ),
+        (
+            transformer::POOLED_PROJECTIONS,
+            f,
+            vec![d("batch"), cfg.pooled_projection_dim.to_string()],
+        ),
+    ];
+    if cfg.guidance_embeds {
+        inputs.push((transformer::GUIDANCE, f, vec![d("batch")]));
+    }
+    let outputs = tensor_specs(&[(
+        transformer::OUTPUT,
+        f,
+        vec![
+            d("batch"),
+            cfg.out_channels().to_string(),
+            d("frames"),
+            d("height"),
+            d("width"),
+        ],
+    )]);
+    let srcs = match &source.file {
+        Some(_) => sources(&ckpt, weights_path.parent().unwrap_or(model))?,
+        None => sources(&ckpt, model)?,
+    };
+    let e = entry(&written, tensor_specs(&inputs), outputs, srcs);
+    let cfg_json = serde_json::to_vec_pretty(&cfg).map_err(|e| ExportError::Model {
+        component: "transformer",
+        reason: format!("serialising the config: {e}"),
+    })?;
+    bundle.write_file("transformer/config.json", &cfg_json)?;
+    bundle
+        .manifest_mut()
+        .components
+        .insert(Component::Transformer, e);
+    Ok(())
+}
+
 /// Export the VAE decoder of `model` into the staging area of `bundle`.
 pub fn export_vae_decoder(
     model: &Path,
@@ -142,27 +381,7 @@ pub fn export_vae_decoder(
         &provider,
     );
     vae_decoder::build(&mut net, &cfg)?;
-    let written = write_model(
-        net.finish(),
-        bundle.staging_dir(),
-        Component::VaeDecoder.name(),
-    )?;
-    bundle.stage(
-        written
-            .onnx_path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
-    );
-    bundle.stage(
-        written
-            .data_path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
-    );
+    let written = write_staged(net, bundle, Component::VaeDecoder)?;
     let f = "float32";
     let inputs = tensor_specs(&[(
         vae_decoder::INPUT,
@@ -213,10 +432,14 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
         on_component(c);
         match c {
             Component::VaeDecoder => export_vae_decoder(&req.model, &mut bundle, req.precision)?,
+            Component::Transformer => {
+                export_transformer(&req.model, &req.transformer, &mut bundle, req.precision)?
+            }
             other => {
                 return Err(ExportError::Model {
                     component: other.name(),
-                    reason: "exporting this component is not implemented yet (only vae_decoder)"
+                    reason: "exporting this component is not implemented yet (only vae_decoder \
+                             and transformer)"
                         .into(),
                 });
             }

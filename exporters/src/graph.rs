@@ -8,6 +8,13 @@
 use crate::error::Result;
 use crate::onnx::{Attr, DataType, GraphBuilder, TensorSource, Value, auto};
 
+/// Whether a normalisation layer has learned scale and bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Affine {
+    Learned,
+    None,
+}
+
 /// Supplies checkpoint tensors by full dotted name, checked against the shape the model config
 /// implies, converted to the graph's weight type.
 pub trait WeightProvider {
@@ -33,6 +40,62 @@ impl TensorSource for Reshaped {
     fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         self.inner.write_to(w)
     }
+}
+
+/// Tensors stacked along their first axis, written one after another (a fused projection
+/// such as `[to_q; to_k; to_v]` from three checkpoint tensors).
+struct ConcatRows {
+    parts: Vec<Box<dyn TensorSource>>,
+    dims: Vec<i64>,
+}
+
+impl TensorSource for ConcatRows {
+    fn data_type(&self) -> DataType {
+        self.parts[0].data_type()
+    }
+    fn dims(&self) -> Vec<i64> {
+        self.dims.clone()
+    }
+    fn byte_len(&self) -> u64 {
+        self.parts.iter().map(|p| p.byte_len()).sum()
+    }
+    fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for p in &self.parts {
+            p.write_to(w)?;
+        }
+        Ok(())
+    }
+}
+
+/// Stack `parts` (each `[rows_k, rest..]`, same dtype and trailing dims) along the first axis.
+pub fn concat_rows(mut parts: Vec<Box<dyn TensorSource>>) -> Result<Box<dyn TensorSource>> {
+    let first = parts
+        .first()
+        .ok_or_else(|| crate::error::ExportError::Model {
+            component: "graph",
+            reason: "concat_rows of no tensors".into(),
+        })?;
+    let mut dims = first.dims();
+    let dtype = first.data_type();
+    for p in &parts[1..] {
+        let d = p.dims();
+        if p.data_type() != dtype || d.len() != dims.len() || d[1..] != dims[1..] {
+            return Err(crate::error::ExportError::Model {
+                component: "graph",
+                reason: format!(
+                    "cannot stack tensors of dims {:?} and {d:?} (or dtypes differ)",
+                    dims
+                ),
+            });
+        }
+        dims[0] += d[0];
+    }
+    if parts.len() == 1
+        && let Some(only) = parts.pop()
+    {
+        return Ok(only);
+    }
+    Ok(Box::new(ConcatRows { parts, dims }))
 }
 
 /// A graph under construction plus the weights it reads.
@@ -76,6 +139,22 @@ impl<'w> Net<'w> {
         )?)
     }
 
+    /// Checkpoint tensors `names` (each `[rows_k, rest..]`) stacked along the first axis as one
+    /// initializer `fused_name`.
+    pub fn weight_fused(
+        &mut self,
+        fused_name: &str,
+        names: &[String],
+        shapes: &[Vec<usize>],
+    ) -> Result<Value> {
+        let mut parts = Vec::with_capacity(names.len());
+        for (n, shape) in names.iter().zip(shapes) {
+            parts.push(self.weights.tensor(n, shape)?);
+        }
+        let src = concat_rows(parts)?;
+        Ok(self.b.weight(fused_name, src)?)
+    }
+
     /// A node with one output, named automatically from `prefix`.
     pub fn op(
         &mut self,
@@ -87,6 +166,24 @@ impl<'w> Net<'w> {
         Ok(self
             .b
             .node1(op, auto(format!("{prefix}/{op}")), inputs, attrs)?)
+    }
+
+    /// `Split` of `x` along `axis` into pieces of the given sizes.
+    pub fn split(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        axis: i64,
+        sizes: &[i64],
+    ) -> Result<Vec<Value>> {
+        let split = self.i64s(prefix, sizes)?;
+        Ok(self.b.node(
+            "Split",
+            auto(format!("{prefix}/Split")),
+            &[x, &split],
+            sizes.len(),
+            &[Attr::int("axis", axis)],
+        )?)
     }
 
     pub fn i64s(&mut self, prefix: &str, v: &[i64]) -> Result<Value> {
@@ -193,6 +290,81 @@ impl<'w> Net<'w> {
                 Attr::ints("strides", vec![1, 1, 1]),
             ],
         )
+    }
+
+    /// `nn.Linear`s `modules` (each `[o_k, i]` with bias) fused into one `Gemm` on a 2-D
+    /// `x` [tokens, i]: `x @ [W_0; W_1; ..]^T + [b_0; b_1; ..]` → [tokens, Σ o_k]. The weight is
+    /// stored as in the checkpoint (`transB = 1`), so it streams without a transpose.
+    pub fn gemm(
+        &mut self,
+        fused_name: &str,
+        x: &Value,
+        i: usize,
+        modules: &[(&str, usize)],
+    ) -> Result<Value> {
+        let names = |suffix: &str| -> Vec<String> {
+            modules.iter().map(|(m, _)| join(m, suffix)).collect()
+        };
+        let w_shapes: Vec<Vec<usize>> = modules.iter().map(|&(_, o)| vec![o, i]).collect();
+        let b_shapes: Vec<Vec<usize>> = modules.iter().map(|&(_, o)| vec![o]).collect();
+        let w = self.weight_fused(&join(fused_name, "weight"), &names("weight"), &w_shapes)?;
+        let b = self.weight_fused(&join(fused_name, "bias"), &names("bias"), &b_shapes)?;
+        self.op("Gemm", fused_name, &[x, &w, &b], &[Attr::int("transB", 1)])
+    }
+
+    /// `nn.LayerNorm(dim, eps)` over the last axis (`LayerNormalization`); `affine` reads
+    /// `<prefix>.weight` / `<prefix>.bias`, otherwise scale 1 and no bias.
+    pub fn layer_norm(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        dim: usize,
+        eps: f32,
+        affine: Affine,
+    ) -> Result<Value> {
+        let (scale, bias) = match affine {
+            Affine::Learned => (
+                self.weight(&join(prefix, "weight"), &[dim])?,
+                self.weight(&join(prefix, "bias"), &[dim])?,
+            ),
+            Affine::None => (
+                self.b.const_f32(
+                    auto(format!("{prefix}/ones")),
+                    &vec![1.0; dim],
+                    &[dim as i64],
+                )?,
+                Value::none(),
+            ),
+        };
+        let inputs: Vec<&Value> = if bias.is_none() {
+            vec![x, &scale]
+        } else {
+            vec![x, &scale, &bias]
+        };
+        self.op(
+            "LayerNormalization",
+            prefix,
+            &inputs,
+            &[Attr::int("axis", -1), Attr::float("epsilon", eps)],
+        )
+    }
+
+    /// diffusers `RMSNorm(dim, eps)` over the last axis: `x / sqrt(mean(x²) + eps) * weight`.
+    pub fn rms_norm(&mut self, prefix: &str, x: &Value, dim: usize, eps: f32) -> Result<Value> {
+        let sq = self.op("Mul", prefix, &[x, x], &[])?;
+        let axes = self.i64s(prefix, &[-1])?;
+        let ms = self.op(
+            "ReduceMean",
+            prefix,
+            &[&sq, &axes],
+            &[Attr::int("keepdims", 1)],
+        )?;
+        let eps = self.f32_scalar(prefix, eps)?;
+        let ms = self.op("Add", prefix, &[&ms, &eps], &[])?;
+        let rms = self.op("Sqrt", prefix, &[&ms], &[])?;
+        let y = self.op("Div", prefix, &[x, &rms], &[])?;
+        let w = self.weight(&join(prefix, "weight"), &[dim])?;
+        self.op("Mul", prefix, &[&y, &w], &[])
     }
 
     /// `nn.Linear(i, o)` on the last axis: `x @ W^T + b` (weights `<prefix>.weight` [o, i]).

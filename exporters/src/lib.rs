@@ -10,6 +10,8 @@ pub mod error;
 pub mod export;
 pub mod graph;
 pub mod onnx;
+pub mod transformer;
+pub mod transformer_layout;
 pub mod vae_decoder;
 
 pub use error::{ExportError, Result};

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use hyvideo_exporters::bundle::{Component, Manifest, Precision};
-use hyvideo_exporters::export::{ExportRequest, export};
+use hyvideo_exporters::export::{ExportRequest, TransformerSource, export};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Export components of a diffusers-format HunyuanVideo folder to ONNX.
+    /// Export components of a diffusers-format HunyuanVideo folder (or a single-file
+    /// transformer) to ONNX.
     Onnx(OnnxArgs),
     /// Print a bundle's manifest.
     Inspect {
@@ -48,6 +49,18 @@ struct OnnxArgs {
     /// Components to export, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "vae_decoder", value_parser = |s: &str| s.parse::<Component>())]
     components: Vec<Component>,
+    /// A single-file transformer checkpoint (diffusers or Tencent key layout, bf16/fp16/fp32 or
+    /// fp8_e4m3fn) replacing the weights in `<model>/transformer/`.
+    #[arg(long)]
+    transformer: Option<PathBuf>,
+    /// Per-tensor scale map of an fp8_e4m3fn `--transformer` file
+    /// (default: `<stem>_map.safetensors` beside it).
+    #[arg(long)]
+    fp8_scale_map: Option<PathBuf>,
+    /// Model preset YAML (`configs/models/*.yaml`) for the transformer config, for checkpoints
+    /// without `<model>/transformer/config.json`.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 fn main() {
@@ -71,6 +84,11 @@ fn onnx(args: OnnxArgs) -> Result<()> {
         out: args.out,
         precision: args.precision,
         components: args.components,
+        transformer: TransformerSource {
+            file: args.transformer,
+            fp8_scale_map: args.fp8_scale_map,
+            config: args.config,
+        },
     };
     let t0 = Instant::now();
     let manifest = export(&req, |c| eprintln!("exporting {c} ({})", req.precision))?;

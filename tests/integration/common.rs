@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use hyvideo::tensor::Tensor5;
 use hyvideo_exporters::bundle::{Component, Precision};
-use hyvideo_exporters::export::{ExportRequest, export};
+use hyvideo_exporters::export::{ExportRequest, TransformerSource, export};
 use safetensors::SafeTensors;
 
 pub fn root() -> PathBuf {
@@ -57,25 +57,51 @@ pub fn rel_max_err(a: &[f32], b: &[f32]) -> f64 {
     err / scale
 }
 
+/// A golden i64 tensor and its shape.
+pub fn golden_i64(file: &str, name: &str) -> (Vec<usize>, Vec<i64>) {
+    let bytes = std::fs::read(goldens(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let v = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{file}: {name}: {e}"));
+    assert_eq!(v.dtype(), safetensors::Dtype::I64, "{name}");
+    let data = v
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (v.shape().to_vec(), data)
+}
+
+/// Export `components` of the tiny pipeline (fp32) into a fresh temporary bundle.
+pub fn export_tiny(components: &[Component], transformer: TransformerSource) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix("hyvideo-it-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let out = dir.join("bundle");
+    let req = ExportRequest {
+        model: tiny_model(),
+        out: out.clone(),
+        precision: Precision::Fp32,
+        components: components.to_vec(),
+        transformer,
+    };
+    export(&req, |_| {}).unwrap_or_else(|e| panic!("export {components:?}: {e}"));
+    out
+}
+
 /// The tiny pipeline's VAE decoder exported once per test run (fp32).
 pub fn vae_bundle() -> &'static Path {
     static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
-    BUNDLE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("hyvideo-it-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let out = dir.join("bundle");
-        let req = ExportRequest {
-            model: tiny_model(),
-            out: out.clone(),
-            precision: Precision::Fp32,
-            components: vec![Component::VaeDecoder],
-        };
-        export(&req, |_| {}).expect("export the tiny VAE decoder");
-        out
-    })
+    BUNDLE.get_or_init(|| export_tiny(&[Component::VaeDecoder], TransformerSource::default()))
+}
+
+/// The tiny pipeline's transformer (diffusers folder) exported once per test run (fp32).
+pub fn transformer_bundle() -> &'static Path {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| export_tiny(&[Component::Transformer], TransformerSource::default()))
 }
 
 /// Files directly in `dir` (names), sorted.

@@ -7,4 +7,5 @@
 mod cli;
 mod common;
 mod graphs;
+mod transformer;
 mod vae;

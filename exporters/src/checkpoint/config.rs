@@ -462,8 +462,38 @@ impl Default for TransformerConfig {
 
 config_file!(TransformerConfig, "config.json", plain_json);
 
+/// A model preset (`configs/models/*.yaml`): the configs of a known checkpoint for files that
+/// carry none, such as Tencent's single-file transformer.
+#[derive(Debug, Clone, Deserialize)]
+struct ModelPreset {
+    #[allow(dead_code)]
+    name: Option<String>,
+    transformer: serde_json::Value,
+}
+
 impl TransformerConfig {
     pub const CLASS_NAME: &'static str = "HunyuanVideoTransformer3DModel";
+
+    /// Read the `transformer:` section of a model preset YAML (keys as in diffusers'
+    /// `transformer/config.json`), parsed and validated like [`load`](Self::load).
+    pub fn load_preset(path: impl AsRef<Path>) -> Result<TransformerConfig> {
+        let path = path.as_ref();
+        let (file, text) = read_config(path, "preset.yaml")?;
+        let preset: ModelPreset =
+            serde_saphyr::from_str(&text).map_err(|e| CheckpointError::ConfigSyntax {
+                file: file.clone(),
+                reason: format!("not a model preset (a YAML mapping with `transformer:`): {e}"),
+            })?;
+        let json = serde_json::to_string_pretty(&preset.transformer).map_err(|e| {
+            CheckpointError::ConfigSyntax {
+                file: file.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let config = Self::from_json(&json, &file)?;
+        config.validate()?;
+        Ok(config)
+    }
 
     /// Hidden size: heads × head dim.
     pub fn inner_dim(&self) -> usize {

@@ -40,7 +40,7 @@ pub use error::{CheckpointError, Result};
 pub use hash::{FileIdentity, combine_identities, sha256_file, to_hex};
 pub use safetensors::MAX_HEADER_LEN;
 pub use store::{Checkpoint, PREFERRED_FILES, TensorInfo, TensorView};
-pub use stream::{CHUNK_BYTES, TensorStream, write_converted};
+pub use stream::{CHUNK_BYTES, Dequant, TensorStream, write_converted};
 pub use weights::Weights;
 
 /// Against the tiny diffusers pipeline and Tencent-layout checkpoints in `tests/fixtures`

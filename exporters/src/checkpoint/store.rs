@@ -401,9 +401,9 @@ impl<'a> TensorView<'a> {
     }
 
     /// Stream of this F8_E4M3 tensor dequantised with a per-tensor scale into `target`
-    /// (`w = fp8 * scale`, see [`TensorStream::dequantized`]).
+    /// (`w = fp8 * scale` computed in `target`, see [`TensorStream::dequantized`]).
     pub fn dequantized_stream(&self, scale: f32, target: TargetDType) -> Result<TensorStream> {
-        self.stream(target).dequantized(scale)
+        self.stream(target).dequantized(scale, target)
     }
 }
 

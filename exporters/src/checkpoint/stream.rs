@@ -23,22 +23,37 @@ use super::safetensors::MappedFile;
 /// each at most this large).
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// Write little-endian `source` bytes as `target`, each element multiplied by `scale` first if
-/// given, in chunks of at most [`CHUNK_BYTES`]. Same dtype without scale copies the bytes.
+/// Per-tensor dequantisation as the reference computes it: `w = q.to(compute) * scale.to(compute)`
+/// (the scale and the product rounded to `compute`), then converted to the export dtype.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dequant {
+    pub scale: f32,
+    /// The reference's compute dtype (`original_dtype` of Tencent's `fp8_linear_forward`).
+    pub compute: DType,
+}
+
+impl Dequant {
+    fn apply(&self, v: f32) -> f32 {
+        round_through(v * round_through(self.scale, self.compute), self.compute)
+    }
+}
+
+/// Write little-endian `source` bytes as `target`, each element dequantised first if `dequant`
+/// is given, in chunks of at most [`CHUNK_BYTES`]. Same dtype without dequantisation copies the
+/// bytes.
 pub fn write_converted(
     src: &[u8],
     source: DType,
     target: DType,
-    scale: Option<f32>,
+    dequant: Option<Dequant>,
     w: &mut dyn Write,
 ) -> io::Result<()> {
-    if scale.is_none() && source == target {
+    if dequant.is_none() && source == target {
         for chunk in src.chunks(CHUNK_BYTES) {
             w.write_all(chunk)?;
         }
         return Ok(());
     }
-    let scale = scale.map(|s| effective_scale(s, target));
     let elems = CHUNK_BYTES / 4;
     let in_size = source.size_in_bytes();
     let mut staged = vec![0.0f32; elems];
@@ -47,9 +62,9 @@ pub fn write_converted(
         let n = chunk.len() / in_size;
         let staged = &mut staged[..n];
         decode_to_f32(source, &chunk[..n * in_size], staged);
-        if let Some(s) = scale {
+        if let Some(d) = dequant {
             for v in staged.iter_mut() {
-                *v *= s;
+                *v = d.apply(*v);
             }
         }
         out.clear();
@@ -57,15 +72,6 @@ pub fn write_converted(
         w.write_all(&out)?;
     }
     Ok(())
-}
-
-/// The scale as the reference applies it: rounded to the compute dtype (f16/bf16), kept in f32
-/// for f32 and fp8 targets.
-fn effective_scale(scale: f32, target: DType) -> f32 {
-    match target {
-        DType::F16 | DType::BF16 => round_through(scale, target),
-        DType::F32 | DType::F8E4M3 => scale,
-    }
 }
 
 /// An owned handle to one tensor's bytes in a mapped checkpoint file, with the dtype it is
@@ -78,7 +84,7 @@ pub struct TensorStream {
     shape: Vec<usize>,
     source: DType,
     target: DType,
-    scale: Option<f32>,
+    dequant: Option<Dequant>,
 }
 
 impl std::fmt::Debug for TensorStream {
@@ -89,7 +95,7 @@ impl std::fmt::Debug for TensorStream {
             .field("shape", &self.shape)
             .field("source", &self.source)
             .field("target", &self.target)
-            .field("scale", &self.scale)
+            .field("dequant", &self.dequant)
             .finish()
     }
 }
@@ -110,14 +116,35 @@ impl TensorStream {
             shape,
             source,
             target,
-            scale: None,
+            dequant: None,
         }
     }
 
+    /// Rows `rows` of the tensor (along its first axis) as a tensor of its own: a contiguous
+    /// byte range of the same mapping, e.g. the query third of a fused `img_attn_qkv` weight.
+    pub fn rows(mut self, rows: Range<usize>) -> Result<TensorStream> {
+        let n = self.shape.first().copied().unwrap_or(0);
+        if rows.start > rows.end || rows.end > n {
+            return Err(CheckpointError::ShapeMismatch {
+                name: format!("{}[{}..{}]", self.name, rows.start, rows.end),
+                file: self.file.path.clone(),
+                expected: vec![rows.end],
+                found: self.shape.clone(),
+            });
+        }
+        let row_bytes = self.shape[1..].iter().product::<usize>() * self.source.size_in_bytes();
+        let start = self.range.start + rows.start * row_bytes;
+        self.range = start..start + rows.len() * row_bytes;
+        self.shape[0] = rows.len();
+        self.name = format!("{}[{}..{}]", self.name, rows.start, rows.end);
+        Ok(self)
+    }
+
     /// Multiply every element by a per-tensor `scale` while converting (dequantisation of an
-    /// F8_E4M3 tensor with its `_fp8_map` entry). Errors if the tensor is not F8_E4M3 or the
-    /// scale is not finite.
-    pub fn dequantized(mut self, scale: f32) -> Result<TensorStream> {
+    /// F8_E4M3 tensor with its `_fp8_map` entry), rounding scale and product to `compute` as
+    /// the reference does ([`Dequant`]). Errors if the tensor is not F8_E4M3 or the scale is
+    /// not finite.
+    pub fn dequantized(mut self, scale: f32, compute: DType) -> Result<TensorStream> {
         if self.source != DType::F8E4M3 {
             return Err(CheckpointError::DtypeMismatch {
                 name: self.name,
@@ -133,7 +160,7 @@ impl TensorStream {
                 scale,
             });
         }
-        self.scale = Some(scale);
+        self.dequant = Some(Dequant { scale, compute });
         Ok(self)
     }
 
@@ -177,9 +204,9 @@ impl TensorStream {
         self.target
     }
 
-    /// Dequantisation scale, if any.
-    pub fn scale(&self) -> Option<f32> {
-        self.scale
+    /// Dequantisation applied while converting, if any.
+    pub fn dequant(&self) -> Option<Dequant> {
+        self.dequant
     }
 
     /// Exact number of bytes [`write_to`](Self::write_to) writes.
@@ -199,7 +226,13 @@ impl TensorStream {
 
     /// Stream the converted tensor into `w` (little-endian, row-major).
     pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
-        write_converted(self.source_bytes(), self.source, self.target, self.scale, w)
+        write_converted(
+            self.source_bytes(),
+            self.source,
+            self.target,
+            self.dequant,
+            w,
+        )
     }
 
     /// The converted tensor as f32 values (for tests and small tensors).
@@ -285,16 +318,29 @@ mod tests {
     }
 
     #[test]
-    fn fp8_scale_is_rounded_to_the_target_dtype_first() {
+    fn fp8_scale_and_product_are_rounded_to_the_compute_dtype() {
         // 1.5 (0x3c) * scale; scale 0.1 is not a bf16 value.
         let scale = 0.1f32;
+        let bf16 = |v: f32| bf16_to_f32(f32_to_bf16(v));
+        let want = bf16(1.5 * bf16(scale));
+        let via_bf16 = Some(Dequant {
+            scale,
+            compute: DType::BF16,
+        });
         let mut out = Vec::new();
-        write_converted(&[0x3c], DType::F8E4M3, DType::BF16, Some(scale), &mut out).unwrap();
-        let got = bf16_to_f32(u16::from_le_bytes([out[0], out[1]]));
-        let scale_bf16 = bf16_to_f32(f32_to_bf16(scale));
-        assert_eq!(got, bf16_to_f32(f32_to_bf16(1.5 * scale_bf16)));
+        write_converted(&[0x3c], DType::F8E4M3, DType::BF16, via_bf16, &mut out).unwrap();
+        assert_eq!(bf16_to_f32(u16::from_le_bytes([out[0], out[1]])), want);
+        // An f32 graph of a bf16 reference holds the same bf16 values, widened.
         let mut out = Vec::new();
-        write_converted(&[0x3c], DType::F8E4M3, DType::F32, Some(scale), &mut out).unwrap();
+        write_converted(&[0x3c], DType::F8E4M3, DType::F32, via_bf16, &mut out).unwrap();
+        assert_eq!(f32::from_le_bytes(out[..4].try_into().unwrap()), want);
+        // An f32 reference keeps the exact product.
+        let via_f32 = Some(Dequant {
+            scale,
+            compute: DType::F32,
+        });
+        let mut out = Vec::new();
+        write_converted(&[0x3c], DType::F8E4M3, DType::F32, via_f32, &mut out).unwrap();
         assert_eq!(
             f32::from_le_bytes(out[..4].try_into().unwrap()),
             1.5 * scale

@@ -1,0 +1,898 @@
+//! The HunyuanVideo diffusion transformer (DiT) as an ONNX graph.
+//!
+//! Mirrors diffusers `models/transformers/transformer_hunyuan_video.py`
+//! (`HunyuanVideoTransformer3DModel.forward` and its blocks): patch embedding, sinusoidal
+//! timestep / guidance embeddings and the pooled-text projection, the token refiner, the
+//! dual-stream `HunyuanVideoTransformerBlock`s, the single-stream
+//! `HunyuanVideoSingleTransformerBlock`s, `norm_out`, `proj_out` and the unpatchify.
+//!
+//! Graph choices (same numbers as diffusers, written for inference engines):
+//! - every `nn.Linear` is a 2-D `Gemm` with `transB = 1` on the checkpoint's `[out, in]` weight,
+//!   and the projections diffusers runs one after another on the same input are fused
+//!   (`to_q|to_k|to_v`, and `to_q|to_k|to_v|proj_mlp` in single blocks — Tencent's `linear1`);
+//! - the video and text tokens live in one `[img; txt]` sequence; RoPE (computed here from the
+//!   latent shape) is applied to the whole sequence with cos = 1, sin = 0 on text tokens;
+//! - attention is `MatMul → Add(key-padding bias [B,1,1,S]) → Softmax → MatMul`, the pattern
+//!   TensorRT fuses; no S×S mask is built.
+//!
+//! Inputs (names as diffusers' forward arguments): `hidden_states` f32[B,C,T,H,W], `timestep`
+//! f32[B] (σ·1000), `encoder_hidden_states` f32[B,L,D_text], `encoder_attention_mask` i64[B,L],
+//! `pooled_projections` f32[B,P], `guidance` f32[B] (scale·1000, only with `guidance_embeds`).
+//! Output `sample` f32[B,C_out,T,H,W].
+
+use crate::checkpoint::TransformerConfig;
+use crate::error::{ExportError, Result};
+use crate::graph::{Affine, Net};
+use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
+
+pub const HIDDEN_STATES: &str = "hidden_states";
+pub const TIMESTEP: &str = "timestep";
+pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+pub const ENCODER_ATTENTION_MASK: &str = "encoder_attention_mask";
+pub const POOLED_PROJECTIONS: &str = "pooled_projections";
+pub const GUIDANCE: &str = "guidance";
+pub const OUTPUT: &str = "sample";
+
+/// Channels of the sinusoidal timestep projection (`Timesteps(num_channels=256)`).
+const TIME_PROJ_DIM: usize = 256;
+const NORM_EPS: f32 = 1e-6;
+
+fn model_err(reason: String) -> ExportError {
+    ExportError::Model {
+        component: "transformer",
+        reason,
+    }
+}
+
+/// Frequencies of `get_timestep_embedding(.., 256, flip_sin_to_cos=True,
+/// downscale_freq_shift=0)`: `exp(-ln(10000) · i / 128)`, computed in f32 as torch does.
+pub fn timestep_frequencies() -> Vec<f32> {
+    let half = TIME_PROJ_DIM / 2;
+    let ln = -(10000f64.ln() as f32);
+    (0..half)
+        .map(|i| {
+            let exponent = (ln * i as f32) / half as f32;
+            (exponent as f64).exp() as f32
+        })
+        .collect()
+}
+
+/// RoPE inverse frequencies of one axis, each repeated twice (`repeat_interleave_real`):
+/// `1 / theta^(2k / dim)` as `get_1d_rotary_pos_embed` computes them in f32.
+pub fn rope_frequencies(dim: usize, theta: f64) -> Vec<f32> {
+    (0..dim / 2)
+        .flat_map(|k| {
+            let e = (2 * k) as f32 / dim as f32;
+            let f = 1.0 / (theta as f32).powf(e);
+            [f, f]
+        })
+        .collect()
+}
+
+/// Sizes the graph is built for.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    /// Hidden size (heads × head dim).
+    d: usize,
+    heads: usize,
+    head_dim: usize,
+    mlp: usize,
+}
+
+/// Values computed once and shared by every block.
+#[derive(Clone)]
+struct Shared {
+    /// `[B]` as a 1-D shape tensor.
+    batch: Value,
+    /// `[B, -1, D]`: back from 2-D token rows to a batch of sequences.
+    seq_shape: Value,
+    /// `[B, -1, 3·heads, head_dim]` for the fused q|k|v projection.
+    qkv_shape: Value,
+    /// RoPE cos / signed sin over the joint `[img; txt]` sequence, `[S, 1, head_dim]`.
+    cos: Value,
+    sin: Value,
+    /// Key-padding bias of the joint attention, `[B, 1, 1, S]` (0 or -inf).
+    bias: Value,
+    /// Pair-swap indices for the rotation (`[1, 0, 3, 2, ..]`).
+    swap: Value,
+    /// Conditioning after SiLU, `[B, D]`, the input of every block's modulation.
+    temb_act: Value,
+    /// Number of video tokens, `[1]`.
+    n_img: Value,
+}
+
+struct Dit<'a, 'w> {
+    net: &'a mut Net<'w>,
+    dims: Dims,
+}
+
+impl Dit<'_, '_> {
+    fn i64s(&mut self, prefix: &str, v: &[i64]) -> Result<Value> {
+        self.net.i64s(prefix, v)
+    }
+
+    fn op(&mut self, op: &str, prefix: &str, inputs: &[&Value], attrs: &[Attr]) -> Result<Value> {
+        self.net.op(op, prefix, inputs, attrs)
+    }
+
+    fn shape_slice(&mut self, prefix: &str, x: &Value, start: i64, end: i64) -> Result<Value> {
+        self.op(
+            "Shape",
+            prefix,
+            &[x],
+            &[Attr::int("start", start), Attr::int("end", end)],
+        )
+    }
+
+    fn rows(&mut self, prefix: &str, x: &Value, width: usize) -> Result<Value> {
+        let shape = self.i64s(prefix, &[-1, width as i64])?;
+        self.op("Reshape", prefix, &[x, &shape], &[])
+    }
+
+    fn reshape(&mut self, prefix: &str, x: &Value, shape: &Value) -> Result<Value> {
+        self.op("Reshape", prefix, &[x, shape], &[])
+    }
+
+    /// `Linear`s fused into one `Gemm` on `x` [B, S, i] (or [B, i]), result 2-D [B·S, Σo].
+    fn linear_rows(
+        &mut self,
+        fused: &str,
+        x: &Value,
+        i: usize,
+        modules: &[(&str, usize)],
+    ) -> Result<Value> {
+        let rows = self.rows(fused, x, i)?;
+        self.net.gemm(fused, &rows, i, modules)
+    }
+
+    /// One `Linear` on a sequence `x` [B, S, i] → [B, S, o].
+    fn linear_seq(
+        &mut self,
+        sh: &Shared,
+        module: &str,
+        x: &Value,
+        i: usize,
+        o: usize,
+    ) -> Result<Value> {
+        let y = self.linear_rows(module, x, i, &[(module, o)])?;
+        if o == self.dims.d {
+            self.reshape(module, &y, &sh.seq_shape)
+        } else {
+            let tail = self.i64s(module, &[-1, o as i64])?;
+            let shape = self.op(
+                "Concat",
+                module,
+                &[&sh.batch, &tail],
+                &[Attr::int("axis", 0)],
+            )?;
+            self.reshape(module, &y, &shape)
+        }
+    }
+
+    /// `Timesteps(256, flip_sin_to_cos=True)` of `t` [B] → [B, 256] = [cos, sin].
+    fn time_proj(&mut self, prefix: &str, t: &Value) -> Result<Value> {
+        let freqs = self.net.b.const_f32(
+            auto(format!("{prefix}/freqs")),
+            &timestep_frequencies(),
+            &[1, (TIME_PROJ_DIM / 2) as i64],
+        )?;
+        let ax = self.i64s(prefix, &[1])?;
+        let t = self.op("Unsqueeze", prefix, &[t, &ax], &[])?;
+        let arg = self.op("Mul", prefix, &[&t, &freqs], &[])?;
+        let cos = self.op("Cos", prefix, &[&arg], &[])?;
+        let sin = self.op("Sin", prefix, &[&arg], &[])?;
+        self.op("Concat", prefix, &[&cos, &sin], &[Attr::int("axis", 1)])
+    }
+
+    /// `linear_2(act(linear_1(x)))` on [B, i] (`TimestepEmbedding`, `PixArtAlphaTextProjection`
+    /// with SiLU).
+    fn mlp2(&mut self, prefix: &str, x: &Value, i: usize) -> Result<Value> {
+        let d = self.dims.d;
+        let l1 = format!("{prefix}.linear_1");
+        let l2 = format!("{prefix}.linear_2");
+        let h = self.net.gemm(&l1, x, i, &[(&l1, d)])?;
+        let h = self.net.silu(prefix, &h)?;
+        self.net.gemm(&l2, &h, d, &[(&l2, d)])
+    }
+
+    /// `timestep_embedder(time_proj(t))`.
+    fn timestep_embedding(&mut self, prefix: &str, t: &Value) -> Result<Value> {
+        let p = self.time_proj(prefix, t)?;
+        self.mlp2(prefix, &p, TIME_PROJ_DIM)
+    }
+
+    /// The `[B, 1, D]` chunks of a block's modulation `linear(silu(temb))` [B, n·D].
+    fn modulation(&mut self, sh: &Shared, module: &str, n: usize) -> Result<Vec<Value>> {
+        let d = self.dims.d;
+        let m = self.net.gemm(module, &sh.temb_act, d, &[(module, n * d)])?;
+        let shape = self.i64s(module, &[-1, 1, (n * d) as i64])?;
+        let m = self.reshape(module, &m, &shape)?;
+        self.net.split(module, &m, 2, &vec![d as i64; n])
+    }
+
+    /// `x * (1 + scale) + shift`.
+    fn modulate(&mut self, prefix: &str, x: &Value, shift: &Value, scale: &Value) -> Result<Value> {
+        let one = self.net.f32_scalar(prefix, 1.0)?;
+        let s1 = self.op("Add", prefix, &[scale, &one], &[])?;
+        let y = self.op("Mul", prefix, &[x, &s1], &[])?;
+        self.op("Add", prefix, &[&y, shift], &[])
+    }
+
+    /// `x + gate * y`.
+    fn gated_residual(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        gate: &Value,
+        y: &Value,
+    ) -> Result<Value> {
+        let g = self.op("Mul", prefix, &[y, gate], &[])?;
+        self.op("Add", prefix, &[x, &g], &[])
+    }
+
+    /// Split a fused q|k|v projection [B·S, 3D] into three [B, S, heads, head_dim] tensors.
+    fn split_qkv(&mut self, prefix: &str, sh: &Shared, qkv: &Value) -> Result<[Value; 3]> {
+        let qkv = self.reshape(prefix, qkv, &sh.qkv_shape)?;
+        let h = self.dims.heads as i64;
+        let outs = self.net.split(prefix, &qkv, 2, &[h, h, h])?;
+        match <[Value; 3]>::try_from(outs) {
+            Ok(v) => Ok(v),
+            Err(_) => Err(model_err(
+                "Split returned the wrong number of outputs".into(),
+            )),
+        }
+    }
+
+    /// `x * cos + rotate_pairs(x) * sin` on [B, S, heads, head_dim] (diffusers
+    /// `apply_rotary_emb(use_real=True, use_real_unbind_dim=-1)`).
+    fn rope(&mut self, prefix: &str, sh: &Shared, x: &Value) -> Result<Value> {
+        let xc = self.op("Mul", prefix, &[x, &sh.cos], &[])?;
+        let swapped = self.op("Gather", prefix, &[x, &sh.swap], &[Attr::int("axis", 3)])?;
+        let xs = self.op("Mul", prefix, &[&swapped, &sh.sin], &[])?;
+        self.op("Add", prefix, &[&xc, &xs], &[])
+    }
+
+    /// Scaled dot-product attention of q, k, v [B, S, heads, head_dim] with a key bias
+    /// [B, 1, 1, S]; result as token rows [B·S, D].
+    fn attention(
+        &mut self,
+        prefix: &str,
+        q: &Value,
+        k: &Value,
+        v: &Value,
+        bias: &Value,
+    ) -> Result<Value> {
+        let scale = self
+            .net
+            .f32_scalar(prefix, 1.0 / (self.dims.head_dim as f32).sqrt())?;
+        let q = self.op("Mul", prefix, &[q, &scale], &[])?;
+        let qt = self.op(
+            "Transpose",
+            prefix,
+            &[&q],
+            &[Attr::ints("perm", vec![0, 2, 1, 3])],
+        )?;
+        let kt = self.op(
+            "Transpose",
+            prefix,
+            &[k],
+            &[Attr::ints("perm", vec![0, 2, 3, 1])],
+        )?;
+        let vt = self.op(
+            "Transpose",
+            prefix,
+            &[v],
+            &[Attr::ints("perm", vec![0, 2, 1, 3])],
+        )?;
+        let scores = self.op("MatMul", prefix, &[&qt, &kt], &[])?;
+        let scores = self.op("Add", prefix, &[&scores, bias], &[])?;
+        let probs = self.op("Softmax", prefix, &[&scores], &[Attr::int("axis", -1)])?;
+        let ctx = self.op("MatMul", prefix, &[&probs, &vt], &[])?;
+        let ctx = self.op(
+            "Transpose",
+            prefix,
+            &[&ctx],
+            &[Attr::ints("perm", vec![0, 2, 1, 3])],
+        )?;
+        self.rows(prefix, &ctx, self.dims.d)
+    }
+
+    /// RMS-normalised, rotated q, k of one stream (`norm_q`, `norm_k` modules).
+    fn qk_norm(&mut self, q: &Value, k: &Value, norm_q: &str, norm_k: &str) -> Result<[Value; 2]> {
+        let hd = self.dims.head_dim;
+        let q = self.net.rms_norm(norm_q, q, hd, NORM_EPS)?;
+        let k = self.net.rms_norm(norm_k, k, hd, NORM_EPS)?;
+        Ok([q, k])
+    }
+
+    /// Slice `x` [B, S, ..] along the sequence axis.
+    fn seq_slice(&mut self, prefix: &str, x: &Value, start: &Value, end: &Value) -> Result<Value> {
+        let axes = self.i64s(prefix, &[1])?;
+        self.op("Slice", prefix, &[x, start, end, &axes], &[])
+    }
+
+    /// `HunyuanVideoTransformerBlock`: returns the new (img, txt) streams.
+    fn dual_block(
+        &mut self,
+        prefix: &str,
+        sh: &Shared,
+        img: &Value,
+        txt: &Value,
+    ) -> Result<(Value, Value)> {
+        let Dims { d, mlp, .. } = self.dims;
+        let p = |s: &str| format!("{prefix}.{s}");
+        let im = self.modulation(sh, &p("norm1.linear"), 6)?;
+        let tm = self.modulation(sh, &p("norm1_context.linear"), 6)?;
+        let img_n = self
+            .net
+            .layer_norm(&p("norm1"), img, d, NORM_EPS, Affine::None)?;
+        let img_n = self.modulate(&p("norm1"), &img_n, &im[0], &im[1])?;
+        let txt_n = self
+            .net
+            .layer_norm(&p("norm1_context"), txt, d, NORM_EPS, Affine::None)?;
+        let txt_n = self.modulate(&p("norm1_context"), &txt_n, &tm[0], &tm[1])?;
+
+        let img_qkv = self.linear_rows(
+            &p("attn.to_qkv"),
+            &img_n,
+            d,
+            &[
+                (&p("attn.to_q"), d),
+                (&p("attn.to_k"), d),
+                (&p("attn.to_v"), d),
+            ],
+        )?;
+        let txt_qkv = self.linear_rows(
+            &p("attn.add_qkv_proj"),
+            &txt_n,
+            d,
+            &[
+                (&p("attn.add_q_proj"), d),
+                (&p("attn.add_k_proj"), d),
+                (&p("attn.add_v_proj"), d),
+            ],
+        )?;
+        let [iq, ik, iv] = self.split_qkv(&p("attn"), sh, &img_qkv)?;
+        let [tq, tk, tv] = self.split_qkv(&p("attn"), sh, &txt_qkv)?;
+        let [iq, ik] = self.qk_norm(&iq, &ik, &p("attn.norm_q"), &p("attn.norm_k"))?;
+        let [tq, tk] = self.qk_norm(&tq, &tk, &p("attn.norm_added_q"), &p("attn.norm_added_k"))?;
+        let cat = |s: &mut Self, a: &Value, b: &Value| {
+            s.op("Concat", prefix, &[a, b], &[Attr::int("axis", 1)])
+        };
+        let q = cat(self, &iq, &tq)?;
+        let k = cat(self, &ik, &tk)?;
+        let v = cat(self, &iv, &tv)?;
+        let q = self.rope(prefix, sh, &q)?;
+        let k = self.rope(prefix, sh, &k)?;
+        let ctx = self.attention(&p("attn"), &q, &k, &v, &sh.bias)?;
+        let ctx = self.reshape(prefix, &ctx, &sh.seq_shape)?;
+        let zero = self.i64s(prefix, &[0])?;
+        let end = self.i64s(prefix, &[i64::MAX])?;
+        let img_ctx = self.seq_slice(prefix, &ctx, &zero, &sh.n_img)?;
+        let txt_ctx = self.seq_slice(prefix, &ctx, &sh.n_img, &end)?;
+        let img_attn = self.linear_seq(sh, &p("attn.to_out.0"), &img_ctx, d, d)?;
+        let txt_attn = self.linear_seq(sh, &p("attn.to_add_out"), &txt_ctx, d, d)?;
+
+        let img = self.gated_residual(prefix, img, &im[2], &img_attn)?;
+        let txt = self.gated_residual(prefix, txt, &tm[2], &txt_attn)?;
+        let img_n = self
+            .net
+            .layer_norm(&p("norm2"), &img, d, NORM_EPS, Affine::None)?;
+        let img_n = self.modulate(&p("norm2"), &img_n, &im[3], &im[4])?;
+        let txt_n = self
+            .net
+            .layer_norm(&p("norm2_context"), &txt, d, NORM_EPS, Affine::None)?;
+        let txt_n = self.modulate(&p("norm2_context"), &txt_n, &tm[3], &tm[4])?;
+        let img_ff = self.feed_forward(sh, &p("ff"), &img_n, d, mlp, Activation::GeluTanh)?;
+        let txt_ff =
+            self.feed_forward(sh, &p("ff_context"), &txt_n, d, mlp, Activation::GeluTanh)?;
+        let img = self.gated_residual(prefix, &img, &im[5], &img_ff)?;
+        let txt = self.gated_residual(prefix, &txt, &tm[5], &txt_ff)?;
+        Ok((img, txt))
+    }
+
+    /// diffusers `FeedForward`: `net.2(act(net.0.proj(x)))` on [B, S, d].
+    fn feed_forward(
+        &mut self,
+        sh: &Shared,
+        prefix: &str,
+        x: &Value,
+        d: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<Value> {
+        let fc1 = format!("{prefix}.net.0.proj");
+        let fc2 = format!("{prefix}.net.2");
+        let h = self.linear_rows(&fc1, x, d, &[(&fc1, hidden)])?;
+        let h = self.activation(prefix, &h, act)?;
+        let y = self.net.gemm(&fc2, &h, hidden, &[(&fc2, d)])?;
+        self.reshape(prefix, &y, &sh.seq_shape)
+    }
+
+    fn activation(&mut self, prefix: &str, x: &Value, act: Activation) -> Result<Value> {
+        match act {
+            Activation::GeluTanh => {
+                self.op("Gelu", prefix, &[x], &[Attr::string("approximate", "tanh")])
+            }
+            Activation::Silu => self.net.silu(prefix, x),
+        }
+    }
+
+    /// `HunyuanVideoSingleTransformerBlock` on the joint sequence `x` [B, S, D].
+    fn single_block(&mut self, prefix: &str, sh: &Shared, x: &Value) -> Result<Value> {
+        let Dims { d, mlp, .. } = self.dims;
+        let p = |s: &str| format!("{prefix}.{s}");
+        let m = self.modulation(sh, &p("norm.linear"), 3)?;
+        let xn = self
+            .net
+            .layer_norm(&p("norm"), x, d, NORM_EPS, Affine::None)?;
+        let xn = self.modulate(&p("norm"), &xn, &m[0], &m[1])?;
+        let h = self.linear_rows(
+            &p("linear1"),
+            &xn,
+            d,
+            &[
+                (&p("attn.to_q"), d),
+                (&p("attn.to_k"), d),
+                (&p("attn.to_v"), d),
+                (&p("proj_mlp"), mlp),
+            ],
+        )?;
+        let outs = self
+            .net
+            .split(prefix, &h, 1, &[(3 * d) as i64, mlp as i64])?;
+        let [q, k, v] = self.split_qkv(&p("attn"), sh, &outs[0])?;
+        let [q, k] = self.qk_norm(&q, &k, &p("attn.norm_q"), &p("attn.norm_k"))?;
+        let q = self.rope(prefix, sh, &q)?;
+        let k = self.rope(prefix, sh, &k)?;
+        let ctx = self.attention(&p("attn"), &q, &k, &v, &sh.bias)?;
+        let mlp_act = self.activation(prefix, &outs[1], Activation::GeluTanh)?;
+        let cat = self.op("Concat", prefix, &[&ctx, &mlp_act], &[Attr::int("axis", 1)])?;
+        let out = self
+            .net
+            .gemm(&p("proj_out"), &cat, d + mlp, &[(&p("proj_out"), d)])?;
+        let out = self.reshape(prefix, &out, &sh.seq_shape)?;
+        self.gated_residual(prefix, x, &m[2], &out)
+    }
+
+    /// `HunyuanVideoTokenRefiner` (`context_embedder`): text [B, L, D_text] → [B, L, D].
+    fn token_refiner(
+        &mut self,
+        sh: &Shared,
+        cfg: &TransformerConfig,
+        text: &Value,
+        mask: &Value,
+        timestep: &Value,
+    ) -> Result<Value> {
+        let d = self.dims.d;
+        let dt = cfg.text_embed_dim;
+        let pre = "context_embedder";
+        // Masked mean of the (unrefined) text as the pooled projection.
+        let mask_f = self.op(
+            "Cast",
+            pre,
+            &[mask],
+            &[Attr::int("to", DataType::Float as i64)],
+        )?;
+        let ax2 = self.i64s(pre, &[2])?;
+        let ax1 = self.i64s(pre, &[1])?;
+        let mask3 = self.op("Unsqueeze", pre, &[&mask_f, &ax2], &[])?;
+        let masked = self.op("Mul", pre, &[text, &mask3], &[])?;
+        let sum = self.op(
+            "ReduceSum",
+            pre,
+            &[&masked, &ax1],
+            &[Attr::int("keepdims", 0)],
+        )?;
+        let count = self.op(
+            "ReduceSum",
+            pre,
+            &[&mask_f, &ax1],
+            &[Attr::int("keepdims", 1)],
+        )?;
+        let pooled = self.op("Div", pre, &[&sum, &count], &[])?;
+        let t_emb = self.timestep_embedding(
+            &format!("{pre}.time_text_embed.timestep_embedder"),
+            timestep,
+        )?;
+        let c_emb = self.mlp2(&format!("{pre}.time_text_embed.text_embedder"), &pooled, dt)?;
+        let temb = self.op("Add", pre, &[&t_emb, &c_emb], &[])?;
+        let temb_act = self.net.silu(pre, &temb)?;
+        let mut h = self.linear_seq(sh, &format!("{pre}.proj_in"), text, dt, d)?;
+
+        // Key bias: padded keys masked, key 0 always visible (`self_attn_mask[:, :, :, 0] = True`).
+        // Rows of padded queries differ from diffusers' mask, but those tokens never reach the
+        // output: the joint attention masks them as keys and drops them at the end.
+        let mask_b = self.op(
+            "Cast",
+            pre,
+            &[mask],
+            &[Attr::int("to", DataType::Bool as i64)],
+        )?;
+        let l = self.shape_slice(pre, mask, 1, 2)?;
+        let l0 = self.op("Squeeze", pre, &[&l], &[])?;
+        let zero = self
+            .net
+            .b
+            .const_i64(auto(format!("{pre}/zero")), &[0], &[])?;
+        let one = self
+            .net
+            .b
+            .const_i64(auto(format!("{pre}/one")), &[1], &[])?;
+        let idx = self.op("Range", pre, &[&zero, &l0, &one], &[])?;
+        let first = self.op("Equal", pre, &[&idx, &zero], &[])?;
+        let valid = self.op("Or", pre, &[&mask_b, &first], &[])?;
+        let bias = self.key_bias(pre, &valid)?;
+
+        let rsh = Shared {
+            temb_act,
+            bias,
+            ..sh.clone()
+        };
+        let blocks = cfg.num_refiner_layers;
+        // diffusers builds the refiner with its default `mlp_ratio` 4.0, whatever the config says.
+        let refiner_mlp = (d as f64 * 4.0) as usize;
+        for i in 0..blocks {
+            let prefix = format!("{pre}.token_refiner.refiner_blocks.{i}");
+            let p = |s: &str| format!("{prefix}.{s}");
+            let n1 = self
+                .net
+                .layer_norm(&p("norm1"), &h, d, NORM_EPS, Affine::Learned)?;
+            let qkv = self.linear_rows(
+                &p("attn.to_qkv"),
+                &n1,
+                d,
+                &[
+                    (&p("attn.to_q"), d),
+                    (&p("attn.to_k"), d),
+                    (&p("attn.to_v"), d),
+                ],
+            )?;
+            let [q, k, v] = self.split_qkv(&p("attn"), &rsh, &qkv)?;
+            let ctx = self.attention(&p("attn"), &q, &k, &v, &rsh.bias)?;
+            let out = self
+                .net
+                .gemm(&p("attn.to_out.0"), &ctx, d, &[(&p("attn.to_out.0"), d)])?;
+            let out = self.reshape(&prefix, &out, &rsh.seq_shape)?;
+            let gates = self.modulation(&rsh, &p("norm_out.linear"), 2)?;
+            h = self.gated_residual(&prefix, &h, &gates[0], &out)?;
+            let n2 = self
+                .net
+                .layer_norm(&p("norm2"), &h, d, NORM_EPS, Affine::Learned)?;
+            let ff = self.feed_forward(&rsh, &p("ff"), &n2, d, refiner_mlp, Activation::Silu)?;
+            h = self.gated_residual(&prefix, &h, &gates[1], &ff)?;
+        }
+        Ok(h)
+    }
+
+    /// `[B, 1, 1, S]` additive bias: 0 where `valid` [B, S] (bool), -inf elsewhere.
+    fn key_bias(&mut self, prefix: &str, valid: &Value) -> Result<Value> {
+        let zero = self.net.f32_scalar(prefix, 0.0)?;
+        let ninf = self.net.f32_scalar(prefix, f32::NEG_INFINITY)?;
+        let bias = self.op("Where", prefix, &[valid, &zero, &ninf], &[])?;
+        let ax = self.i64s(prefix, &[1, 2])?;
+        self.op("Unsqueeze", prefix, &[&bias, &ax], &[])
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    GeluTanh,
+    Silu,
+}
+
+/// Build the transformer graph into `net` (weights under diffusers' names).
+pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
+    cfg.validate()?;
+    let d = cfg.inner_dim();
+    let dims = Dims {
+        d,
+        heads: cfg.num_attention_heads,
+        head_dim: cfg.attention_head_dim,
+        mlp: cfg.mlp_hidden_dim(),
+    };
+    let p = cfg.patch_size;
+    let c_in = cfg.in_channels;
+    let c_out = cfg.out_channels();
+    let b = &mut net.b;
+    let hs = b.input(
+        HIDDEN_STATES,
+        DataType::Float,
+        &[
+            "batch".into(),
+            Dim::Fixed(c_in as i64),
+            "frames".into(),
+            "height".into(),
+            "width".into(),
+        ],
+    )?;
+    let timestep = b.input(TIMESTEP, DataType::Float, &["batch".into()])?;
+    let text = b.input(
+        ENCODER_HIDDEN_STATES,
+        DataType::Float,
+        &[
+            "batch".into(),
+            "text_len".into(),
+            Dim::Fixed(cfg.text_embed_dim as i64),
+        ],
+    )?;
+    let mask = b.input(
+        ENCODER_ATTENTION_MASK,
+        DataType::Int64,
+        &["batch".into(), "text_len".into()],
+    )?;
+    let pooled = b.input(
+        POOLED_PROJECTIONS,
+        DataType::Float,
+        &["batch".into(), Dim::Fixed(cfg.pooled_projection_dim as i64)],
+    )?;
+    let guidance = if cfg.guidance_embeds {
+        Some(b.input(GUIDANCE, DataType::Float, &["batch".into()])?)
+    } else {
+        None
+    };
+
+    let mut g = Dit { net, dims };
+    let pre = "transformer";
+
+    // Patch embedding: Conv3d with kernel = stride = (1, p, p) → [B, D, T, h, w] → [B, N, D].
+    let w = g
+        .net
+        .weight("x_embedder.proj.weight", &[d, c_in, cfg.patch_size_t, p, p])?;
+    let bias = g.net.weight("x_embedder.proj.bias", &[d])?;
+    let pi = p as i64;
+    let patches = g.op(
+        "Conv",
+        "x_embedder.proj",
+        &[&hs, &w, &bias],
+        &[
+            Attr::ints("kernel_shape", vec![1, pi, pi]),
+            Attr::ints("strides", vec![1, pi, pi]),
+        ],
+    )?;
+    let batch = g.shape_slice(pre, &hs, 0, 1)?;
+    let grid = g.shape_slice(pre, &patches, 2, 5)?; // [T, h, w]
+    let flat = g.i64s(pre, &[0, d as i64, -1])?;
+    let img = g.reshape(pre, &patches, &flat)?;
+    let img = g.op(
+        "Transpose",
+        pre,
+        &[&img],
+        &[Attr::ints("perm", vec![0, 2, 1])],
+    )?;
+    let tail = g.i64s(pre, &[-1, d as i64])?;
+    let seq_shape = g.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+    let tail = g.i64s(pre, &[-1, (3 * dims.heads) as i64, dims.head_dim as i64])?;
+    let qkv_shape = g.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+
+    // RoPE over the latent grid, then identity rows for the text tokens.
+    let (cos, sin) = rope_tables(&mut g, cfg, &grid, &text)?;
+    let swap: Vec<i64> = (0..dims.head_dim as i64).map(|i| i ^ 1).collect();
+    let swap = g.net.b.const_i64(
+        auto(format!("{pre}/rope_swap")),
+        &swap,
+        &[dims.head_dim as i64],
+    )?;
+
+    // Conditioning: timestep + guidance + pooled text.
+    let t_emb = g.timestep_embedding("time_text_embed.timestep_embedder", &timestep)?;
+    let p_emb = g.mlp2(
+        "time_text_embed.text_embedder",
+        &pooled,
+        cfg.pooled_projection_dim,
+    )?;
+    let mut temb = g.op("Add", pre, &[&t_emb, &p_emb], &[])?;
+    if let Some(guidance) = &guidance {
+        let g_emb = g.timestep_embedding("time_text_embed.guidance_embedder", guidance)?;
+        temb = g.op("Add", pre, &[&temb, &g_emb], &[])?;
+    }
+    let temb_act = g.net.silu(pre, &temb)?;
+
+    // Joint key bias: every video token valid, text token j valid iff j < Σ mask.
+    let n_img = g.op("ReduceProd", pre, &[&grid], &[Attr::int("keepdims", 1)])?;
+    let ax1 = g.i64s(pre, &[1])?;
+    let count = g.op(
+        "ReduceSum",
+        pre,
+        &[&mask, &ax1],
+        &[Attr::int("keepdims", 1)],
+    )?;
+    let l = g.shape_slice(pre, &mask, 1, 2)?;
+    let l0 = g.op("Squeeze", pre, &[&l], &[])?;
+    let zero = g.net.b.const_i64(auto(format!("{pre}/zero")), &[0], &[])?;
+    let one = g.net.b.const_i64(auto(format!("{pre}/one")), &[1], &[])?;
+    let idx = g.op("Range", pre, &[&zero, &l0, &one], &[])?;
+    let txt_valid = g.op("Less", pre, &[&idx, &count], &[])?; // [B, L]
+    let img_shape = g.op("Concat", pre, &[&batch, &n_img], &[Attr::int("axis", 0)])?;
+    let yes = g.net.b.const_tensor(
+        auto(format!("{pre}/true")),
+        &crate::onnx::OwnedTensor::from_bytes(DataType::Bool, &[1, 1], vec![1])?,
+    )?;
+    let img_valid = g.op("Expand", pre, &[&yes, &img_shape], &[])?;
+    let valid = g.op(
+        "Concat",
+        pre,
+        &[&img_valid, &txt_valid],
+        &[Attr::int("axis", 1)],
+    )?;
+    let bias = g.key_bias(pre, &valid)?;
+
+    let sh = Shared {
+        batch,
+        seq_shape,
+        qkv_shape,
+        cos,
+        sin,
+        bias,
+        swap,
+        temb_act,
+        n_img,
+    };
+
+    let mut txt = g.token_refiner(&sh, cfg, &text, &mask, &timestep)?;
+    let mut img = img;
+    for i in 0..cfg.num_layers {
+        let (ni, nt) = g.dual_block(&format!("transformer_blocks.{i}"), &sh, &img, &txt)?;
+        img = ni;
+        txt = nt;
+    }
+    let mut x = g.op("Concat", pre, &[&img, &txt], &[Attr::int("axis", 1)])?;
+    for i in 0..cfg.num_single_layers {
+        x = g.single_block(&format!("single_transformer_blocks.{i}"), &sh, &x)?;
+    }
+    let zero1 = g.i64s(pre, &[0])?;
+    let img = g.seq_slice(pre, &x, &zero1, &sh.n_img)?;
+
+    // norm_out (AdaLayerNormContinuous: [scale; shift]) and proj_out.
+    let m = g.modulation(&sh, "norm_out.linear", 2)?;
+    let xn = g
+        .net
+        .layer_norm("norm_out.norm", &img, d, NORM_EPS, Affine::None)?;
+    let xn = g.modulate("norm_out", &xn, &m[1], &m[0])?;
+    let patch_out = p * p * c_out;
+    let out = g.linear_rows("proj_out", &xn, d, &[("proj_out", patch_out)])?;
+
+    // Unpatchify: [B·N, p·p·C] → [B, T, h, w, C, p, p] → [B, C, T, h, p, w, p] → [B, C, T, H, W].
+    let inner = g.i64s(pre, &[c_out as i64, pi, pi])?;
+    let shape7 = g.op(
+        "Concat",
+        pre,
+        &[&sh.batch, &grid, &inner],
+        &[Attr::int("axis", 0)],
+    )?;
+    let out = g.reshape(pre, &out, &shape7)?;
+    let out = g.op(
+        "Transpose",
+        pre,
+        &[&out],
+        &[Attr::ints("perm", vec![0, 4, 1, 2, 5, 3, 6])],
+    )?;
+    let mult = g.i64s(pre, &[1, pi, pi])?;
+    let thw = g.op("Mul", pre, &[&grid, &mult], &[])?;
+    let c = g.i64s(pre, &[c_out as i64])?;
+    let shape5 = g.op(
+        "Concat",
+        pre,
+        &[&sh.batch, &c, &thw],
+        &[Attr::int("axis", 0)],
+    )?;
+    let out = g.reshape(pre, &out, &shape5)?;
+    net.b.output_as(
+        &out,
+        OUTPUT,
+        DataType::Float,
+        &[
+            "batch".into(),
+            Dim::Fixed(c_out as i64),
+            "frames".into(),
+            "out_height".into(),
+            "out_width".into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// cos and signed sin `[S, 1, head_dim]` for the joint sequence: the 3-D RoPE of diffusers'
+/// `HunyuanVideoRotaryPosEmbed` over the (T, h, w) patch grid, then cos = 1, sin = 0 for the
+/// text tokens.
+fn rope_tables(
+    g: &mut Dit<'_, '_>,
+    cfg: &TransformerConfig,
+    grid: &Value,
+    text: &Value,
+) -> Result<(Value, Value)> {
+    let pre = "rope";
+    let hd = cfg.attention_head_dim as i64;
+    let zero = g.net.b.const_i64(auto(format!("{pre}/zero")), &[0], &[])?;
+    let one = g.net.b.const_i64(auto(format!("{pre}/one")), &[1], &[])?;
+    let mut angles = Vec::with_capacity(3);
+    for (axis, &dim) in cfg.rope_axes_dim.iter().enumerate() {
+        let idx = g.i64s(pre, &[axis as i64])?;
+        let size = g.op("Gather", pre, &[grid, &idx], &[Attr::int("axis", 0)])?;
+        let size0 = g.op("Squeeze", pre, &[&size], &[])?;
+        let pos = g.op("Range", pre, &[&zero, &size0, &one], &[])?;
+        let pos = g.op(
+            "Cast",
+            pre,
+            &[&pos],
+            &[Attr::int("to", DataType::Float as i64)],
+        )?;
+        // [size] → [T, 1, 1, 1] / [1, h, 1, 1] / [1, 1, w, 1]
+        let mut shape = vec![1i64; 4];
+        shape[axis] = -1;
+        let shape = g.i64s(pre, &shape)?;
+        let pos = g.reshape(pre, &pos, &shape)?;
+        let freqs = g.net.b.const_f32(
+            auto(format!("{pre}/freqs")),
+            &rope_frequencies(dim, cfg.rope_theta),
+            &[1, 1, 1, dim as i64],
+        )?;
+        let a = g.op("Mul", pre, &[&pos, &freqs], &[])?;
+        // broadcast to [T, h, w, dim]
+        let dim_t = g.i64s(pre, &[dim as i64])?;
+        let full = g.op("Concat", pre, &[grid, &dim_t], &[Attr::int("axis", 0)])?;
+        angles.push(g.op("Expand", pre, &[&a, &full], &[])?);
+    }
+    let refs: Vec<&Value> = angles.iter().collect();
+    let ang = g.op("Concat", pre, &refs, &[Attr::int("axis", 3)])?;
+    let flat = g.i64s(pre, &[-1, 1, hd])?;
+    let ang = g.reshape(pre, &ang, &flat)?;
+    let cos = g.op("Cos", pre, &[&ang], &[])?;
+    let sin = g.op("Sin", pre, &[&ang], &[])?;
+    // rotate_pairs(x)[2k] = -x[2k+1], [2k+1] = x[2k]: fold the sign into sin.
+    let sign: Vec<f32> = (0..hd)
+        .map(|i| if i % 2 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let sign = g
+        .net
+        .b
+        .const_f32(auto(format!("{pre}/sign")), &sign, &[1, 1, hd])?;
+    let sin = g.op("Mul", pre, &[&sin, &sign], &[])?;
+    // Text rows: cos 1, sin 0.
+    let l = g.shape_slice(pre, text, 1, 2)?;
+    let tail = g.i64s(pre, &[1, hd])?;
+    let txt_shape = g.op("Concat", pre, &[&l, &tail], &[Attr::int("axis", 0)])?;
+    let ones = g
+        .net
+        .b
+        .const_f32(auto(format!("{pre}/one_f")), &[1.0], &[1, 1, 1])?;
+    let zeros = g
+        .net
+        .b
+        .const_f32(auto(format!("{pre}/zero_f")), &[0.0], &[1, 1, 1])?;
+    let txt_cos = g.op("Expand", pre, &[&ones, &txt_shape], &[])?;
+    let txt_sin = g.op("Expand", pre, &[&zeros, &txt_shape], &[])?;
+    let cos = g.op("Concat", pre, &[&cos, &txt_cos], &[Attr::int("axis", 0)])?;
+    let sin = g.op("Concat", pre, &[&sin, &txt_sin], &[Attr::int("axis", 0)])?;
+    Ok((cos, sin))
+}
+
+/// A fresh graph builder for the transformer.
+pub fn graph_builder() -> GraphBuilder {
+    GraphBuilder::new("transformer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestep_frequencies_match_torch() {
+        let f = timestep_frequencies();
+        assert_eq!(f.len(), 128);
+        assert_eq!(f[0], 1.0);
+        // exp(-ln(1e4) * 64 / 128) = 1e-2
+        assert!((f[64] - 0.01).abs() < 1e-8);
+        assert!(f.windows(2).all(|w| w[1] < w[0]));
+    }
+
+    #[test]
+    fn rope_frequencies_repeat_interleaved() {
+        let f = rope_frequencies(6, 256.0);
+        assert_eq!(f.len(), 6);
+        assert_eq!((f[0], f[1]), (1.0, 1.0));
+        assert_eq!(f[2], f[3]);
+        assert!((f[2] - 1.0 / 256f32.powf(2.0 / 6.0)).abs() < 1e-7);
+        assert!((f[4] - 1.0 / 256f32.powf(4.0 / 6.0)).abs() < 1e-7);
+    }
+}

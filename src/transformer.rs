@@ -1,0 +1,278 @@
+//! The transformer stage of the runtime: text conditioning, the [`VelocityModel`] the denoising
+//! loop drives, and its implementation on the bundle's `transformer` graph (any backend).
+//!
+//! Mirrors the transformer call inside diffusers `HunyuanVideoPipeline.__call__`:
+//! `transformer(hidden_states=latents, timestep=t.expand(B), encoder_hidden_states=prompt_embeds,
+//! encoder_attention_mask=prompt_attention_mask, pooled_projections=pooled_prompt_embeds,
+//! guidance=guidance)`.
+
+use std::path::Path;
+
+use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
+use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
+
+use crate::tensor::Tensor5;
+
+pub const HIDDEN_STATES: &str = "hidden_states";
+pub const TIMESTEP: &str = "timestep";
+pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+pub const ENCODER_ATTENTION_MASK: &str = "encoder_attention_mask";
+pub const POOLED_PROJECTIONS: &str = "pooled_projections";
+pub const GUIDANCE: &str = "guidance";
+pub const OUTPUT: &str = "sample";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransformerError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{what}: {reason}")]
+    Input { what: &'static str, reason: String },
+    #[error("transformer returned shape {found:?} for latents {expected:?}")]
+    OutputShape {
+        found: Vec<usize>,
+        expected: [usize; 5],
+    },
+}
+
+fn input_err(what: &'static str, reason: String) -> TransformerError {
+    TransformerError::Input { what, reason }
+}
+
+/// Prompt embeddings as the transformer reads them: `embeds` [B, L, D], `mask` [B, L]
+/// (1 = token, right-padded), `pooled` [B, P].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConditioning {
+    batch: usize,
+    len: usize,
+    dim: usize,
+    pooled_dim: usize,
+    embeds: Vec<f32>,
+    mask: Vec<i64>,
+    pooled: Vec<f32>,
+}
+
+impl TextConditioning {
+    /// Check the shapes agree: `embeds` [B, L, D], `mask` [B, L], `pooled` [B, P].
+    pub fn new(
+        embeds: (&[usize], Vec<f32>),
+        mask: (&[usize], Vec<i64>),
+        pooled: (&[usize], Vec<f32>),
+    ) -> Result<TextConditioning, TransformerError> {
+        let [b, l, d] = <[usize; 3]>::try_from(embeds.0).map_err(|_| {
+            input_err(
+                "prompt embeddings",
+                format!("shape {:?} is not [batch, tokens, dim]", embeds.0),
+            )
+        })?;
+        if mask.0 != [b, l] {
+            return Err(input_err(
+                "prompt attention mask",
+                format!("shape {:?}, expected [{b}, {l}]", mask.0),
+            ));
+        }
+        let [pb, p] = <[usize; 2]>::try_from(pooled.0).map_err(|_| {
+            input_err(
+                "pooled prompt embeddings",
+                format!("shape {:?} is not [batch, dim]", pooled.0),
+            )
+        })?;
+        if pb != b {
+            return Err(input_err(
+                "pooled prompt embeddings",
+                format!("batch {pb}, but the prompt embeddings have {b}"),
+            ));
+        }
+        let sizes = [
+            ("prompt embeddings", embeds.1.len(), b * l * d),
+            ("prompt attention mask", mask.1.len(), b * l),
+            ("pooled prompt embeddings", pooled.1.len(), b * p),
+        ];
+        for (what, got, want) in sizes {
+            if got != want {
+                return Err(input_err(what, format!("{got} values, shape needs {want}")));
+            }
+        }
+        Ok(TextConditioning {
+            batch: b,
+            len: l,
+            dim: d,
+            pooled_dim: p,
+            embeds: embeds.1,
+            mask: mask.1,
+            pooled: pooled.1,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Rows of `self` followed by rows of `other` (the B = 2 batch of true CFG).
+    pub fn stack(&self, other: &TextConditioning) -> Result<TextConditioning, TransformerError> {
+        if (self.len, self.dim, self.pooled_dim) != (other.len, other.dim, other.pooled_dim) {
+            return Err(input_err(
+                "negative prompt embeddings",
+                format!(
+                    "[{}, {}] tokens × dim and pooled {} differ from the prompt's [{}, {}] and {}",
+                    other.len, other.dim, other.pooled_dim, self.len, self.dim, self.pooled_dim
+                ),
+            ));
+        }
+        let cat = |a: &[f32], b: &[f32]| [a, b].concat();
+        Ok(TextConditioning {
+            batch: self.batch + other.batch,
+            embeds: cat(&self.embeds, &other.embeds),
+            mask: [self.mask.as_slice(), other.mask.as_slice()].concat(),
+            pooled: cat(&self.pooled, &other.pooled),
+            ..*self
+        })
+    }
+}
+
+/// One transformer evaluation: latents [B, C, T, H, W], per-row timestep (σ·1000) and
+/// embedded guidance (scale·1000).
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    pub latents: &'a Tensor5,
+    pub timestep: &'a [f32],
+    pub text: &'a TextConditioning,
+    pub guidance: Option<&'a [f32]>,
+}
+
+/// Predicts the flow-matching velocity; what the denoising loop drives.
+pub trait VelocityModel {
+    fn predict(&mut self, input: &StepInput<'_>) -> Result<Tensor5, TransformerError>;
+}
+
+/// The bundle's transformer graph on one engine.
+pub struct Transformer {
+    engine: Engine,
+    guidance: bool,
+}
+
+impl Transformer {
+    /// Load the bundle's `transformer` graph.
+    pub fn load(
+        bundle: &Path,
+        manifest: &Manifest,
+        config: &SessionConfig,
+    ) -> Result<Transformer, TransformerError> {
+        let entry = manifest.component(bundle, Component::Transformer)?;
+        let engine = Engine::load(&bundle.join(&entry.file), config)?;
+        let guidance = engine.input_names().iter().any(|n| n == GUIDANCE);
+        Ok(Transformer { engine, guidance })
+    }
+
+    pub fn provider(&self) -> BackendKind {
+        self.engine.provider()
+    }
+
+    /// Whether the model takes embedded guidance (`guidance_embeds`).
+    pub fn takes_guidance(&self) -> bool {
+        self.guidance
+    }
+}
+
+impl VelocityModel for Transformer {
+    fn predict(&mut self, input: &StepInput<'_>) -> Result<Tensor5, TransformerError> {
+        let shape = input.latents.shape();
+        let b = shape[0];
+        let text = input.text;
+        if text.batch != b || input.timestep.len() != b {
+            return Err(input_err(
+                "transformer inputs",
+                format!(
+                    "latents batch {b}, text batch {}, {} timesteps",
+                    text.batch,
+                    input.timestep.len()
+                ),
+            ));
+        }
+        let text_shape = [b, text.len, text.dim];
+        let mask_shape = [b, text.len];
+        let pooled_shape = [b, text.pooled_dim];
+        let batch = [b];
+        let mut inputs = vec![
+            (
+                HIDDEN_STATES,
+                Input::F32 {
+                    shape: &shape,
+                    data: input.latents.data(),
+                },
+            ),
+            (
+                TIMESTEP,
+                Input::F32 {
+                    shape: &batch,
+                    data: input.timestep,
+                },
+            ),
+            (
+                ENCODER_HIDDEN_STATES,
+                Input::F32 {
+                    shape: &text_shape,
+                    data: &text.embeds,
+                },
+            ),
+            (
+                ENCODER_ATTENTION_MASK,
+                Input::I64 {
+                    shape: &mask_shape,
+                    data: &text.mask,
+                },
+            ),
+            (
+                POOLED_PROJECTIONS,
+                Input::F32 {
+                    shape: &pooled_shape,
+                    data: &text.pooled,
+                },
+            ),
+        ];
+        if self.guidance {
+            let g = input.guidance.ok_or_else(|| {
+                input_err(
+                    "guidance",
+                    "the transformer is guidance-distilled (`guidance_embeds`): give an embedded \
+                     guidance scale"
+                        .into(),
+                )
+            })?;
+            if g.len() != b {
+                return Err(input_err(
+                    "guidance",
+                    format!("{} values for batch {b}", g.len()),
+                ));
+            }
+            inputs.push((
+                GUIDANCE,
+                Input::F32 {
+                    shape: &batch,
+                    data: g,
+                },
+            ));
+        }
+        let out = self.engine.run_one(&inputs, OUTPUT)?;
+        let dims: [usize; 5] = match <[usize; 5]>::try_from(out.shape.as_slice()) {
+            Ok(d) if d[0] == b && d[2..] == shape[2..] => d,
+            _ => {
+                return Err(TransformerError::OutputShape {
+                    found: out.shape,
+                    expected: shape,
+                });
+            }
+        };
+        Tensor5::from_vec(dims, out.data)
+            .map_err(|e| input_err("transformer output", e.to_string()))
+    }
+}
