@@ -175,7 +175,14 @@ def build_small_checkpoint(model_dir: Path, cfg: dict, seed: int) -> None:
         for _, prm in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             noise = torch.randn(prm.shape, generator=gen, dtype=torch.float32) * 0.02
             prm.copy_(1.0 + noise if id(prm) in norm_weight_ids else noise)
-    model = model.to(torch.bfloat16)  # real checkpoints are bf16; the fp32 paths load these values
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # silence "modules that should be kept in float32: []" from .to()
+    try:
+        model = model.to(torch.bfloat16)  # real checkpoints are bf16; the fp32 paths load these values
+    finally:
+        dlog.set_verbosity(level)
     out = model_dir / "transformer"
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

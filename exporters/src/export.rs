@@ -274,6 +274,13 @@ pub fn export_transformer(
         Some(f) => fp8_scale_map(f, source.fp8_scale_map.as_deref())?,
         None => None,
     };
+    let mut srcs = match &source.file {
+        Some(f) => sources(&ckpt, f.parent().unwrap_or(model))?,
+        None => sources(&ckpt, model)?,
+    };
+    if let (Some(map), Some(f)) = (&scales, &source.file) {
+        srcs.extend(sources(map, f.parent().unwrap_or(model))?);
+    }
     let provider = TransformerWeights {
         ckpt: ckpt.clone(),
         layout: layout.clone(),
@@ -342,10 +349,6 @@ pub fn export_transformer(
             d("width"),
         ],
     )]);
-    let srcs = match &source.file {
-        Some(_) => sources(&ckpt, weights_path.parent().unwrap_or(model))?,
-        None => sources(&ckpt, model)?,
-    };
     let e = entry(&written, tensor_specs(&inputs), outputs, srcs);
     let cfg_json = serde_json::to_vec_pretty(&cfg).map_err(|e| ExportError::Model {
         component: "transformer",

@@ -107,6 +107,10 @@ fn onnx(args: OnnxArgs) -> Result<()> {
 
 fn inspect(bundle: PathBuf) -> Result<()> {
     let m = Manifest::load(&bundle)?;
-    print!("{}", m.to_yaml()?);
+    let yaml = m.to_yaml()?;
+    print!("{yaml}");
+    if !yaml.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }

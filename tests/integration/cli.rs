@@ -315,3 +315,179 @@ fn not_a_bundle() {
     );
     assert_fails(&o, &["not a hyvideo bundle", "hyvideo-export onnx"]);
 }
+
+// ---- transformer export: bad checkpoints and configs ----------------------------------------
+
+/// Rewrite the safetensors file `f`: `edit(name, shape)` returns the new shape, or `None` to drop
+/// the tensor (same bytes either way).
+fn rewrite_tensors(f: &Path, mut edit: impl FnMut(&str, &[usize]) -> Option<Vec<usize>>) {
+    let bytes = std::fs::read(f).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+    for (n, v) in st.tensors() {
+        if let Some(shape) = edit(&n, v.shape()) {
+            let w = safetensors::tensor::TensorView::new(v.dtype(), shape, v.data()).unwrap();
+            tensors.push((n, w));
+        }
+    }
+    let out = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(f, out).unwrap();
+}
+
+/// A model folder holding a copy of the tiny pipeline's `transformer/`, with `edit` applied.
+fn transformer_model(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let t = model.join("transformer");
+    std::fs::create_dir_all(&t).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(tiny_model().join("transformer").join(f), t.join(f)).unwrap();
+    }
+    edit(&t);
+    (dir, model)
+}
+
+fn export_transformer(model: &Path, out: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"onnx",
+        &"--model",
+        &model,
+        &"--out",
+        &out,
+        &"--components",
+        &"transformer",
+    ];
+    args.extend_from_slice(extra);
+    run(export_bin(), &args)
+}
+
+#[test]
+fn transformer_missing_tensor_is_named() {
+    let name = "transformer_blocks.1.attn.to_k.weight";
+    let (dir, model) = transformer_model(|t| {
+        rewrite_tensors(&t.join("diffusion_pytorch_model.safetensors"), |n, s| {
+            (n != name).then(|| s.to_vec())
+        })
+    });
+    let out = dir.path().join("bundle");
+    let o = export_transformer(&model, &out, &[]);
+    assert_fails(&o, &[name, "diffusion_pytorch_model.safetensors"]);
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+#[test]
+fn transformer_tensor_of_the_wrong_shape() {
+    let name = "single_transformer_blocks.0.proj_out.weight";
+    let (dir, model) = transformer_model(|t| {
+        rewrite_tensors(&t.join("diffusion_pytorch_model.safetensors"), |n, s| {
+            Some(if n == name {
+                s.iter().rev().copied().collect()
+            } else {
+                s.to_vec()
+            })
+        })
+    });
+    let out = dir.path().join("bundle");
+    let o = export_transformer(&model, &out, &[]);
+    assert_fails(&o, &[name, "[160, 32]", "expected [32, 160]"]);
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+#[test]
+fn transformer_unsupported_config_value() {
+    let (dir, model) = transformer_model(|t| {
+        let f = t.join("config.json");
+        let text = std::fs::read_to_string(&f).unwrap();
+        let text = text.replace("\"patch_size_t\": 1", "\"patch_size_t\": 2");
+        std::fs::write(&f, text).unwrap();
+    });
+    let out = dir.path().join("bundle");
+    let o = export_transformer(&model, &out, &[]);
+    assert_fails(&o, &["patch_size_t", "config.json", "only 1 is supported"]);
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+#[test]
+fn checkpoint_of_neither_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other.safetensors");
+    write_tensor(&file, "model.layers.0.weight", &[2, 2], &[0.0; 4]);
+    let out = dir.path().join("bundle");
+    let o = export_transformer(&tiny_model(), &out, &[&"--transformer", &file]);
+    assert_fails(
+        &o,
+        &[
+            "other.safetensors",
+            "neither a diffusers-layout",
+            "Tencent-layout",
+            "model.layers.0.weight",
+        ],
+    );
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+#[test]
+fn tencent_file_missing_tensor_and_fp8_without_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let tencent = crate::common::fixtures().join("tencent");
+    let file = dir.path().join("t.safetensors");
+    std::fs::copy(tencent.join("transformer.safetensors"), &file).unwrap();
+    let name = "double_blocks.0.img_attn_qkv.weight";
+    rewrite_tensors(&file, |n, s| (n != name).then(|| s.to_vec()));
+    let out = dir.path().join("bundle");
+    let o = export_transformer(&tiny_model(), &out, &[&"--transformer", &file]);
+    assert_fails(&o, &[name, "t.safetensors"]);
+    assert!(!out.exists(), "bundle directory left behind");
+    // fp8 weights with no `<stem>_map.safetensors` beside them
+    let fp8 = dir.path().join("fp8.safetensors");
+    std::fs::copy(tencent.join("transformer_fp8_e4m3fn.safetensors"), &fp8).unwrap();
+    let o = export_transformer(&tiny_model(), &out, &[&"--transformer", &fp8]);
+    assert_fails(&o, &["fp8.safetensors", "float8_e4m3fn", "--fp8-scale-map"]);
+    assert!(!out.exists(), "bundle directory left behind");
+    // ...and with the map given explicitly it exports.
+    let o = export_transformer(
+        &tiny_model(),
+        &out,
+        &[
+            &"--transformer",
+            &fp8,
+            &"--fp8-scale-map",
+            &tencent.join("transformer_fp8_e4m3fn_map.safetensors"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("transformer.onnx").is_file());
+}
+
+#[test]
+fn single_file_with_a_model_preset_and_no_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let file = crate::common::fixtures().join("tencent/transformer.safetensors");
+    let out = dir.path().join("bundle");
+    // Without a config at hand: a clear error pointing at --config.
+    let o = export_transformer(&model, &out, &[&"--transformer", &file]);
+    assert_fails(&o, &["config.json", "--config"]);
+    // The 720p preset parses, and its sizes are checked against the (tiny) weights.
+    let preset = crate::common::root().join("configs/models/hunyuan-video-t2v-720p.yaml");
+    let o = export_transformer(
+        &model,
+        &out,
+        &[&"--transformer", &file, &"--config", &preset],
+    );
+    assert_fails(&o, &["img_in.proj.weight", "expected [3072, 16, 1, 2, 2]"]);
+    assert!(!out.exists(), "bundle directory left behind");
+    // A preset describing the tiny model exports.
+    let tiny = std::fs::read_to_string(tiny_model().join("transformer/config.json")).unwrap();
+    let preset = dir.path().join("tiny.yaml");
+    std::fs::write(&preset, format!("name: tiny\ntransformer: {tiny}\n")).unwrap();
+    let o = export_transformer(
+        &model,
+        &out,
+        &[&"--transformer", &file, &"--config", &preset],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = std::fs::read_to_string(out.join("transformer/config.json")).unwrap();
+    assert!(cfg.contains("\"num_single_layers\": 2"), "{cfg}");
+}

@@ -8,7 +8,9 @@ use std::process::Command;
 use hyvideo_exporters::onnx::ModelProto;
 use prost::Message;
 
-use crate::common::{root, vae_bundle};
+use std::path::Path;
+
+use crate::common::{root, transformer_bundle, vae_bundle};
 
 fn allowed_ops() -> BTreeSet<String> {
     std::fs::read_to_string(root().join("configs/onnx_ops_tensorrt.txt"))
@@ -20,11 +22,11 @@ fn allowed_ops() -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn vae_decoder_uses_only_allowed_standard_ops() {
-    let bytes = std::fs::read(vae_bundle().join("vae_decoder.onnx")).unwrap();
+/// Ops in the allow-list, default domain, opset 19-20, weights external; returns the model.
+fn check_structure(path: &Path) -> ModelProto {
+    let bytes = std::fs::read(path).unwrap();
     let model = ModelProto::decode(bytes.as_slice()).unwrap();
-    let graph = model.graph.expect("graph");
+    let graph = model.graph.as_ref().expect("graph");
     let allowed = allowed_ops();
     let used: BTreeSet<String> = graph.node.iter().map(|n| n.op_type.clone()).collect();
     let extra: Vec<_> = used.difference(&allowed).collect();
@@ -50,29 +52,61 @@ fn vae_decoder_uses_only_allowed_standard_ops() {
         .filter(|t| t.raw_data.len() > 1024)
         .count();
     assert_eq!(inline_big, 0);
-    assert!(
-        graph
-            .initializer
-            .iter()
-            .any(|t| t.name == "decoder.conv_in.conv.weight" && !t.external_data.is_empty())
-    );
-    // Graph I/O as DESIGN.md specifies.
-    let names = |v: &[hyvideo_exporters::onnx::proto::ValueInfoProto]| {
-        v.iter().map(|i| i.name.clone()).collect::<Vec<_>>()
-    };
-    assert_eq!(names(&graph.input), ["latent_sample"]);
-    assert_eq!(names(&graph.output), ["sample"]);
+    model
+}
+
+fn io_names(v: &[hyvideo_exporters::onnx::proto::ValueInfoProto]) -> Vec<String> {
+    v.iter().map(|i| i.name.clone()).collect()
+}
+
+fn has_external(model: &ModelProto, name: &str) -> bool {
+    model
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.initializer.iter().any(|t| t.name == name && !t.external_data.is_empty()))
 }
 
 #[test]
-fn vae_decoder_passes_the_onnx_checker() {
+fn vae_decoder_uses_only_allowed_standard_ops() {
+    let model = check_structure(&vae_bundle().join("vae_decoder.onnx"));
+    assert!(has_external(&model, "decoder.conv_in.conv.weight"));
+    // Graph I/O as DESIGN.md specifies.
+    let graph = model.graph.expect("graph");
+    assert_eq!(io_names(&graph.input), ["latent_sample"]);
+    assert_eq!(io_names(&graph.output), ["sample"]);
+}
+
+#[test]
+fn transformer_uses_only_allowed_standard_ops() {
+    let model = check_structure(&transformer_bundle().join("transformer.onnx"));
+    assert!(has_external(&model, "transformer_blocks.0.attn.to_qkv.weight"));
+    let graph = model.graph.expect("graph");
+    assert_eq!(
+        io_names(&graph.input),
+        [
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+            "pooled_projections",
+            "guidance"
+        ]
+    );
+    assert_eq!(io_names(&graph.output), ["sample"]);
+    // Attention is MatMul -> Add(bias) -> Softmax -> MatMul, one Softmax per attention layer
+    // (1 refiner + 2 dual + 2 single blocks), and no S x S mask: the bias is built from a
+    // [B, S] Where.
+    let softmax = graph.node.iter().filter(|n| n.op_type == "Softmax").count();
+    assert_eq!(softmax, 5);
+}
+
+fn onnx_checker(model: &Path) {
     let python = root().join(".venv-tools/bin/python");
     assert!(
         python.exists(),
         "{} missing: run scripts/setup.sh",
         python.display()
     );
-    let model = vae_bundle().join("vae_decoder.onnx");
     let o = Command::new(python)
         .args([
             "-c",
@@ -83,7 +117,18 @@ fn vae_decoder_passes_the_onnx_checker() {
         .unwrap();
     assert!(
         o.status.success(),
-        "onnx checker: {}",
+        "onnx checker on {}: {}",
+        model.display(),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn vae_decoder_passes_the_onnx_checker() {
+    onnx_checker(&vae_bundle().join("vae_decoder.onnx"));
+}
+
+#[test]
+fn transformer_passes_the_onnx_checker() {
+    onnx_checker(&transformer_bundle().join("transformer.onnx"));
 }
