@@ -86,3 +86,43 @@ impl TilingArgs {
         }
     }
 }
+
+/// Sampling flags, named as in Tencent's `sample_video.py`.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Number of denoising steps.
+    #[arg(long, default_value_t = 50)]
+    pub infer_steps: usize,
+    /// Embedded (distilled) guidance scale, given to the transformer as scale·1000.
+    #[arg(long, default_value_t = 6.0)]
+    pub embedded_cfg_scale: f32,
+    /// Flow-matching time shift s in σ' = s·σ / (1 + (s−1)·σ).
+    #[arg(long, default_value_t = 7.0)]
+    pub flow_shift: f32,
+    /// Sample from t = 1 (noise) to t = 0 as every published HunyuanVideo command does.
+    /// Without it the schedule runs 0 → 1, as Tencent's `sample_video.py` does by default.
+    #[arg(long)]
+    pub flow_reverse: bool,
+    /// True classifier-free guidance scale; > 1 runs the negative prompt too (one B = 2 call).
+    #[arg(long, default_value_t = 1.0)]
+    pub cfg_scale: f32,
+}
+
+impl SamplingArgs {
+    pub fn settings(&self, guidance_embeds: bool) -> crate::denoise::DenoiseSettings {
+        use crate::scheduler::FlowDirection;
+        crate::denoise::DenoiseSettings {
+            steps: self.infer_steps,
+            shift: self.flow_shift,
+            direction: if self.flow_reverse {
+                FlowDirection::Reverse
+            } else {
+                FlowDirection::Forward
+            },
+            embedded_guidance: guidance_embeds.then_some(self.embedded_cfg_scale),
+            true_cfg: (self.cfg_scale > 1.0).then_some(crate::denoise::TrueCfg {
+                scale: self.cfg_scale,
+            }),
+        }
+    }
+}

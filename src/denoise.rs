@@ -134,7 +134,7 @@ pub fn denoise(
         let t = sigmas[i] * NUM_TRAIN_TIMESTEPS;
         let timestep = vec![t; rows];
         let input_latents = match cfg {
-            Some(_) => stack_batch(&latents, &latents),
+            Some(_) => stack_batch(&latents, &latents)?,
             None => latents.clone(),
         };
         let v = model
@@ -178,11 +178,11 @@ pub fn denoise(
 }
 
 /// `[a; b]` along the batch axis.
-fn stack_batch(a: &Tensor5, b: &Tensor5) -> Tensor5 {
+fn stack_batch(a: &Tensor5, b: &Tensor5) -> Result<Tensor5, DenoiseError> {
     let mut shape = a.shape();
     shape[0] += b.shape()[0];
     let data = [a.data(), b.data()].concat();
-    Tensor5::from_vec(shape, data).unwrap_or_else(|_| unreachable!("shapes add up"))
+    Tensor5::from_vec(shape, data).map_err(|e| DenoiseError::Settings(e.to_string()))
 }
 
 /// `v_neg + s·(v_pos − v_neg)` from a [prompt rows; negative rows] prediction, in f32 as

@@ -1,6 +1,7 @@
 //! Reading and writing latent tensors as `.safetensors` (tensor `latents`, f32
-//! [B, C, t, h, w], before division by the VAE scaling factor), with errors that name the file
-//! and tensor. Matches the layout diffusers' pipelines return with `output_type="latent"`.
+//! [B, C, t, h, w], before division by the VAE scaling factor), and reading other named tensors
+//! (prompt embeddings, masks), with errors that name the file and tensor. Matches the layout
+//! diffusers' pipelines return with `output_type="latent"`.
 
 use std::path::{Path, PathBuf};
 
@@ -39,11 +40,12 @@ pub enum LatentsError {
         found: usize,
         expected: usize,
     },
-    #[error("{}: tensor `{name}` has dtype {dtype:?}; expected F32 (or F16/BF16)", .path.display())]
+    #[error("{}: tensor `{name}` has dtype {dtype:?}; expected {expected}", .path.display())]
     Dtype {
         path: PathBuf,
         name: String,
         dtype: Dtype,
+        expected: &'static str,
     },
     #[error("{}: tensor `{name}` has an empty dimension: {shape:?}", .path.display())]
     Empty {
@@ -53,64 +55,184 @@ pub enum LatentsError {
     },
 }
 
-/// Read tensor `name` of `path` as a rank-5 f32 tensor.
-pub fn read_tensor5(path: &Path, name: &str) -> Result<Tensor5, LatentsError> {
-    let bytes = std::fs::read(path).map_err(|source| LatentsError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| LatentsError::Corrupt {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    let view = st.tensor(name).map_err(|_| {
-        let mut names: Vec<_> = st.names().into_iter().map(String::from).collect();
-        names.sort();
-        LatentsError::Missing {
+/// A safetensors file read into memory, with typed access that names the file and tensor in
+/// every error.
+pub struct TensorFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl TensorFile {
+    pub fn open(path: &Path) -> Result<TensorFile, LatentsError> {
+        let bytes = std::fs::read(path).map_err(|source| LatentsError::Io {
             path: path.into(),
-            name: name.into(),
-            available: names.join(", "),
-        }
-    })?;
-    let shape = view.shape().to_vec();
-    let shape5: [usize; 5] = shape.clone().try_into().map_err(|_| LatentsError::Rank {
-        path: path.into(),
-        name: name.into(),
-        shape: shape.clone(),
-    })?;
-    if shape.contains(&0) {
-        return Err(LatentsError::Empty {
+            source,
+        })?;
+        SafeTensors::deserialize(&bytes).map_err(|e| LatentsError::Corrupt {
             path: path.into(),
-            name: name.into(),
-            shape,
-        });
+            reason: e.to_string(),
+        })?;
+        Ok(TensorFile {
+            path: path.into(),
+            bytes,
+        })
     }
-    let raw = view.data();
-    let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => raw
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => raw
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        dtype => {
-            return Err(LatentsError::Dtype {
-                path: path.into(),
+
+    /// Call `f` with tensor `name`'s shape, dtype and bytes.
+    fn with_view<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Vec<usize>, Dtype, &[u8]) -> Result<R, LatentsError>,
+    ) -> Result<R, LatentsError> {
+        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| LatentsError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let view = st.tensor(name).map_err(|_| {
+            let mut names: Vec<_> = st.names().into_iter().map(String::from).collect();
+            names.sort();
+            LatentsError::Missing {
+                path: self.path.clone(),
                 name: name.into(),
-                dtype,
+                available: names.join(", "),
+            }
+        })?;
+        let shape = view.shape().to_vec();
+        if shape.contains(&0) {
+            return Err(LatentsError::Empty {
+                path: self.path.clone(),
+                name: name.into(),
+                shape,
             });
         }
+        f(shape, view.dtype(), view.data())
+    }
+
+    /// Tensor `name` as f32 (stored as F32, F16 or BF16) and its shape.
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), LatentsError> {
+        self.with_view(name, |shape, dtype, raw| {
+            self.decode_f32(name, shape, dtype, raw)
+        })
+    }
+
+    fn decode_f32(
+        &self,
+        name: &str,
+        shape: Vec<usize>,
+        dtype: Dtype,
+        raw: &[u8],
+    ) -> Result<(Vec<usize>, Vec<f32>), LatentsError> {
+        let data: Vec<f32> = match dtype {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            dtype => {
+                return Err(LatentsError::Dtype {
+                    path: self.path.clone(),
+                    name: name.into(),
+                    dtype,
+                    expected: "F32 (or F16/BF16)",
+                });
+            }
+        };
+        Ok((shape, data))
+    }
+
+    /// Tensor `name` as i64 (stored as I64 or I32, e.g. an attention mask) and its shape.
+    pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), LatentsError> {
+        self.with_view(name, |shape, dtype, raw| {
+            self.decode_i64(name, shape, dtype, raw)
+        })
+    }
+
+    fn decode_i64(
+        &self,
+        name: &str,
+        shape: Vec<usize>,
+        dtype: Dtype,
+        raw: &[u8],
+    ) -> Result<(Vec<usize>, Vec<i64>), LatentsError> {
+        let data = match dtype {
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            dtype => {
+                return Err(LatentsError::Dtype {
+                    path: self.path.clone(),
+                    name: name.into(),
+                    dtype,
+                    expected: "I64 (or I32)",
+                });
+            }
+        };
+        Ok((shape, data))
+    }
+
+    /// Tensor `name` as a rank-5 f32 tensor.
+    pub fn tensor5(&self, name: &str) -> Result<Tensor5, LatentsError> {
+        let (shape, data) = self.f32(name)?;
+        let shape5: [usize; 5] = shape.clone().try_into().map_err(|_| LatentsError::Rank {
+            path: self.path.clone(),
+            name: name.into(),
+            shape: shape.clone(),
+        })?;
+        Tensor5::from_vec(shape5, data).map_err(|e| LatentsError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Read tensor `name` of `path` as a rank-5 f32 tensor.
+pub fn read_tensor5(path: &Path, name: &str) -> Result<Tensor5, LatentsError> {
+    TensorFile::open(path)?.tensor5(name)
+}
+
+/// Write `latents` as tensor `latents` of a new safetensors file at `path` (through a temporary
+/// file in the same directory, renamed into place: never half-written).
+pub fn write_latents(path: &Path, latents: &Tensor5) -> Result<(), LatentsError> {
+    let io = |source| LatentsError::Io {
+        path: path.into(),
+        source,
     };
-    Tensor5::from_vec(shape5, data).map_err(|e| LatentsError::Corrupt {
+    let bytes: Vec<u8> = latents
+        .data()
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(Dtype::F32, latents.shape().to_vec(), &bytes)
+        .map_err(|e| LatentsError::Corrupt {
         path: path.into(),
         reason: e.to_string(),
-    })
+    })?;
+    let out = safetensors::serialize([(LATENTS_TENSOR, view)], None).map_err(|e| {
+        LatentsError::Corrupt {
+            path: path.into(),
+            reason: e.to_string(),
+        }
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    std::io::Write::write_all(&mut tmp, &out).map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// Read the `latents` tensor and check its channel count against the VAE's.

@@ -1,15 +1,18 @@
 //! `hyvideo`: run HunyuanVideo from an exported bundle.
 //!
-//! `hyvideo decode` decodes saved latents with the tiled VAE decoder into MP4 / PNG /
-//! safetensors (flags follow Tencent's `sample_video.py`).
+//! `hyvideo denoise` runs the flow-matching denoising loop on the bundle's transformer from
+//! saved prompt embeddings and initial latents; `hyvideo decode` decodes saved latents with the
+//! tiled VAE decoder into MP4 / PNG / safetensors (flags follow Tencent's `sample_video.py`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hyvideo::cli::{RuntimeArgs, TilingArgs};
-use hyvideo::latents::read_latents_named;
+use hyvideo::cli::{RuntimeArgs, SamplingArgs, TilingArgs};
+use hyvideo::denoise::denoise;
+use hyvideo::latents::{TensorFile, read_latents_named, write_latents};
+use hyvideo::transformer::{TextConditioning, Transformer};
 use hyvideo::vae::VaeDecoder;
 use hyvideo::video::{Video, VideoFormat, save_video};
 use hyvideo_exporters::bundle::Manifest;
@@ -31,6 +34,32 @@ enum Command {
     /// Decode saved latents (tensor `latents`, f32 [B,C,t,h,w], before division by the VAE
     /// scaling factor) with the tiled VAE decoder.
     Decode(DecodeArgs),
+    /// Run the denoising loop from saved prompt embeddings and initial latents (the text
+    /// encoders come later): writes the final latents for `hyvideo decode`.
+    Denoise(DenoiseArgs),
+}
+
+#[derive(clap::Args)]
+struct DenoiseArgs {
+    /// Bundle directory with a `transformer`.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Prompt embeddings (.safetensors) with tensors named as diffusers' pipeline arguments:
+    /// `prompt_embeds` [B,L,D], `prompt_attention_mask` [B,L], `pooled_prompt_embeds` [B,P],
+    /// and with --cfg-scale > 1 also `negative_prompt_embeds`, `negative_prompt_attention_mask`,
+    /// `negative_pooled_prompt_embeds`.
+    #[arg(long)]
+    prompt_embeds: PathBuf,
+    /// Initial noise (.safetensors with tensor `latents`, f32 [B,C,t,h,w]).
+    #[arg(long)]
+    latents: PathBuf,
+    /// Where to write the final latents (tensor `latents`).
+    #[arg(long)]
+    output_latents: PathBuf,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +89,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => decode(args),
+        Command::Denoise(args) => denoise_cmd(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -140,5 +170,91 @@ fn decode(args: DecodeArgs) -> Result<()> {
     for w in written {
         println!("wrote {}", w.display());
     }
+    Ok(())
+}
+
+/// Prompt conditioning `<prefix>prompt_embeds`, `<prefix>prompt_attention_mask`,
+/// `<prefix>pooled_prompt_embeds` of `file`.
+fn read_text(file: &TensorFile, prefix: &str) -> Result<TextConditioning> {
+    let (es, e) = file.f32(&format!("{prefix}prompt_embeds"))?;
+    let (ms, m) = file.i64(&format!("{prefix}prompt_attention_mask"))?;
+    let (ps, p) = file.f32(&format!("{prefix}pooled_prompt_embeds"))?;
+    Ok(TextConditioning::new((&es, e), (&ms, m), (&ps, p))?)
+}
+
+fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
+    let out_dir = match args.output_latents.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !out_dir.is_dir() {
+        bail!(
+            "--output-latents {}: directory {} does not exist",
+            args.output_latents.display(),
+            out_dir.display()
+        );
+    }
+    let embeds = TensorFile::open(&args.prompt_embeds)?;
+    let text = read_text(&embeds, "")?;
+    let negative = if args.sampling.cfg_scale > 1.0 {
+        Some(read_text(&embeds, "negative_").context("--cfg-scale > 1 needs a negative prompt")?)
+    } else {
+        None
+    };
+    let latents = TensorFile::open(&args.latents)?.tensor5(hyvideo::latents::LATENTS_TENSOR)?;
+    if !args.sampling.flow_reverse {
+        eprintln!(
+            "note: without --flow-reverse the schedule runs t = 0 -> 1 (Tencent's default); \
+             HunyuanVideo's published commands all pass --flow-reverse"
+        );
+    }
+    let manifest = Manifest::load(&args.bundle)?;
+    let t0 = Instant::now();
+    let mut model = Transformer::load(&args.bundle, &manifest, &args.runtime.session_config())
+        .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let settings = args.sampling.settings(model.takes_guidance());
+    eprintln!(
+        "denoising latents {:?}, {} steps, shift {}, {:?} on {}",
+        latents.shape(),
+        settings.steps,
+        settings.shift,
+        settings.direction,
+        model.provider()
+    );
+    let pb = progress(settings.steps, "denoise");
+    let t1 = Instant::now();
+    let mut step_s = Vec::with_capacity(settings.steps);
+    let out = denoise(
+        &mut model,
+        latents,
+        &text,
+        negative.as_ref(),
+        &settings,
+        |r, _| {
+            step_s.push(r.elapsed.as_secs_f64());
+            pb.set_message(format!("{:.2} s/step", r.elapsed.as_secs_f64()));
+            pb.inc(1);
+        },
+    );
+    pb.finish_and_clear();
+    let out = out?;
+    let loop_s = t1.elapsed().as_secs_f64();
+    write_latents(&args.output_latents, &out)?;
+    println!("stage            seconds");
+    println!("load transformer {load_s:>8.3}");
+    println!("denoise ({:>3} s) {loop_s:>8.3}", settings.steps);
+    if !step_s.is_empty() {
+        let mean = step_s.iter().sum::<f64>() / step_s.len() as f64;
+        println!("  per step       {mean:>8.3}");
+    }
+    if let Some(rss) = hyvideo::memory::peak_rss_bytes() {
+        println!(
+            "peak RSS         {:>8.1} MiB",
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    println!("provider: {}", model.provider());
+    println!("wrote {}", args.output_latents.display());
     Ok(())
 }

@@ -491,3 +491,141 @@ fn single_file_with_a_model_preset_and_no_config_json() {
     let cfg = std::fs::read_to_string(out.join("transformer/config.json")).unwrap();
     assert!(cfg.contains("\"num_single_layers\": 2"), "{cfg}");
 }
+
+// ---- hyvideo denoise ---------------------------------------------------------------------------
+
+/// The pipeline golden's prompt embeddings under the names `hyvideo denoise` reads.
+fn write_prompt_embeds(path: &Path) {
+    use crate::common::golden_i64;
+    let f = "pipeline.safetensors";
+    let mut floats = vec![];
+    let mut ints = vec![];
+    for (src, dst) in [
+        ("prompt_embeds", "prompt_embeds"),
+        ("pooled_prompt_embeds", "pooled_prompt_embeds"),
+        ("cfg.negative_prompt_embeds", "negative_prompt_embeds"),
+        (
+            "cfg.negative_pooled_prompt_embeds",
+            "negative_pooled_prompt_embeds",
+        ),
+    ] {
+        let (s, d) = golden(f, src);
+        floats.push((
+            dst,
+            s,
+            d.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        ));
+    }
+    for (src, dst) in [
+        ("prompt_attention_mask", "prompt_attention_mask"),
+        (
+            "cfg.negative_prompt_attention_mask",
+            "negative_prompt_attention_mask",
+        ),
+    ] {
+        let (s, d) = golden_i64(f, src);
+        ints.push((
+            dst,
+            s,
+            d.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        ));
+    }
+    let mut views = vec![];
+    for (n, s, b) in &floats {
+        views.push((
+            *n,
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+        ));
+    }
+    for (n, s, b) in &ints {
+        views.push((
+            *n,
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, s.clone(), b).unwrap(),
+        ));
+    }
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn denoise_command_reproduces_the_pipeline_and_stops_on_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = crate::common::transformer_bundle();
+    let embeds = dir.path().join("embeds.safetensors");
+    write_prompt_embeds(&embeds);
+    let (shape, init) = golden("pipeline.safetensors", "init_latents");
+    let init_path = dir.path().join("init.safetensors");
+    write_tensor(&init_path, "latents", &shape, &init);
+    let out = dir.path().join("final.safetensors");
+    let o = run(
+        hyvideo_bin(),
+        &[
+            &"denoise",
+            &"--bundle",
+            &bundle,
+            &"--prompt-embeds",
+            &embeds,
+            &"--latents",
+            &init_path,
+            &"--output-latents",
+            &out,
+            &"--infer-steps",
+            &"4",
+            &"--flow-reverse",
+            &"--cfg-scale",
+            &"4.0",
+            &"--threads",
+            &"2",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = hyvideo::latents::read_tensor5(&out, "latents").unwrap();
+    let (_, want) = golden("pipeline.safetensors", "cfg.final_latents");
+    let err = rel_max_err(got.data(), &want);
+    assert!(err <= 1e-3, "final latents vs diffusers: {err:.3e}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("provider: cpu"), "{stdout}");
+
+    // NaN in the initial latents: stopped at step 1, nothing written.
+    let mut bad = init.clone();
+    bad[5] = f32::NAN;
+    write_tensor(&init_path, "latents", &shape, &bad);
+    let out2 = dir.path().join("never.safetensors");
+    let o = run(
+        hyvideo_bin(),
+        &[
+            &"denoise",
+            &"--bundle",
+            &bundle,
+            &"--prompt-embeds",
+            &embeds,
+            &"--latents",
+            &init_path,
+            &"--output-latents",
+            &out2,
+            &"--infer-steps",
+            &"4",
+            &"--flow-reverse",
+        ],
+    );
+    assert_fails(&o, &["step 1 of 4", "NaN"]);
+    assert!(!out2.exists());
+    // Missing negative prompt tensors with --cfg-scale > 1 name the tensor and file.
+    let plain = dir.path().join("plain.safetensors");
+    let (s, d) = golden("pipeline.safetensors", "prompt_embeds");
+    write_tensor(&plain, "prompt_embeds", &s, &d);
+    let o = run(
+        hyvideo_bin(),
+        &[
+            &"denoise",
+            &"--bundle",
+            &bundle,
+            &"--prompt-embeds",
+            &plain,
+            &"--latents",
+            &init_path,
+            &"--output-latents",
+            &out2,
+        ],
+    );
+    assert_fails(&o, &["plain.safetensors", "prompt_attention_mask"]);
+}

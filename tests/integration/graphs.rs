@@ -60,10 +60,11 @@ fn io_names(v: &[hyvideo_exporters::onnx::proto::ValueInfoProto]) -> Vec<String>
 }
 
 fn has_external(model: &ModelProto, name: &str) -> bool {
-    model
-        .graph
-        .as_ref()
-        .is_some_and(|g| g.initializer.iter().any(|t| t.name == name && !t.external_data.is_empty()))
+    model.graph.as_ref().is_some_and(|g| {
+        g.initializer
+            .iter()
+            .any(|t| t.name == name && !t.external_data.is_empty())
+    })
 }
 
 #[test]
@@ -79,7 +80,10 @@ fn vae_decoder_uses_only_allowed_standard_ops() {
 #[test]
 fn transformer_uses_only_allowed_standard_ops() {
     let model = check_structure(&transformer_bundle().join("transformer.onnx"));
-    assert!(has_external(&model, "transformer_blocks.0.attn.to_qkv.weight"));
+    assert!(has_external(
+        &model,
+        "transformer_blocks.0.attn.to_qkv.weight"
+    ));
     let graph = model.graph.expect("graph");
     assert_eq!(
         io_names(&graph.input),
@@ -112,7 +116,7 @@ fn onnx_checker(model: &Path) {
             "-c",
             "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True); print('ok')",
         ])
-        .arg(&model)
+        .arg(model)
         .output()
         .unwrap();
     assert!(
