@@ -41,6 +41,10 @@ pub(crate) struct RawTensor {
 /// A memory-mapped, validated safetensors file.
 pub(crate) struct MappedFile {
     pub path: PathBuf,
+    /// Kept open for positioned reads: streaming a tensor with `pread` into a reused buffer
+    /// leaves its pages in the page cache, not in this process's resident set (reading through
+    /// the map would keep every touched page resident until unmapped).
+    file: File,
     mmap: Mmap,
     /// 8 + header length: where the data section starts.
     pub header_end: usize,
@@ -80,6 +84,7 @@ impl MappedFile {
         let parsed = parse(path, &mmap)?;
         Ok(MappedFile {
             path: path.to_path_buf(),
+            file,
             mmap,
             header_end: parsed.header_end,
             metadata: parsed.metadata,
@@ -100,6 +105,26 @@ impl MappedFile {
     /// Bytes of a byte range previously validated against this file.
     pub fn slice(&self, range: Range<usize>) -> &[u8] {
         &self.mmap[range]
+    }
+
+    /// Read `range` with positioned reads in pieces of at most `chunk` bytes, handing each
+    /// piece to `f`; one buffer is reused, so memory stays at `chunk` whatever the range.
+    pub fn read_chunks(
+        &self,
+        range: Range<usize>,
+        chunk: usize,
+        mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; chunk.min(range.len())];
+        let mut at = range.start;
+        while at < range.end {
+            let n = chunk.min(range.end - at);
+            self.file.read_exact_at(&mut buf[..n], at as u64)?;
+            f(&buf[..n])?;
+            at += n;
+        }
+        Ok(())
     }
 }
 

@@ -224,15 +224,14 @@ impl TensorStream {
         self.file.slice(self.range.clone())
     }
 
-    /// Stream the converted tensor into `w` (little-endian, row-major).
+    /// Stream the converted tensor into `w` (little-endian, row-major), reading the file in
+    /// [`CHUNK_BYTES`] pieces with positioned reads (no mapped pages stay resident).
     pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
-        write_converted(
-            self.source_bytes(),
-            self.source,
-            self.target,
-            self.dequant,
-            w,
-        )
+        // CHUNK_BYTES is a multiple of every element size, so pieces split between elements.
+        self.file
+            .read_chunks(self.range.clone(), CHUNK_BYTES, |piece| {
+                write_converted(piece, self.source, self.target, self.dequant, w)
+            })
     }
 
     /// The converted tensor as f32 values (for tests and small tensors).
