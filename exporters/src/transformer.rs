@@ -88,13 +88,14 @@ struct Shared {
     seq_shape: Value,
     /// `[B, -1, 3·heads, head_dim]` for the fused q|k|v projection.
     qkv_shape: Value,
-    /// RoPE cos / signed sin over the joint `[img; txt]` sequence, `[S, 1, head_dim]`.
+    /// RoPE cos / sin over the joint `[img; txt]` sequence, `[S, 1, head_dim]`.
     cos: Value,
     sin: Value,
     /// Key-padding bias of the joint attention, `[B, 1, 1, S]` (0 or -inf).
     bias: Value,
-    /// Pair-swap indices for the rotation (`[1, 0, 3, 2, ..]`).
-    swap: Value,
+    /// The pair rotation as a `[head_dim, head_dim]` signed permutation:
+    /// `(x R)[2k] = -x[2k+1]`, `(x R)[2k+1] = x[2k]`.
+    rotate: Value,
     /// Conditioning after SiLU, `[B, D]`, the input of every block's modulation.
     temb_act: Value,
     /// Number of video tokens, `[1]`.
@@ -246,9 +247,11 @@ impl Dit<'_, '_> {
     /// `x * cos + rotate_pairs(x) * sin` on [B, S, heads, head_dim] (diffusers
     /// `apply_rotary_emb(use_real=True, use_real_unbind_dim=-1)`).
     fn rope(&mut self, prefix: &str, sh: &Shared, x: &Value) -> Result<Value> {
+        // A MatMul with the constant signed permutation is exact (one ±1 term per output) and
+        // several times faster than a Gather on the last axis in ONNX Runtime.
         let xc = self.op("Mul", prefix, &[x, &sh.cos], &[])?;
-        let swapped = self.op("Gather", prefix, &[x, &sh.swap], &[Attr::int("axis", 3)])?;
-        let xs = self.op("Mul", prefix, &[&swapped, &sh.sin], &[])?;
+        let rotated = self.op("MatMul", prefix, &[x, &sh.rotate], &[])?;
+        let xs = self.op("Mul", prefix, &[&rotated, &sh.sin], &[])?;
         self.op("Add", prefix, &[&xc, &xs], &[])
     }
 
@@ -667,11 +670,10 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
 
     // RoPE over the latent grid, then identity rows for the text tokens.
     let (cos, sin) = rope_tables(&mut g, cfg, &grid, &text)?;
-    let swap: Vec<i64> = (0..dims.head_dim as i64).map(|i| i ^ 1).collect();
-    let swap = g.net.b.const_i64(
-        auto(format!("{pre}/rope_swap")),
-        &swap,
-        &[dims.head_dim as i64],
+    let rotate = g.net.b.const_f32(
+        auto(format!("{pre}/rope_rotate")),
+        &rotation_matrix(dims.head_dim),
+        &[dims.head_dim as i64, dims.head_dim as i64],
     )?;
 
     // Conditioning: timestep + guidance + pooled text.
@@ -724,7 +726,7 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         cos,
         sin,
         bias,
-        swap,
+        rotate,
         temb_act,
         n_img,
     };
@@ -792,7 +794,18 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     Ok(())
 }
 
-/// cos and signed sin `[S, 1, head_dim]` for the joint sequence: the 3-D RoPE of diffusers'
+/// The `[dim, dim]` matrix `R` of `rotate_pairs(x) = x R`: `(x R)[2k] = -x[2k+1]`,
+/// `(x R)[2k+1] = x[2k]` (diffusers' `stack([-x_imag, x_real])` on interleaved pairs).
+pub fn rotation_matrix(dim: usize) -> Vec<f32> {
+    let mut r = vec![0.0f32; dim * dim];
+    for k in 0..dim / 2 {
+        r[(2 * k + 1) * dim + 2 * k] = -1.0;
+        r[2 * k * dim + 2 * k + 1] = 1.0;
+    }
+    r
+}
+
+/// cos and sin `[S, 1, head_dim]` for the joint sequence: the 3-D RoPE of diffusers'
 /// `HunyuanVideoRotaryPosEmbed` over the (T, h, w) patch grid, then cos = 1, sin = 0 for the
 /// text tokens.
 fn rope_tables(
@@ -839,15 +852,6 @@ fn rope_tables(
     let ang = g.reshape(pre, &ang, &flat)?;
     let cos = g.op("Cos", pre, &[&ang], &[])?;
     let sin = g.op("Sin", pre, &[&ang], &[])?;
-    // rotate_pairs(x)[2k] = -x[2k+1], [2k+1] = x[2k]: fold the sign into sin.
-    let sign: Vec<f32> = (0..hd)
-        .map(|i| if i % 2 == 0 { -1.0 } else { 1.0 })
-        .collect();
-    let sign = g
-        .net
-        .b
-        .const_f32(auto(format!("{pre}/sign")), &sign, &[1, 1, hd])?;
-    let sin = g.op("Mul", pre, &[&sin, &sign], &[])?;
     // Text rows: cos 1, sin 0.
     let l = g.shape_slice(pre, text, 1, 2)?;
     let tail = g.i64s(pre, &[1, hd])?;
@@ -884,6 +888,16 @@ mod tests {
         // exp(-ln(1e4) * 64 / 128) = 1e-2
         assert!((f[64] - 0.01).abs() < 1e-8);
         assert!(f.windows(2).all(|w| w[1] < w[0]));
+    }
+
+    #[test]
+    fn rotation_matrix_rotates_pairs() {
+        let r = rotation_matrix(4);
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        let y: Vec<f32> = (0..4)
+            .map(|j| (0..4).map(|i| x[i] * r[i * 4 + j]).sum())
+            .collect();
+        assert_eq!(y, [-2.0, 1.0, -4.0, 3.0]);
     }
 
     #[test]
