@@ -110,76 +110,60 @@ impl TensorFile {
 
     /// Tensor `name` as f32 (stored as F32, F16 or BF16) and its shape.
     pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), LatentsError> {
-        self.with_view(name, |shape, dtype, raw| {
-            self.decode_f32(name, shape, dtype, raw)
+        self.decode(name, "F32 (or F16/BF16)", |dtype, raw| match dtype {
+            Dtype::F32 => Some(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => Some(
+                raw.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            Dtype::BF16 => Some(
+                raw.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            _ => None,
         })
-    }
-
-    fn decode_f32(
-        &self,
-        name: &str,
-        shape: Vec<usize>,
-        dtype: Dtype,
-        raw: &[u8],
-    ) -> Result<(Vec<usize>, Vec<f32>), LatentsError> {
-        let data: Vec<f32> = match dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            dtype => {
-                return Err(LatentsError::Dtype {
-                    path: self.path.clone(),
-                    name: name.into(),
-                    dtype,
-                    expected: "F32 (or F16/BF16)",
-                });
-            }
-        };
-        Ok((shape, data))
     }
 
     /// Tensor `name` as i64 (stored as I64 or I32, e.g. an attention mask) and its shape.
     pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), LatentsError> {
-        self.with_view(name, |shape, dtype, raw| {
-            self.decode_i64(name, shape, dtype, raw)
+        self.decode(name, "I64 (or I32)", |dtype, raw| match dtype {
+            Dtype::I64 => Some(
+                raw.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect(),
+            ),
+            Dtype::I32 => Some(
+                raw.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                    .collect(),
+            ),
+            _ => None,
         })
     }
 
-    fn decode_i64(
+    /// Tensor `name` converted by `convert` (`None`: a dtype it does not read, `expected`
+    /// saying which it does).
+    fn decode<T>(
         &self,
         name: &str,
-        shape: Vec<usize>,
-        dtype: Dtype,
-        raw: &[u8],
-    ) -> Result<(Vec<usize>, Vec<i64>), LatentsError> {
-        let data = match dtype {
-            Dtype::I64 => raw
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-            Dtype::I32 => raw
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
-            dtype => {
-                return Err(LatentsError::Dtype {
-                    path: self.path.clone(),
-                    name: name.into(),
-                    dtype,
-                    expected: "I64 (or I32)",
-                });
-            }
-        };
-        Ok((shape, data))
+        expected: &'static str,
+        convert: impl FnOnce(Dtype, &[u8]) -> Option<Vec<T>>,
+    ) -> Result<(Vec<usize>, Vec<T>), LatentsError> {
+        self.with_view(name, |shape, dtype, raw| match convert(dtype, raw) {
+            Some(data) => Ok((shape, data)),
+            None => Err(LatentsError::Dtype {
+                path: self.path.clone(),
+                name: name.into(),
+                dtype,
+                expected,
+            }),
+        })
     }
 
     /// Tensor `name` as a rank-5 f32 tensor.

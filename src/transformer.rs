@@ -13,13 +13,11 @@ use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
 use crate::tensor::Tensor5;
 
-pub const HIDDEN_STATES: &str = "hidden_states";
-pub const TIMESTEP: &str = "timestep";
-pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
-pub const ENCODER_ATTENTION_MASK: &str = "encoder_attention_mask";
-pub const POOLED_PROJECTIONS: &str = "pooled_projections";
-pub const GUIDANCE: &str = "guidance";
-pub const OUTPUT: &str = "sample";
+/// Graph I/O names, as the exporter writes them.
+pub use hyvideo_exporters::transformer::{
+    ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT,
+    POOLED_PROJECTIONS, TIMESTEP,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransformerError {

@@ -15,6 +15,7 @@ use hyvideo::latents::{TensorFile, read_latents_named, write_latents};
 use hyvideo::transformer::{TextConditioning, Transformer};
 use hyvideo::vae::VaeDecoder;
 use hyvideo::video::{Video, VideoFormat, save_video};
+use hyvideo_engines::BackendKind;
 use hyvideo_exporters::bundle::Manifest;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -97,21 +98,37 @@ fn main() {
     }
 }
 
-/// Fail before any work when the output cannot be written.
-fn check_output_path(path: &Path) -> Result<()> {
-    VideoFormat::from_path(path)?;
+/// Fail before any work when `path` (given with `flag`) cannot be written: its directory must
+/// exist.
+fn check_output_dir(flag: &str, path: &Path) -> Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     if !parent.is_dir() {
         bail!(
-            "--save-path {}: directory {} does not exist",
+            "{flag} {}: directory {} does not exist",
             path.display(),
             parent.display()
         );
     }
     Ok(())
+}
+
+/// The per-stage latency table every subcommand ends with (seconds per stage), then the peak
+/// resident memory and the execution provider that actually ran.
+fn report(stages: &[(String, f64)], provider: BackendKind) {
+    println!("stage            seconds");
+    for (name, secs) in stages {
+        println!("{name:<16} {secs:>8.3}");
+    }
+    if let Some(rss) = hyvideo::memory::peak_rss_bytes() {
+        println!(
+            "peak RSS         {:>8.1} MiB",
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    println!("provider: {provider}");
 }
 
 fn progress(total: usize, what: &str) -> ProgressBar {
@@ -128,7 +145,8 @@ fn progress(total: usize, what: &str) -> ProgressBar {
 }
 
 fn decode(args: DecodeArgs) -> Result<()> {
-    check_output_path(&args.save_path)?;
+    VideoFormat::from_path(&args.save_path)?;
+    check_output_dir("--save-path", &args.save_path)?;
     let manifest = Manifest::load(&args.bundle)?;
     let t0 = Instant::now();
     let mut vae = VaeDecoder::load(&args.bundle, &manifest, &args.runtime.session_config())
@@ -156,17 +174,14 @@ fn decode(args: DecodeArgs) -> Result<()> {
     let video = Video::new(video.shape(), video.into_data())?;
     let written = save_video(&args.save_path, &video, args.fps)?;
     let write_s = t2.elapsed().as_secs_f64();
-    println!("stage            seconds");
-    println!("load vae         {load_s:>8.3}");
-    println!("decode ({:>3} t)  {decode_s:>8.3}", plan.decoder_calls());
-    println!("write video      {write_s:>8.3}");
-    if let Some(rss) = hyvideo::memory::peak_rss_bytes() {
-        println!(
-            "peak RSS         {:>8.1} MiB",
-            rss as f64 / (1 << 20) as f64
-        );
-    }
-    println!("provider: {}", vae.provider());
+    report(
+        &[
+            ("load vae".into(), load_s),
+            (format!("decode ({:>3} t)", plan.decoder_calls()), decode_s),
+            ("write video".into(), write_s),
+        ],
+        vae.provider(),
+    );
     for w in written {
         println!("wrote {}", w.display());
     }
@@ -183,17 +198,7 @@ fn read_text(file: &TensorFile, prefix: &str) -> Result<TextConditioning> {
 }
 
 fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
-    let out_dir = match args.output_latents.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !out_dir.is_dir() {
-        bail!(
-            "--output-latents {}: directory {} does not exist",
-            args.output_latents.display(),
-            out_dir.display()
-        );
-    }
+    check_output_dir("--output-latents", &args.output_latents)?;
     let embeds = TensorFile::open(&args.prompt_embeds)?;
     let text = read_text(&embeds, "")?;
     let negative = if args.sampling.cfg_scale > 1.0 {
@@ -241,20 +246,15 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
     let out = out?;
     let loop_s = t1.elapsed().as_secs_f64();
     write_latents(&args.output_latents, &out)?;
-    println!("stage            seconds");
-    println!("load transformer {load_s:>8.3}");
-    println!("denoise ({:>3} s) {loop_s:>8.3}", settings.steps);
-    if !step_s.is_empty() {
-        let mean = step_s.iter().sum::<f64>() / step_s.len() as f64;
-        println!("  per step       {mean:>8.3}");
-    }
-    if let Some(rss) = hyvideo::memory::peak_rss_bytes() {
-        println!(
-            "peak RSS         {:>8.1} MiB",
-            rss as f64 / (1 << 20) as f64
-        );
-    }
-    println!("provider: {}", model.provider());
+    let mean = step_s.iter().sum::<f64>() / step_s.len().max(1) as f64;
+    report(
+        &[
+            ("load transformer".into(), load_s),
+            (format!("denoise ({:>3} s)", settings.steps), loop_s),
+            ("  per step".into(), mean),
+        ],
+        model.provider(),
+    );
     println!("wrote {}", args.output_latents.display());
     Ok(())
 }

@@ -43,17 +43,21 @@ fn assert_fails(o: &Output, needles: &[&str]) {
     }
 }
 
-/// A model folder holding a copy of the tiny pipeline's `vae/`, with `edit` applied.
-fn vae_model(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+/// A model folder holding a copy of the tiny pipeline's `<sub>/`, with `edit` applied to it.
+fn component_model(sub: &str, edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    let vae = model.join("vae");
-    std::fs::create_dir_all(&vae).unwrap();
+    let folder = model.join(sub);
+    std::fs::create_dir_all(&folder).unwrap();
     for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
-        std::fs::copy(tiny_model().join("vae").join(f), vae.join(f)).unwrap();
+        std::fs::copy(tiny_model().join(sub).join(f), folder.join(f)).unwrap();
     }
-    edit(&vae);
+    edit(&folder);
     (dir, model)
+}
+
+fn vae_model(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+    component_model("vae", edit)
 }
 
 #[test]
@@ -334,17 +338,8 @@ fn rewrite_tensors(f: &Path, mut edit: impl FnMut(&str, &[usize]) -> Option<Vec<
     std::fs::write(f, out).unwrap();
 }
 
-/// A model folder holding a copy of the tiny pipeline's `transformer/`, with `edit` applied.
 fn transformer_model(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    let t = model.join("transformer");
-    std::fs::create_dir_all(&t).unwrap();
-    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
-        std::fs::copy(tiny_model().join("transformer").join(f), t.join(f)).unwrap();
-    }
-    edit(&t);
-    (dir, model)
+    component_model("transformer", edit)
 }
 
 fn export_transformer(model: &Path, out: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
@@ -546,36 +541,46 @@ fn write_prompt_embeds(path: &Path) {
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
+/// `hyvideo denoise` on the shared transformer bundle with 4 steps, t = 1 -> 0.
+fn run_denoise(
+    embeds: &Path,
+    init: &Path,
+    out: &Path,
+    extra: &[&dyn AsRef<std::ffi::OsStr>],
+) -> Output {
+    let bundle = crate::common::transformer_bundle();
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"denoise",
+        &"--bundle",
+        &bundle,
+        &"--prompt-embeds",
+        &embeds,
+        &"--latents",
+        &init,
+        &"--output-latents",
+        &out,
+        &"--infer-steps",
+        &"4",
+        &"--flow-reverse",
+    ];
+    args.extend_from_slice(extra);
+    run(hyvideo_bin(), &args)
+}
+
 #[test]
 fn denoise_command_reproduces_the_pipeline_and_stops_on_nan() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = crate::common::transformer_bundle();
     let embeds = dir.path().join("embeds.safetensors");
     write_prompt_embeds(&embeds);
     let (shape, init) = golden("pipeline.safetensors", "init_latents");
     let init_path = dir.path().join("init.safetensors");
     write_tensor(&init_path, "latents", &shape, &init);
     let out = dir.path().join("final.safetensors");
-    let o = run(
-        hyvideo_bin(),
-        &[
-            &"denoise",
-            &"--bundle",
-            &bundle,
-            &"--prompt-embeds",
-            &embeds,
-            &"--latents",
-            &init_path,
-            &"--output-latents",
-            &out,
-            &"--infer-steps",
-            &"4",
-            &"--flow-reverse",
-            &"--cfg-scale",
-            &"4.0",
-            &"--threads",
-            &"2",
-        ],
+    let o = run_denoise(
+        &embeds,
+        &init_path,
+        &out,
+        &[&"--cfg-scale", &"4.0", &"--threads", &"2"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let got = hyvideo::latents::read_tensor5(&out, "latents").unwrap();
@@ -590,42 +595,13 @@ fn denoise_command_reproduces_the_pipeline_and_stops_on_nan() {
     bad[5] = f32::NAN;
     write_tensor(&init_path, "latents", &shape, &bad);
     let out2 = dir.path().join("never.safetensors");
-    let o = run(
-        hyvideo_bin(),
-        &[
-            &"denoise",
-            &"--bundle",
-            &bundle,
-            &"--prompt-embeds",
-            &embeds,
-            &"--latents",
-            &init_path,
-            &"--output-latents",
-            &out2,
-            &"--infer-steps",
-            &"4",
-            &"--flow-reverse",
-        ],
-    );
+    let o = run_denoise(&embeds, &init_path, &out2, &[]);
     assert_fails(&o, &["step 1 of 4", "NaN"]);
     assert!(!out2.exists());
-    // Missing negative prompt tensors with --cfg-scale > 1 name the tensor and file.
+    // A prompt-embeddings file without the mask names the tensor and the file.
     let plain = dir.path().join("plain.safetensors");
     let (s, d) = golden("pipeline.safetensors", "prompt_embeds");
     write_tensor(&plain, "prompt_embeds", &s, &d);
-    let o = run(
-        hyvideo_bin(),
-        &[
-            &"denoise",
-            &"--bundle",
-            &bundle,
-            &"--prompt-embeds",
-            &plain,
-            &"--latents",
-            &init_path,
-            &"--output-latents",
-            &out2,
-        ],
-    );
+    let o = run_denoise(&plain, &init_path, &out2, &[]);
     assert_fails(&o, &["plain.safetensors", "prompt_attention_mask"]);
 }

@@ -25,20 +25,35 @@ pub fn goldens(name: &str) -> PathBuf {
     fixtures().join("goldens").join(name)
 }
 
-/// A golden f32 tensor and its shape.
-pub fn golden(file: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+/// Golden tensor `name` of `file` (dtype checked) decoded element by element.
+fn golden_as<T, const N: usize>(
+    file: &str,
+    name: &str,
+    dtype: safetensors::Dtype,
+    from_le: fn([u8; N]) -> T,
+) -> (Vec<usize>, Vec<T>) {
     let bytes = std::fs::read(goldens(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let v = st
         .tensor(name)
         .unwrap_or_else(|e| panic!("{file}: {name}: {e}"));
-    assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
+    assert_eq!(v.dtype(), dtype, "{name}");
     let data = v
         .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .chunks_exact(N)
+        .map(|c| from_le(c.try_into().unwrap()))
         .collect();
     (v.shape().to_vec(), data)
+}
+
+/// A golden f32 tensor and its shape.
+pub fn golden(file: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    golden_as(file, name, safetensors::Dtype::F32, f32::from_le_bytes)
+}
+
+/// A golden i64 tensor and its shape.
+pub fn golden_i64(file: &str, name: &str) -> (Vec<usize>, Vec<i64>) {
+    golden_as(file, name, safetensors::Dtype::I64, i64::from_le_bytes)
 }
 
 pub fn golden5(file: &str, name: &str) -> Tensor5 {
@@ -55,22 +70,6 @@ pub fn rel_max_err(a: &[f32], b: &[f32]) -> f64 {
         .zip(b)
         .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
     err / scale
-}
-
-/// A golden i64 tensor and its shape.
-pub fn golden_i64(file: &str, name: &str) -> (Vec<usize>, Vec<i64>) {
-    let bytes = std::fs::read(goldens(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let v = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("{file}: {name}: {e}"));
-    assert_eq!(v.dtype(), safetensors::Dtype::I64, "{name}");
-    let data = v
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (v.shape().to_vec(), data)
 }
 
 /// Export `components` of the tiny pipeline (fp32) into a fresh temporary bundle.
