@@ -1,0 +1,325 @@
+//! Prompt tokenization for the two text encoders, with the `tokenizers` crate on the bundle's
+//! `tokenizer.json` files.
+//!
+//! Mirrors diffusers `HunyuanVideoPipeline._get_llama_prompt_embeds` and
+//! `_get_clip_prompt_embeds`: the prompt goes into the Llama-3 chat template
+//! ([`PROMPT_TEMPLATE`], diffusers' `DEFAULT_PROMPT_TEMPLATE`), is tokenized with truncation and
+//! right padding to `crop_start + max_sequence_length` tokens, and the first `crop_start`
+//! positions (the template's system part) are dropped after encoding. `crop_start` is computed
+//! from the template itself as diffusers does when the template carries none: the template's
+//! token count minus 2 (the `{}` placeholder and the closing `<|eot_id|>`). CLIP sees the raw
+//! prompt, 77 tokens. Truncation and padding are the `tokenizers` library's own (the one
+//! transformers' fast tokenizers run), so special tokens are kept when a prompt is cut.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{
+    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
+};
+
+/// diffusers' `DEFAULT_PROMPT_TEMPLATE["template"]`.
+pub const PROMPT_TEMPLATE: &str = "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: \
+1. The main content and theme of the video.\
+2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects.\
+3. Actions, events, behaviors temporal relationships, physical movement changes of the objects.\
+4. background environment, light, style and atmosphere.\
+5. camera angles, movements, and transitions used in the video:<|eot_id|>\
+<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>";
+
+/// Prompt tokens the transformer sees (diffusers' `max_sequence_length` default).
+pub const MAX_SEQUENCE_LENGTH: usize = 256;
+/// CLIP's context length.
+pub const CLIP_MAX_LENGTH: usize = 77;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error("{}: {reason}", .path.display())]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("prompt template must contain one `{{}}` placeholder: {0:?}")]
+    Template(String),
+}
+
+fn tok_err(path: &Path, e: impl std::fmt::Display) -> TextError {
+    TextError::Tokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Token ids and attention mask of a batch, row-major `[batch, len]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub batch: usize,
+    pub len: usize,
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    /// Rows whose prompt was cut to fit.
+    pub truncated: Vec<usize>,
+}
+
+/// `tokenizer.json` (+ the pad token named in `tokenizer_config.json`) of a tokenizer folder.
+fn load_tokenizer(dir: &Path) -> Result<(Tokenizer, u32, String), TextError> {
+    let file = dir.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&file).map_err(|e| tok_err(&file, e))?;
+    let cfg_file = dir.join("tokenizer_config.json");
+    let cfg: serde_json::Value = std::fs::read_to_string(&cfg_file)
+        .map_err(|e| tok_err(&cfg_file, e))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| tok_err(&cfg_file, e)))?;
+    let pad = cfg
+        .get("pad_token")
+        .and_then(|p| {
+            p.as_str()
+                .or_else(|| p.get("content").and_then(|c| c.as_str()))
+        })
+        .ok_or_else(|| tok_err(&cfg_file, "no `pad_token`"))?
+        .to_owned();
+    let pad_id = tokenizer
+        .token_to_id(&pad)
+        .ok_or_else(|| tok_err(&file, format!("pad token {pad:?} is not in the vocabulary")))?;
+    Ok((tokenizer, pad_id, pad))
+}
+
+/// Encode `texts` truncated and right-padded to exactly `len` tokens.
+fn encode_fixed(
+    tokenizer: &Tokenizer,
+    path: &Path,
+    texts: &[String],
+    len: usize,
+    pad_id: u32,
+    pad: &str,
+) -> Result<Tokens, TextError> {
+    let mut t = tokenizer.clone();
+    t.with_truncation(Some(TruncationParams {
+        max_length: len,
+        strategy: TruncationStrategy::LongestFirst,
+        stride: 0,
+        direction: TruncationDirection::Right,
+    }))
+    .map_err(|e| tok_err(path, e))?;
+    t.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::Fixed(len),
+        direction: PaddingDirection::Right,
+        pad_to_multiple_of: None,
+        pad_id,
+        pad_type_id: 0,
+        pad_token: pad.to_owned(),
+    }));
+    let mut out = Tokens {
+        batch: texts.len(),
+        len,
+        input_ids: Vec::with_capacity(texts.len() * len),
+        attention_mask: Vec::with_capacity(texts.len() * len),
+        truncated: vec![],
+    };
+    for (row, text) in texts.iter().enumerate() {
+        let enc = t
+            .encode(text.as_str(), true)
+            .map_err(|e| tok_err(path, e))?;
+        if !enc.get_overflowing().is_empty() {
+            out.truncated.push(row);
+        }
+        out.input_ids
+            .extend(enc.get_ids().iter().map(|&i| i64::from(i)));
+        out.attention_mask
+            .extend(enc.get_attention_mask().iter().map(|&m| i64::from(m)));
+    }
+    Ok(out)
+}
+
+fn check_prompts(prompts: &[&str]) -> Result<(), TextError> {
+    if prompts.is_empty() || prompts.iter().any(|p| p.trim().is_empty()) {
+        return Err(TextError::EmptyPrompt);
+    }
+    Ok(())
+}
+
+/// The Llama-3 side: template, `crop_start`, 256 prompt tokens.
+pub struct LlamaPrompts {
+    tokenizer: Tokenizer,
+    path: PathBuf,
+    pad_id: u32,
+    pad: String,
+    template: String,
+    crop_start: usize,
+    max_sequence_length: usize,
+}
+
+impl LlamaPrompts {
+    /// Load the tokenizer folder (`tokenizer.json`, `tokenizer_config.json`) with diffusers'
+    /// default template.
+    pub fn load(dir: &Path) -> Result<LlamaPrompts, TextError> {
+        Self::with_template(dir, PROMPT_TEMPLATE, MAX_SEQUENCE_LENGTH)
+    }
+
+    pub fn with_template(
+        dir: &Path,
+        template: &str,
+        max_sequence_length: usize,
+    ) -> Result<LlamaPrompts, TextError> {
+        if template.matches("{}").count() != 1 {
+            return Err(TextError::Template(template.to_owned()));
+        }
+        let (tokenizer, pad_id, pad) = load_tokenizer(dir)?;
+        let path = dir.join("tokenizer.json");
+        let n = tokenizer
+            .encode(template, true)
+            .map_err(|e| tok_err(&path, e))?
+            .len();
+        // diffusers: the template's length minus the `{}` placeholder and `<|eot_id|>`.
+        let crop_start = n.saturating_sub(2);
+        Ok(LlamaPrompts {
+            tokenizer,
+            path,
+            pad_id,
+            pad,
+            template: template.to_owned(),
+            crop_start,
+            max_sequence_length,
+        })
+    }
+
+    /// Leading template positions dropped from embeddings and mask after encoding.
+    pub fn crop_start(&self) -> usize {
+        self.crop_start
+    }
+
+    /// Token count of the text encoder's input: `crop_start + max_sequence_length`.
+    pub fn encoder_len(&self) -> usize {
+        self.crop_start + self.max_sequence_length
+    }
+
+    pub fn max_sequence_length(&self) -> usize {
+        self.max_sequence_length
+    }
+
+    /// Template-wrapped prompts as `[B, crop_start + max_sequence_length]` ids and mask.
+    pub fn encode(&self, prompts: &[&str]) -> Result<Tokens, TextError> {
+        check_prompts(prompts)?;
+        let texts: Vec<String> = prompts
+            .iter()
+            .map(|p| self.template.replacen("{}", p, 1))
+            .collect();
+        encode_fixed(
+            &self.tokenizer,
+            &self.path,
+            &texts,
+            self.encoder_len(),
+            self.pad_id,
+            &self.pad,
+        )
+    }
+}
+
+/// The CLIP side: raw prompts, 77 tokens.
+pub struct ClipPrompts {
+    tokenizer: Tokenizer,
+    path: PathBuf,
+    pad_id: u32,
+    pad: String,
+}
+
+impl ClipPrompts {
+    pub fn load(dir: &Path) -> Result<ClipPrompts, TextError> {
+        let (tokenizer, pad_id, pad) = load_tokenizer(dir)?;
+        Ok(ClipPrompts {
+            tokenizer,
+            path: dir.join("tokenizer.json"),
+            pad_id,
+            pad,
+        })
+    }
+
+    /// `[B, 77]` ids and mask.
+    pub fn encode(&self, prompts: &[&str]) -> Result<Tokens, TextError> {
+        check_prompts(prompts)?;
+        let texts: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
+        encode_fixed(
+            &self.tokenizer,
+            &self.path,
+            &texts,
+            CLIP_MAX_LENGTH,
+            self.pad_id,
+            &self.pad,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::SafeTensors;
+
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    }
+
+    fn golden_i64(name: &str) -> (Vec<usize>, Vec<i64>) {
+        let bytes = std::fs::read(fixtures().join("goldens/text_encoders.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor(name).unwrap();
+        let data = t
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), data)
+    }
+
+    fn prompts() -> Vec<String> {
+        let bytes = std::fs::read(fixtures().join("goldens/text_encoders.safetensors")).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().as_ref().unwrap();
+        serde_json::from_str(&meta["prompts"]).unwrap()
+    }
+
+    #[test]
+    fn llama_ids_mask_and_crop_start_match_transformers() {
+        let llama = LlamaPrompts::load(&fixtures().join("tiny/tokenizer")).unwrap();
+        let (_, crop) = golden_i64("llama.crop_start");
+        assert_eq!(llama.crop_start() as i64, crop[0]);
+        assert_eq!(llama.crop_start(), 95);
+        let p = prompts();
+        let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+        let t = llama.encode(&refs).unwrap();
+        let (shape, ids) = golden_i64("llama.input_ids");
+        let (_, mask) = golden_i64("llama.attention_mask");
+        assert_eq!([t.batch, t.len], [shape[0], shape[1]]);
+        assert_eq!(t.input_ids, ids);
+        assert_eq!(t.attention_mask, mask);
+        // The long prompt (row 3) is cut to fit; the others are not.
+        assert_eq!(t.truncated, vec![3]);
+    }
+
+    #[test]
+    fn clip_ids_match_transformers() {
+        let clip = ClipPrompts::load(&fixtures().join("tiny/tokenizer_2")).unwrap();
+        let p = prompts();
+        let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+        let t = clip.encode(&refs).unwrap();
+        let (shape, ids) = golden_i64("clip.input_ids");
+        assert_eq!([t.batch, t.len], [shape[0], shape[1]]);
+        assert_eq!(t.input_ids, ids);
+        assert_eq!(t.truncated, vec![3]);
+        // Truncation keeps the end-of-text token last.
+        assert_eq!(t.input_ids[4 * 77 - 1], 49407);
+    }
+
+    #[test]
+    fn empty_prompts_and_bad_templates_are_refused() {
+        let dir = fixtures().join("tiny/tokenizer");
+        let llama = LlamaPrompts::load(&dir).unwrap();
+        assert!(matches!(llama.encode(&["  "]), Err(TextError::EmptyPrompt)));
+        assert!(matches!(llama.encode(&[]), Err(TextError::EmptyPrompt)));
+        assert!(matches!(
+            LlamaPrompts::with_template(&dir, "no placeholder", 256),
+            Err(TextError::Template(_))
+        ));
+        match LlamaPrompts::load(Path::new("/nonexistent/tokenizer")) {
+            Err(TextError::Tokenizer { path, .. }) => assert!(path.ends_with("tokenizer.json")),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+}
