@@ -6,6 +6,7 @@ pub mod denoise;
 pub mod latents;
 pub mod memory;
 pub mod noise;
+pub mod pipeline;
 pub mod scheduler;
 pub mod tensor;
 pub mod text;

@@ -35,9 +35,51 @@ enum Command {
     /// Decode saved latents (tensor `latents`, f32 [B,C,t,h,w], before division by the VAE
     /// scaling factor) with the tiled VAE decoder.
     Decode(DecodeArgs),
+    /// Prompt to video: text encoders, seeded noise, the denoising loop, tiled VAE decode.
+    Generate(GenerateArgs),
     /// Run the denoising loop from saved prompt embeddings and initial latents (the text
     /// encoders come later): writes the final latents for `hyvideo decode`.
     Denoise(DenoiseArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Bundle directory with transformer, vae_decoder, text_encoder and text_encoder_2.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Negative prompt, used with --cfg-scale > 1 (true classifier-free guidance).
+    #[arg(long)]
+    neg_prompt: Option<String>,
+    /// Video height and width in pixels (multiples of 16).
+    #[arg(long, num_args = 2, value_names = ["HEIGHT", "WIDTH"], default_values_t = [720, 1280])]
+    video_size: Vec<usize>,
+    /// Frames (4k + 1).
+    #[arg(long, default_value_t = 129)]
+    video_length: usize,
+    /// Seed of the initial noise (torch.Generator("cpu").manual_seed); random when omitted.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Initial latents (.safetensors, tensor `latents` f32 [1,C,t,h,w]) instead of seeded noise.
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// Also write the final latents (tensor `latents`, before division by the scaling factor).
+    #[arg(long)]
+    output_latents: Option<PathBuf>,
+    /// Output video: .mp4, .png (one per frame) or .safetensors (tensor `video`).
+    #[arg(long)]
+    save_path: PathBuf,
+    /// Frames per second of MP4 output.
+    #[arg(long, default_value_t = 24)]
+    fps: u32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    tiling: TilingArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +133,7 @@ fn main() {
     let result = match cli.command {
         Command::Decode(args) => decode(args),
         Command::Denoise(args) => denoise_cmd(args),
+        Command::Generate(args) => generate(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -256,5 +299,206 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
         model.provider(),
     );
     println!("wrote {}", args.output_latents.display());
+    Ok(())
+}
+
+/// Everything a generated video was made with, written beside it as JSON.
+#[derive(serde::Serialize)]
+struct RunRecord<'a> {
+    prompt: &'a str,
+    neg_prompt: Option<&'a str>,
+    video_size: [usize; 2],
+    video_length: usize,
+    seed: Option<u64>,
+    latents: Option<String>,
+    infer_steps: usize,
+    embedded_cfg_scale: f32,
+    flow_shift: f32,
+    flow_reverse: bool,
+    cfg_scale: f32,
+    fps: u32,
+    tiling: String,
+    bundle: String,
+    manifest_sha256: String,
+    exporter_version: String,
+    precision: String,
+    provider: String,
+    stages_seconds: Vec<(String, f64)>,
+    peak_rss_mib: Option<f64>,
+    outputs: Vec<String>,
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    use hyvideo::pipeline::{TextEncoders, VideoSize, initial_latents};
+    let [height, width] = <[usize; 2]>::try_from(args.video_size.as_slice())
+        .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
+    let size = VideoSize::new(height, width, args.video_length)?;
+    if args.prompt.trim().is_empty() {
+        bail!("--prompt is empty");
+    }
+    if args.sampling.infer_steps == 0 {
+        bail!("--infer-steps must be at least 1");
+    }
+    if args.sampling.cfg_scale > 1.0 && args.neg_prompt.is_none() {
+        bail!("--cfg-scale > 1 needs --neg-prompt (true classifier-free guidance)");
+    }
+    VideoFormat::from_path(&args.save_path)?;
+    check_output_dir("--save-path", &args.save_path)?;
+    if let Some(p) = &args.output_latents {
+        check_output_dir("--output-latents", p)?;
+    }
+    if !args.sampling.flow_reverse {
+        eprintln!(
+            "note: without --flow-reverse the schedule runs t = 0 -> 1 (Tencent's default); \
+             HunyuanVideo's published commands all pass --flow-reverse"
+        );
+    }
+    let manifest = Manifest::load(&args.bundle)?;
+    let manifest_sha256 =
+        hyvideo_exporters::checkpoint::sha256_file(&args.bundle.join("manifest.yaml"))?;
+    let cfg = args.runtime.session_config();
+    let mut stages: Vec<(String, f64)> = vec![];
+
+    let t = Instant::now();
+    let mut text = TextEncoders::load(&args.bundle, &manifest, &cfg)
+        .with_context(|| format!("loading the text encoders of {}", args.bundle.display()))?;
+    let mut model = Transformer::load(&args.bundle, &manifest, &cfg)
+        .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
+    let mut vae = VaeDecoder::load(&args.bundle, &manifest, &cfg)
+        .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
+    stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
+
+    let settings = vae.settings().clone();
+    let shape = size.latent_shape(
+        settings.latent_channels,
+        settings.spatial_compression_ratio,
+        settings.temporal_compression_ratio,
+    );
+    let seed = match (&args.latents, args.seed) {
+        (Some(_), s) => s,
+        (None, Some(s)) => Some(s),
+        (None, None) => Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        ),
+    };
+    let from_file = match &args.latents {
+        Some(p) => {
+            Some(hyvideo::latents::TensorFile::open(p)?.tensor5(hyvideo::latents::LATENTS_TENSOR)?)
+        }
+        None => None,
+    };
+    let init = initial_latents(shape, seed.unwrap_or(0), from_file)?;
+    if args.latents.is_none() {
+        eprintln!("seed {}", seed.unwrap_or(0));
+    }
+
+    let t = Instant::now();
+    let pb = progress(2, "text");
+    let prompt = text.encode(&[args.prompt.as_str()], || pb.inc(1))?;
+    let negative = match (&args.neg_prompt, args.sampling.cfg_scale > 1.0) {
+        (Some(n), true) => {
+            pb.set_length(4);
+            Some(text.encode(&[n.as_str()], || pb.inc(1))?)
+        }
+        _ => None,
+    };
+    pb.finish_and_clear();
+    for (what, enc) in [
+        ("--prompt", Some(&prompt)),
+        ("--neg-prompt", negative.as_ref()),
+    ] {
+        if let Some(e) = enc
+            && (!e.llama_truncated.is_empty() || !e.clip_truncated.is_empty())
+        {
+            eprintln!(
+                "warning: {what} was cut to fit ({} Llama tokens, 77 CLIP tokens)",
+                hyvideo::text::MAX_SEQUENCE_LENGTH
+            );
+        }
+    }
+    stages.push(("text encoders".into(), t.elapsed().as_secs_f64()));
+
+    let sampling = args.sampling.settings(model.takes_guidance());
+    let t = Instant::now();
+    let pb = progress(sampling.steps, "denoise");
+    let latents = denoise(
+        &mut model,
+        init,
+        &prompt.text,
+        negative.as_ref().map(|n| &n.text),
+        &sampling,
+        |r, _| {
+            pb.set_message(format!("{:.2} s/step", r.elapsed.as_secs_f64()));
+            pb.inc(1);
+        },
+    );
+    pb.finish_and_clear();
+    let latents = latents?;
+    let loop_s = t.elapsed().as_secs_f64();
+    stages.push((format!("denoise ({:>3} s)", sampling.steps), loop_s));
+    let mut outputs = vec![];
+    if let Some(p) = &args.output_latents {
+        write_latents(p, &latents)?;
+        outputs.push(p.display().to_string());
+    }
+
+    let t = Instant::now();
+    let plan = vae.plan(latents.shape(), &args.tiling.config())?;
+    let pb = progress(plan.decoder_calls(), "vae tiles");
+    let video = vae.decode(&latents, &plan, || pb.inc(1))?;
+    pb.finish_and_clear();
+    stages.push((
+        format!("decode ({:>3} t)", plan.decoder_calls()),
+        t.elapsed().as_secs_f64(),
+    ));
+
+    let t = Instant::now();
+    let video = Video::new(video.shape(), video.into_data())?;
+    let written = save_video(&args.save_path, &video, args.fps)?;
+    stages.push(("write video".into(), t.elapsed().as_secs_f64()));
+    outputs.extend(written.iter().map(|w| w.display().to_string()));
+
+    let record = RunRecord {
+        prompt: &args.prompt,
+        neg_prompt: args.neg_prompt.as_deref(),
+        video_size: [height, width],
+        video_length: args.video_length,
+        seed: if args.latents.is_some() { None } else { seed },
+        latents: args.latents.as_ref().map(|p| p.display().to_string()),
+        infer_steps: sampling.steps,
+        embedded_cfg_scale: args.sampling.embedded_cfg_scale,
+        flow_shift: sampling.shift,
+        flow_reverse: args.sampling.flow_reverse,
+        cfg_scale: args.sampling.cfg_scale,
+        fps: args.fps,
+        tiling: format!("{:?}", args.tiling.config()),
+        bundle: args.bundle.display().to_string(),
+        manifest_sha256,
+        exporter_version: manifest.exporter_version.clone(),
+        precision: manifest.precision.to_string(),
+        provider: model.provider().to_string(),
+        stages_seconds: stages.clone(),
+        peak_rss_mib: hyvideo::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
+        outputs: outputs.clone(),
+    };
+    let json_path = args.save_path.with_extension("json");
+    let json = serde_json::to_vec_pretty(&record)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(
+        json_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    std::io::Write::write_all(&mut tmp, &json)?;
+    tmp.persist(&json_path)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    report(&stages, model.provider());
+    for o in outputs {
+        println!("wrote {o}");
+    }
+    println!("wrote {}", json_path.display());
     Ok(())
 }

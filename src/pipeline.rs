@@ -1,0 +1,295 @@
+//! Prompt to video: the stages of diffusers `HunyuanVideoPipeline.__call__` on a bundle's
+//! engines — prompt encoding (Llama hidden states cropped past the template, CLIP pooled
+//! output), seeded initial noise, the denoising loop, the tiled VAE decode.
+//!
+//! Each stage is a function of its own so `hyvideo generate` and `hyvideo bench` time them the
+//! same way.
+
+use std::path::Path;
+
+use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
+use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
+
+use crate::tensor::Tensor5;
+use crate::text::{ClipPrompts, LlamaPrompts, TextError, Tokens};
+use crate::transformer::{TextConditioning, TransformerError};
+
+/// Graph I/O names of the text encoders (DESIGN.md).
+pub const INPUT_IDS: &str = "input_ids";
+pub const ATTENTION_MASK: &str = "attention_mask";
+pub const LLAMA_OUTPUT: &str = "hidden_states";
+pub const CLIP_OUTPUT: &str = "pooler_output";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Transformer(#[from] TransformerError),
+    #[error("{flag}: {reason}")]
+    Setting { flag: &'static str, reason: String },
+    #[error("{component} returned shape {found:?}; expected {expected}")]
+    OutputShape {
+        component: &'static str,
+        found: Vec<usize>,
+        expected: String,
+    },
+}
+
+fn setting(flag: &'static str, reason: impl Into<String>) -> PipelineError {
+    PipelineError::Setting {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// The video to make: pixel size and frame count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct VideoSize {
+    pub height: usize,
+    pub width: usize,
+    pub frames: usize,
+}
+
+impl VideoSize {
+    /// Sizes the model can make: height and width positive multiples of 16, frames = 4k + 1.
+    pub fn new(height: usize, width: usize, frames: usize) -> Result<VideoSize, PipelineError> {
+        for (flag, v) in [
+            ("--video-size height", height),
+            ("--video-size width", width),
+        ] {
+            if v == 0 || !v.is_multiple_of(16) {
+                return Err(setting(
+                    flag,
+                    format!("{v} is not a positive multiple of 16"),
+                ));
+            }
+        }
+        if frames == 0 || !(frames - 1).is_multiple_of(4) {
+            return Err(setting(
+                "--video-length",
+                format!("{frames} is not of the form 4k + 1 (1, 5, 9, ..., 129)"),
+            ));
+        }
+        Ok(VideoSize {
+            height,
+            width,
+            frames,
+        })
+    }
+
+    /// Latent shape `[1, C, (F − 1)/4 + 1, H/8, W/8]` (diffusers `prepare_latents`).
+    pub fn latent_shape(&self, channels: usize, spatial: usize, temporal: usize) -> [usize; 5] {
+        [
+            1,
+            channels,
+            (self.frames - 1) / temporal + 1,
+            self.height / spatial,
+            self.width / spatial,
+        ]
+    }
+}
+
+/// Llama hidden states past the template: `[B, 256, D]` values and the `[B, 256]` mask.
+struct Cropped {
+    shape: [usize; 3],
+    embeds: Vec<f32>,
+    mask: Vec<i64>,
+}
+
+/// Both text encoders and their tokenizers from a bundle.
+pub struct TextEncoders {
+    llama: Engine,
+    clip: Engine,
+    llama_tokens: LlamaPrompts,
+    clip_tokens: ClipPrompts,
+}
+
+/// Encoded prompts plus which prompts were cut to fit each tokenizer.
+pub struct EncodedPrompts {
+    pub text: TextConditioning,
+    pub llama_truncated: Vec<usize>,
+    pub clip_truncated: Vec<usize>,
+}
+
+impl TextEncoders {
+    /// Load `text_encoder` and `text_encoder_2` and the bundle's `tokenizer/`, `tokenizer_2/`.
+    pub fn load(
+        bundle: &Path,
+        manifest: &Manifest,
+        config: &SessionConfig,
+    ) -> Result<TextEncoders, PipelineError> {
+        let llama_entry = manifest.component(bundle, Component::TextEncoder)?;
+        let clip_entry = manifest.component(bundle, Component::TextEncoder2)?;
+        let llama_tokens = LlamaPrompts::load(&bundle.join("tokenizer"))?;
+        let clip_tokens = ClipPrompts::load(&bundle.join("tokenizer_2"))?;
+        Ok(TextEncoders {
+            llama: Engine::load(&bundle.join(&llama_entry.file), config)?,
+            clip: Engine::load(&bundle.join(&clip_entry.file), config)?,
+            llama_tokens,
+            clip_tokens,
+        })
+    }
+
+    pub fn providers(&self) -> (BackendKind, BackendKind) {
+        (self.llama.provider(), self.clip.provider())
+    }
+
+    /// `prompt_embeds` [B, 256, D] with its mask, and `pooled_prompt_embeds` [B, P]
+    /// (diffusers `encode_prompt`).
+    /// `on_encoder` is called after each of the two encoders ran.
+    pub fn encode(
+        &mut self,
+        prompts: &[&str],
+        mut on_encoder: impl FnMut(),
+    ) -> Result<EncodedPrompts, PipelineError> {
+        let lt = self.llama_tokens.encode(prompts)?;
+        let ct = self.clip_tokens.encode(prompts)?;
+        let Cropped {
+            shape: embeds_shape,
+            embeds,
+            mask,
+        } = self.llama_hidden(&lt)?;
+        on_encoder();
+        let pooled = self.clip_pooled(&ct)?;
+        on_encoder();
+        let b = prompts.len();
+        let text = TextConditioning::new(
+            (&embeds_shape, embeds),
+            (&[b, embeds_shape[1]], mask),
+            (&[b, pooled.len() / b], pooled),
+        )?;
+        Ok(EncodedPrompts {
+            text,
+            llama_truncated: lt.truncated,
+            clip_truncated: ct.truncated,
+        })
+    }
+
+    /// The Llama hidden states cropped past the template: shape, values, cropped mask.
+    fn llama_hidden(&mut self, t: &Tokens) -> Result<Cropped, PipelineError> {
+        let shape = [t.batch, t.len];
+        let out = self.llama.run_one(
+            &[
+                (
+                    INPUT_IDS,
+                    Input::I64 {
+                        shape: &shape,
+                        data: &t.input_ids,
+                    },
+                ),
+                (
+                    ATTENTION_MASK,
+                    Input::I64 {
+                        shape: &shape,
+                        data: &t.attention_mask,
+                    },
+                ),
+            ],
+            LLAMA_OUTPUT,
+        )?;
+        let d = match out.shape.as_slice() {
+            [b, l, d] if *b == t.batch && *l == t.len => *d,
+            _ => {
+                return Err(PipelineError::OutputShape {
+                    component: "text_encoder",
+                    found: out.shape,
+                    expected: format!("[{}, {}, hidden]", t.batch, t.len),
+                });
+            }
+        };
+        let crop = self.llama_tokens.crop_start();
+        let keep = t.len - crop;
+        let mut embeds = Vec::with_capacity(t.batch * keep * d);
+        let mut mask = Vec::with_capacity(t.batch * keep);
+        for row in 0..t.batch {
+            let start = (row * t.len + crop) * d;
+            embeds.extend_from_slice(&out.data[start..start + keep * d]);
+            let m = row * t.len + crop;
+            mask.extend_from_slice(&t.attention_mask[m..m + keep]);
+        }
+        Ok(Cropped {
+            shape: [t.batch, keep, d],
+            embeds,
+            mask,
+        })
+    }
+
+    fn clip_pooled(&mut self, t: &Tokens) -> Result<Vec<f32>, PipelineError> {
+        let shape = [t.batch, t.len];
+        let out = self.clip.run_one(
+            &[(
+                INPUT_IDS,
+                Input::I64 {
+                    shape: &shape,
+                    data: &t.input_ids,
+                },
+            )],
+            CLIP_OUTPUT,
+        )?;
+        match out.shape.as_slice() {
+            [b, _] if *b == t.batch => Ok(out.data),
+            _ => Err(PipelineError::OutputShape {
+                component: "text_encoder_2",
+                found: out.shape,
+                expected: format!("[{}, hidden]", t.batch),
+            }),
+        }
+    }
+}
+
+/// Initial latents: `--latents FILE` when given (its shape must be the one `size` implies),
+/// else `torch.randn` with `torch.Generator("cpu").manual_seed(seed)`.
+pub fn initial_latents(
+    shape: [usize; 5],
+    seed: u64,
+    from_file: Option<Tensor5>,
+) -> Result<Tensor5, PipelineError> {
+    match from_file {
+        Some(t) if t.shape() == shape => Ok(t),
+        Some(t) => Err(setting(
+            "--latents",
+            format!(
+                "shape {:?} does not match the video size and length (latents {shape:?})",
+                t.shape()
+            ),
+        )),
+        None => {
+            crate::noise::randn_latents(shape, seed).map_err(|e| setting("--seed", e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_sizes_are_checked() {
+        let s = VideoSize::new(720, 1280, 129).unwrap();
+        assert_eq!(s.latent_shape(16, 8, 4), [1, 16, 33, 90, 160]);
+        let s = VideoSize::new(32, 48, 9).unwrap();
+        assert_eq!(s.latent_shape(4, 8, 4), [1, 4, 3, 4, 6]);
+        for (h, w, f, flag) in [
+            (720, 1270, 129, "width"),
+            (0, 16, 1, "height"),
+            (16, 16, 8, "--video-length"),
+            (16, 16, 0, "--video-length"),
+        ] {
+            let e = VideoSize::new(h, w, f).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        }
+    }
+
+    #[test]
+    fn latents_from_a_file_must_have_the_right_shape() {
+        let t = Tensor5::zeros([1, 4, 3, 4, 6]);
+        assert!(initial_latents([1, 4, 3, 4, 6], 0, Some(t.clone())).is_ok());
+        let e = initial_latents([1, 4, 3, 4, 8], 0, Some(t)).unwrap_err();
+        assert!(e.to_string().contains("--latents"), "{e}");
+    }
+}
