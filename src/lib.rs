@@ -1,6 +1,7 @@
 //! hyvideo: run HunyuanVideo from exported ONNX engines — the flow-matching denoising loop on
 //! the transformer, tiled VAE decoding and video files (text encoders come with a later issue).
 
+pub mod bench;
 pub mod cli;
 pub mod denoise;
 pub mod latents;

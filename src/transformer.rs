@@ -115,6 +115,21 @@ impl TextConditioning {
         self.len == 0
     }
 
+    /// `[B, L, D]` prompt embeddings.
+    pub fn embeds(&self) -> &[f32] {
+        &self.embeds
+    }
+
+    /// `[B, L]` attention mask.
+    pub fn mask(&self) -> &[i64] {
+        &self.mask
+    }
+
+    /// `[B, P]` pooled embeddings.
+    pub fn pooled(&self) -> &[f32] {
+        &self.pooled
+    }
+
     /// Rows of `self` followed by rows of `other` (the B = 2 batch of true CFG).
     pub fn stack(&self, other: &TextConditioning) -> Result<TextConditioning, TransformerError> {
         if (self.len, self.dim, self.pooled_dim) != (other.len, other.dim, other.pooled_dim) {

@@ -37,6 +37,9 @@ enum Command {
     Decode(DecodeArgs),
     /// Prompt to video: text encoders, seeded noise, the denoising loop, tiled VAE decode.
     Generate(GenerateArgs),
+    /// Per-stage latency (min/median/max over runs) and peak memory of the engine path; with
+    /// --native also the PyTorch path (benches/native/pipeline_native.py) side by side.
+    Bench(BenchArgs),
     /// Run the denoising loop from saved prompt embeddings and initial latents (the text
     /// encoders come later): writes the final latents for `hyvideo decode`.
     Denoise(DenoiseArgs),
@@ -76,6 +79,58 @@ struct GenerateArgs {
     fps: u32,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    tiling: TilingArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Bundle directory with all four components.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Settings JSON (prompt, height, width, frames, steps, embedded_cfg_scale, flow_shift,
+    /// seed), e.g. the `bench_settings.json` that benches/native/make_bench_model.py writes.
+    /// Flags below override nothing when it is given.
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    #[arg(long, default_value = "A cat walks on the grass, realistic style.")]
+    prompt: String,
+    #[arg(long, num_args = 2, value_names = ["HEIGHT", "WIDTH"], default_values_t = [256, 256])]
+    video_size: Vec<usize>,
+    #[arg(long, default_value_t = 9)]
+    video_length: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 10)]
+    infer_steps: usize,
+    #[arg(long, default_value_t = 6.0)]
+    embedded_cfg_scale: f32,
+    #[arg(long, default_value_t = 7.0)]
+    flow_shift: f32,
+    /// Timed runs per stage.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Untimed warm-up runs per stage.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Also run the native PyTorch path on this diffusers folder (the one the bundle was
+    /// exported from).
+    #[arg(long, requires = "native_model")]
+    native: bool,
+    /// The diffusers-format folder for --native.
+    #[arg(long)]
+    native_model: Option<PathBuf>,
+    /// Python with benches/native/requirements.txt installed.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// The native script (default: benches/native/pipeline_native.py of this source tree).
+    #[arg(long)]
+    native_script: Option<PathBuf>,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
     #[command(flatten)]
     tiling: TilingArgs,
     #[command(flatten)]
@@ -134,6 +189,7 @@ fn main() {
         Command::Decode(args) => decode(args),
         Command::Denoise(args) => denoise_cmd(args),
         Command::Generate(args) => generate(args),
+        Command::Bench(args) => bench_cmd(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -500,5 +556,274 @@ fn generate(args: GenerateArgs) -> Result<()> {
         println!("wrote {o}");
     }
     println!("wrote {}", json_path.display());
+    Ok(())
+}
+
+/// What one bench run makes (the settings file's keys).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct BenchSettings {
+    prompt: String,
+    height: usize,
+    width: usize,
+    frames: usize,
+    steps: usize,
+    #[serde(default = "default_guidance")]
+    embedded_cfg_scale: f32,
+    #[serde(default = "default_shift")]
+    flow_shift: f32,
+    seed: u64,
+}
+
+fn default_guidance() -> f32 {
+    6.0
+}
+
+fn default_shift() -> f32 {
+    7.0
+}
+
+impl BenchSettings {
+    fn resolve(args: &BenchArgs) -> Result<BenchSettings> {
+        if let Some(p) = &args.settings {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--settings {}", p.display()))?;
+            return serde_json::from_str(&text)
+                .with_context(|| format!("--settings {}: not a bench settings file", p.display()));
+        }
+        let [height, width] = <[usize; 2]>::try_from(args.video_size.as_slice())
+            .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
+        Ok(BenchSettings {
+            prompt: args.prompt.clone(),
+            height,
+            width,
+            frames: args.video_length,
+            steps: args.infer_steps,
+            embedded_cfg_scale: args.embedded_cfg_scale,
+            flow_shift: args.flow_shift,
+            seed: args.seed,
+        })
+    }
+}
+
+/// Run `f` warm-up + timed times; the timed seconds and the last result.
+fn timed<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Vec<f64>, T)> {
+    let mut last = None;
+    let mut secs = Vec::with_capacity(runs);
+    for i in 0..warmup + runs.max(1) {
+        let t = Instant::now();
+        let v = f()?;
+        if i >= warmup {
+            secs.push(t.elapsed().as_secs_f64());
+        }
+        last = Some(v);
+    }
+    last.map(|v| (secs, v))
+        .ok_or_else(|| anyhow::anyhow!("no run"))
+}
+
+/// The native script next to this source tree (or the installed binary's project).
+fn find_native_script(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let rel = Path::new("benches/native/pipeline_native.py");
+    let mut candidates = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)];
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().map(|a| a.join(rel)));
+    }
+    candidates.into_iter().find(|c| c.is_file()).ok_or_else(|| {
+        anyhow::anyhow!("benches/native/pipeline_native.py not found: pass --native-script")
+    })
+}
+
+fn bench_cmd(args: BenchArgs) -> Result<()> {
+    use hyvideo::bench::{max_abs_diff, rows, table};
+    use hyvideo::pipeline::{TextEncoders, VideoSize, initial_latents};
+    use hyvideo::transformer::{StepInput, VelocityModel};
+    use std::collections::BTreeMap;
+
+    let s = BenchSettings::resolve(&args)?;
+    let size = VideoSize::new(s.height, s.width, s.frames)?;
+    if s.steps == 0 {
+        bail!("steps must be at least 1");
+    }
+    let manifest = Manifest::load(&args.bundle)?;
+    let cfg = args.runtime.session_config();
+    let t = Instant::now();
+    let mut text = TextEncoders::load(&args.bundle, &manifest, &cfg)?;
+    let mut model = Transformer::load(&args.bundle, &manifest, &cfg)?;
+    let mut vae = VaeDecoder::load(&args.bundle, &manifest, &cfg)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let vs = vae.settings().clone();
+    let shape = size.latent_shape(
+        vs.latent_channels,
+        vs.spatial_compression_ratio,
+        vs.temporal_compression_ratio,
+    );
+    let sampling = hyvideo::denoise::DenoiseSettings {
+        steps: s.steps,
+        shift: s.flow_shift,
+        direction: hyvideo::scheduler::FlowDirection::Reverse,
+        embedded_guidance: model.takes_guidance().then_some(s.embedded_cfg_scale),
+        true_cfg: None,
+    };
+    let tiling = args.tiling.config();
+    let (w, r) = (args.warmup, args.runs);
+    let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    eprintln!(
+        "bench: {}x{} px, {} frames, {} steps, latents {shape:?}, {} warm-up + {} runs per stage on {}",
+        s.height,
+        s.width,
+        s.frames,
+        s.steps,
+        w,
+        r,
+        model.provider()
+    );
+
+    let (secs, enc) = timed(w, r, || Ok(text.encode(&[s.prompt.as_str()], || {})?))?;
+    ours.insert("text_encoders".into(), secs);
+    let init = initial_latents(shape, s.seed, None)?;
+    let sigmas = hyvideo::scheduler::sigmas(s.steps, s.flow_shift);
+    let t0 = [sigmas[0] * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
+    let g = [s.embedded_cfg_scale * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
+    let step_input = |latents, text| StepInput {
+        latents,
+        timestep: &t0,
+        text,
+        guidance: Some(g.as_slice()),
+    };
+    let (secs, _) = timed(w, r, || Ok(model.predict(&step_input(&init, &enc.text))?))?;
+    ours.insert("transformer_step".into(), secs);
+    let (secs, latents) = timed(w, r, || {
+        Ok(denoise(
+            &mut model,
+            init.clone(),
+            &enc.text,
+            None,
+            &sampling,
+            |_, _| {},
+        )?)
+    })?;
+    ours.insert("denoise_loop".into(), secs);
+    let plan = vae.plan(latents.shape(), &tiling)?;
+    let (secs, decoded) = timed(w, r, || Ok(vae.decode(&latents, &plan, || {})?))?;
+    ours.insert("vae_decode".into(), secs);
+    let (secs, _) = timed(0, r, || {
+        let e = text.encode(&[s.prompt.as_str()], || {})?;
+        let x = initial_latents(shape, s.seed, None)?;
+        let x = denoise(&mut model, x, &e.text, None, &sampling, |_, _| {})?;
+        Ok(vae.decode(&x, &plan, || {})?)
+    })?;
+    ours.insert("end_to_end".into(), secs);
+    let rss = hyvideo::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64);
+
+    let mut native: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut diffs: BTreeMap<String, f64> = BTreeMap::new();
+    let mut native_rss = None;
+    if args.native {
+        let dir = tempfile::tempdir()?;
+        let settings_path = dir.path().join("settings.json");
+        std::fs::write(&settings_path, serde_json::to_vec_pretty(&s)?)?;
+        let out = dir.path().join("native.safetensors");
+        let json = dir.path().join("native.json");
+        let script = find_native_script(args.native_script.as_deref())?;
+        let threads = args.runtime.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let model_dir = args
+            .native_model
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--native needs --native-model"))?;
+        eprintln!("native: {} {}", args.python.display(), script.display());
+        let status = std::process::Command::new(&args.python)
+            .arg(&script)
+            .arg("--model")
+            .arg(model_dir)
+            .arg("--settings")
+            .arg(&settings_path)
+            .args(["--threads", &threads.to_string()])
+            .args(["--runs", &r.to_string(), "--warmup", &w.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .arg("--json")
+            .arg(&json)
+            .status()
+            .with_context(|| format!("running {}", args.python.display()))?;
+        if !status.success() {
+            bail!("the native script {} failed ({status})", script.display());
+        }
+        let nj: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+        if let Some(stages) = nj.get("stages").and_then(|v| v.as_object()) {
+            for (k, v) in stages {
+                let secs: Vec<f64> = v
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                    .unwrap_or_default();
+                native.insert(k.clone(), secs);
+            }
+        }
+        native_rss = nj.get("peak_rss_mib").and_then(|v| v.as_f64());
+        // Stage-isolated differences: each stage of ours fed the native stage's inputs.
+        let nf = hyvideo::latents::TensorFile::open(&out)?;
+        let (es, e) = nf.f32("prompt_embeds")?;
+        let (ms, m) = nf.i64("prompt_attention_mask")?;
+        let (ps, p) = nf.f32("pooled_prompt_embeds")?;
+        let d_embeds = max_abs_diff(enc.text.embeds(), &e).unwrap_or(f64::NAN);
+        let d_pooled = max_abs_diff(enc.text.pooled(), &p).unwrap_or(f64::NAN);
+        diffs.insert("text_encoders".into(), d_embeds.max(d_pooled));
+        let ntext = hyvideo::transformer::TextConditioning::new((&es, e), (&ms, m), (&ps, p))?;
+        let ninit = nf.tensor5("init_latents")?;
+        let step = model.predict(&step_input(&ninit, &ntext))?;
+        let (_, nstep) = nf.f32("step_sample")?;
+        diffs.insert(
+            "transformer_step".into(),
+            max_abs_diff(step.data(), &nstep).unwrap_or(f64::NAN),
+        );
+        let fin = denoise(&mut model, ninit, &ntext, None, &sampling, |_, _| {})?;
+        let nfinal = nf.tensor5("final_latents")?;
+        diffs.insert(
+            "denoise_loop".into(),
+            max_abs_diff(fin.data(), nfinal.data()).unwrap_or(f64::NAN),
+        );
+        let dec = vae.decode(&nfinal, &plan, || {})?;
+        let (_, ndec) = nf.f32("decoded")?;
+        diffs.insert(
+            "vae_decode".into(),
+            max_abs_diff(dec.data(), &ndec).unwrap_or(f64::NAN),
+        );
+        diffs.insert(
+            "end_to_end".into(),
+            max_abs_diff(decoded.data(), &ndec).unwrap_or(f64::NAN),
+        );
+    }
+
+    let rows = rows(&ours, &native, &diffs);
+    println!("{}", table(&rows));
+    println!(
+        "load engines: {load_s:.3} s; provider: {}",
+        model.provider()
+    );
+    if let Some(m) = rss {
+        println!("peak RSS hyvideo: {m:.1} MiB");
+    }
+    if let Some(m) = native_rss {
+        println!("peak RSS native: {m:.1} MiB");
+    }
+    if let Some(p) = &args.json {
+        let doc = serde_json::json!({
+            "settings": s,
+            "rows": rows,
+            "peak_rss_mib": rss,
+            "native_peak_rss_mib": native_rss,
+            "provider": model.provider().to_string(),
+            "threads": args.runtime.threads,
+            "load_seconds": load_s,
+        });
+        std::fs::write(p, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("--json {}", p.display()))?;
+    }
     Ok(())
 }
