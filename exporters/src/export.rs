@@ -9,12 +9,14 @@ use crate::bundle::{
 };
 use std::sync::Arc;
 
-use crate::checkpoint::{Checkpoint, DType, TransformerConfig, VaeConfig, Weights};
+use crate::checkpoint::{
+    Checkpoint, ClipTextConfig, DType, LlamaConfig, TransformerConfig, VaeConfig, Weights,
+};
 use crate::error::{ExportError, Result};
 use crate::graph::{Net, WeightProvider, concat_rows};
 use crate::onnx::{GraphBuilder, TensorSource, WrittenModel, write_model};
 use crate::transformer_layout::{KeyLayout, Rows, fp8_module_name, tencent_parts};
-use crate::{transformer, vae_decoder};
+use crate::{clip, llama, transformer, vae_decoder};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -422,6 +424,138 @@ pub fn export_vae_decoder(
     Ok(())
 }
 
+/// Copy every file directly inside `<model>/<folder>/` into the bundle under `<folder>/`
+/// (staged): the tokenizer files the runtime reads.
+fn copy_folder(
+    model: &Path,
+    folder: &str,
+    component: Component,
+    bundle: &mut BundleWriter,
+) -> Result<()> {
+    let dir = model.join(folder);
+    let missing = || ExportError::Model {
+        component: component.name(),
+        reason: format!(
+            "{} does not exist: --model must be a diffusers-format HunyuanVideo folder with a \
+             `{folder}/` sub-folder (the tokenizer goes into the bundle)",
+            dir.display()
+        ),
+    };
+    if !dir.is_dir() {
+        return Err(missing());
+    }
+    let io = |source| ExportError::Io {
+        path: dir.clone(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()).map_err(io))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ExportError::Model {
+            component: component.name(),
+            reason: format!("{} holds no files (expected the tokenizer)", dir.display()),
+        });
+    }
+    for f in files {
+        let name = f.file_name().unwrap_or_default().to_string_lossy();
+        bundle.copy_file(&f, &format!("{folder}/{name}"))?;
+    }
+    Ok(())
+}
+
+/// Export the Llama text encoder (`text_encoder`) and copy `tokenizer/` into the bundle.
+pub fn export_text_encoder(
+    model: &Path,
+    bundle: &mut BundleWriter,
+    precision: Precision,
+) -> Result<()> {
+    let component = Component::TextEncoder;
+    let dir = subfolder(model, component)?;
+    let cfg = LlamaConfig::load(dir.join(LlamaConfig::FILE_NAME))?;
+    let ckpt = Arc::new(Checkpoint::open(&dir)?);
+    let prefix = llama::checkpoint_prefix(&ckpt)?;
+    let provider = CheckpointWeights {
+        weights: Weights::new(ckpt.clone()).pp(prefix),
+        target: weight_dtype(precision)?,
+    };
+    let builder = with_metadata(llama::graph_builder(), component, precision).with_metadata(
+        "hyvideo.num_hidden_layers_to_skip",
+        llama::NUM_HIDDEN_LAYERS_TO_SKIP.to_string(),
+    );
+    let mut net = Net::new(builder, &provider);
+    llama::build(&mut net, &cfg)?;
+    let written = write_staged(net, bundle, component)?;
+    let d = |s: &str| s.to_string();
+    let inputs = tensor_specs(&[
+        (llama::INPUT_IDS, "int64", vec![d("batch"), d("text_len")]),
+        (
+            llama::ATTENTION_MASK,
+            "int64",
+            vec![d("batch"), d("text_len")],
+        ),
+    ]);
+    let outputs = tensor_specs(&[(
+        llama::OUTPUT,
+        "float32",
+        vec![d("batch"), d("text_len"), cfg.hidden_size.to_string()],
+    )]);
+    let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
+    bundle.copy_file(
+        &dir.join(LlamaConfig::FILE_NAME),
+        "text_encoder/config.json",
+    )?;
+    copy_folder(model, "tokenizer", component, bundle)?;
+    bundle.manifest_mut().components.insert(component, e);
+    Ok(())
+}
+
+/// Export the CLIP text encoder (`text_encoder_2`) and copy `tokenizer_2/` into the bundle.
+pub fn export_text_encoder_2(
+    model: &Path,
+    bundle: &mut BundleWriter,
+    precision: Precision,
+) -> Result<()> {
+    let component = Component::TextEncoder2;
+    let dir = subfolder(model, component)?;
+    let cfg = ClipTextConfig::load(dir.join(ClipTextConfig::FILE_NAME))?;
+    let ckpt = Arc::new(Checkpoint::open(&dir)?);
+    let prefix = clip::checkpoint_prefix(&ckpt)?;
+    let provider = CheckpointWeights {
+        weights: Weights::new(ckpt.clone()).pp(prefix),
+        target: weight_dtype(precision)?,
+    };
+    let mut net = Net::new(
+        with_metadata(clip::graph_builder(), component, precision),
+        &provider,
+    );
+    clip::build(&mut net, &cfg)?;
+    let written = write_staged(net, bundle, component)?;
+    let inputs = tensor_specs(&[(
+        clip::INPUT_IDS,
+        "int64",
+        vec!["batch".into(), cfg.max_position_embeddings.to_string()],
+    )]);
+    let outputs = tensor_specs(&[(
+        clip::OUTPUT,
+        "float32",
+        vec!["batch".into(), cfg.hidden_size.to_string()],
+    )]);
+    let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
+    bundle.copy_file(
+        &dir.join(ClipTextConfig::FILE_NAME),
+        "text_encoder_2/config.json",
+    )?;
+    copy_folder(model, "tokenizer_2", component, bundle)?;
+    bundle.manifest_mut().components.insert(component, e);
+    Ok(())
+}
+
 /// Run a whole export request; nothing is left in `out` when it fails.
 pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> Result<Manifest> {
     if !req.model.is_dir() {
@@ -438,13 +572,9 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
             Component::Transformer => {
                 export_transformer(&req.model, &req.transformer, &mut bundle, req.precision)?
             }
-            other => {
-                return Err(ExportError::Model {
-                    component: other.name(),
-                    reason: "exporting this component is not implemented yet (only vae_decoder \
-                             and transformer)"
-                        .into(),
-                });
+            Component::TextEncoder => export_text_encoder(&req.model, &mut bundle, req.precision)?,
+            Component::TextEncoder2 => {
+                export_text_encoder_2(&req.model, &mut bundle, req.precision)?
             }
         }
     }

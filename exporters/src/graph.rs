@@ -312,6 +312,22 @@ impl<'w> Net<'w> {
         self.op("Gemm", fused_name, &[x, &w, &b], &[Attr::int("transB", 1)])
     }
 
+    /// Bias-free `nn.Linear`s `modules` (each `[o_k, i]`) fused into one `Gemm` on a 2-D `x`
+    /// [tokens, i]: `x @ [W_0; W_1; ..]^T` → [tokens, Σ o_k], the weight stored as in the
+    /// checkpoint (`transB = 1`).
+    pub fn gemm_no_bias(
+        &mut self,
+        fused_name: &str,
+        x: &Value,
+        i: usize,
+        modules: &[(&str, usize)],
+    ) -> Result<Value> {
+        let names: Vec<String> = modules.iter().map(|(m, _)| join(m, "weight")).collect();
+        let shapes: Vec<Vec<usize>> = modules.iter().map(|&(_, o)| vec![o, i]).collect();
+        let w = self.weight_fused(&join(fused_name, "weight"), &names, &shapes)?;
+        self.op("Gemm", fused_name, &[x, &w], &[Attr::int("transB", 1)])
+    }
+
     /// `nn.LayerNorm(dim, eps)` over the last axis (`LayerNormalization`); `affine` reads
     /// `<prefix>.weight` / `<prefix>.bias`, otherwise scale 1 and no bias.
     pub fn layer_norm(

@@ -6,9 +6,11 @@
 
 pub mod bundle;
 pub mod checkpoint;
+pub mod clip;
 pub mod error;
 pub mod export;
 pub mod graph;
+pub mod llama;
 pub mod onnx;
 pub mod transformer;
 pub mod transformer_layout;

@@ -125,3 +125,14 @@ pub fn write_tensor(path: &Path, name: &str, shape: &[usize], data: &[f32]) {
     let out = safetensors::serialize([(name, view)], None).unwrap();
     std::fs::write(path, out).unwrap();
 }
+
+/// The tiny pipeline's two text encoders exported once per test run (fp32).
+pub fn text_encoders_bundle() -> &'static Path {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        export_tiny(
+            &[Component::TextEncoder, Component::TextEncoder2],
+            TransformerSource::default(),
+        )
+    })
+}

@@ -10,7 +10,7 @@ use prost::Message;
 
 use std::path::Path;
 
-use crate::common::{root, transformer_bundle, vae_bundle};
+use crate::common::{root, text_encoders_bundle, transformer_bundle, vae_bundle};
 
 fn allowed_ops() -> BTreeSet<String> {
     std::fs::read_to_string(root().join("configs/onnx_ops_tensorrt.txt"))
@@ -135,4 +135,46 @@ fn vae_decoder_passes_the_onnx_checker() {
 #[test]
 fn transformer_passes_the_onnx_checker() {
     onnx_checker(&transformer_bundle().join("transformer.onnx"));
+}
+
+#[test]
+fn text_encoder_uses_only_allowed_standard_ops() {
+    let model = check_structure(&text_encoders_bundle().join("text_encoder.onnx"));
+    assert!(has_external(&model, "embed_tokens.weight"));
+    assert!(has_external(&model, "layers.0.self_attn.qkv_proj.weight"));
+    let graph = model.graph.expect("graph");
+    assert_eq!(io_names(&graph.input), ["input_ids", "attention_mask"]);
+    assert_eq!(io_names(&graph.output), ["hidden_states"]);
+    // hidden_states[-3] of a 3-layer model: only layer 0 is exported, without the final norm.
+    let softmax = graph.node.iter().filter(|n| n.op_type == "Softmax").count();
+    assert_eq!(softmax, 1);
+    assert!(
+        !graph
+            .initializer
+            .iter()
+            .any(|t| t.name.starts_with("layers.1."))
+    );
+    assert!(!graph.initializer.iter().any(|t| t.name == "norm.weight"));
+}
+
+#[test]
+fn text_encoder_2_uses_only_allowed_standard_ops() {
+    let model = check_structure(&text_encoders_bundle().join("text_encoder_2.onnx"));
+    assert!(has_external(&model, "embeddings.token_embedding.weight"));
+    assert!(has_external(&model, "final_layer_norm.weight"));
+    let graph = model.graph.expect("graph");
+    assert_eq!(io_names(&graph.input), ["input_ids"]);
+    assert_eq!(io_names(&graph.output), ["pooler_output"]);
+    let softmax = graph.node.iter().filter(|n| n.op_type == "Softmax").count();
+    assert_eq!(softmax, 2);
+}
+
+#[test]
+fn text_encoder_passes_the_onnx_checker() {
+    onnx_checker(&text_encoders_bundle().join("text_encoder.onnx"));
+}
+
+#[test]
+fn text_encoder_2_passes_the_onnx_checker() {
+    onnx_checker(&text_encoders_bundle().join("text_encoder_2.onnx"));
 }

@@ -7,5 +7,6 @@
 mod cli;
 mod common;
 mod graphs;
+mod text_encoders;
 mod transformer;
 mod vae;

@@ -1,0 +1,349 @@
+//! The HunyuanVideo second text encoder (`text_encoder_2`, a CLIP `CLIPTextModel`) as an ONNX
+//! graph producing `pooler_output`.
+//!
+//! Mirrors transformers 5.x `models/clip/modeling_clip.py` (`CLIPTextModel.forward`,
+//! `CLIPTextEmbeddings`, `CLIPEncoderLayer`, `CLIPAttention`, `CLIPMLP`) as diffusers'
+//! `HunyuanVideoPipeline._get_clip_prompt_embeds` calls it: with `input_ids` only, so the only
+//! mask is the causal one (transformers builds no padding mask without `attention_mask`).
+//!
+//! `pooler_output` is the final-layer-normed state at one token per row, chosen exactly as
+//! transformers does: with the legacy `eos_token_id == 2` (openai/clip-vit-large-patch14's
+//! config) the first position of the largest id (`argmax(input_ids)`, the real end-of-text
+//! 49407); otherwise the first position holding `eos_token_id` (position 0 when there is none,
+//! as `argmax` of all zeros). Both are `ArgMax` (first maximum) on an int32 tensor, as
+//! transformers casts.
+//!
+//! Graph choices: every `nn.Linear` a 2-D `Gemm` (`transB = 1`) with `q|k|v` fused, attention
+//! `MatMul → Add(causal bias) → Softmax → MatMul`, quick-GELU as `x · sigmoid(1.702 x)`.
+//!
+//! Input `input_ids` i64[B, max_position_embeddings] (77); output `pooler_output`
+//! f32[B, hidden_size]. B dynamic.
+
+use crate::checkpoint::{Checkpoint, ClipTextConfig};
+use crate::error::{ExportError, Result};
+use crate::graph::{Affine, Net};
+use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
+
+pub const INPUT_IDS: &str = "input_ids";
+pub const OUTPUT: &str = "pooler_output";
+
+/// Key prefixes a CLIP text checkpoint may use: transformers 5's `CLIPTextModel` (none),
+/// transformers 4's (`text_model`, as in diffusers' HunyuanVideo `text_encoder_2/`).
+pub const CHECKPOINT_PREFIXES: [&str; 2] = ["", "text_model"];
+
+fn model_err(reason: String) -> ExportError {
+    ExportError::Model {
+        component: "text_encoder_2",
+        reason,
+    }
+}
+
+/// The key prefix (see [`CHECKPOINT_PREFIXES`]) under which `ckpt` holds the CLIP weights.
+pub fn checkpoint_prefix(ckpt: &Checkpoint) -> Result<&'static str> {
+    let key = |p: &str| {
+        if p.is_empty() {
+            "embeddings.token_embedding.weight".to_owned()
+        } else {
+            format!("{p}.embeddings.token_embedding.weight")
+        }
+    };
+    if let Some(p) = CHECKPOINT_PREFIXES.iter().find(|p| ckpt.contains(&key(p))) {
+        return Ok(p);
+    }
+    let mut sample: Vec<&str> = ckpt.names().take(5).collect();
+    sample.sort_unstable();
+    Err(model_err(format!(
+        "{} holds no CLIP token embedding (looked for {}); first keys: {}",
+        ckpt.path().display(),
+        CHECKPOINT_PREFIXES
+            .iter()
+            .map(|p| format!("`{}`", key(p)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if sample.is_empty() {
+            "(none)".to_owned()
+        } else {
+            sample.join(", ")
+        }
+    )))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+/// Sizes the graph is built for.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    eps: f32,
+    act: Activation,
+}
+
+struct Clip<'a, 'w> {
+    net: &'a mut Net<'w>,
+    dims: Dims,
+    /// `[B, -1, hidden]`.
+    seq_shape: Value,
+    /// `[B, -1, 3·heads, head_dim]`.
+    qkv_shape: Value,
+    /// Causal bias `[L, L]` (0 or `f32::MIN`).
+    bias: Value,
+}
+
+impl Clip<'_, '_> {
+    fn op(&mut self, op: &str, prefix: &str, inputs: &[&Value], attrs: &[Attr]) -> Result<Value> {
+        self.net.op(op, prefix, inputs, attrs)
+    }
+
+    fn reshape(&mut self, prefix: &str, x: &Value, shape: &Value) -> Result<Value> {
+        self.op("Reshape", prefix, &[x, shape], &[])
+    }
+
+    fn transpose(&mut self, prefix: &str, x: &Value, perm: &[i64]) -> Result<Value> {
+        self.op(
+            "Transpose",
+            prefix,
+            &[x],
+            &[Attr::ints("perm", perm.to_vec())],
+        )
+    }
+
+    /// `nn.LayerNorm` of `x` [B, L, hidden] as token rows [B·L, hidden].
+    fn norm_rows(&mut self, prefix: &str, x: &Value) -> Result<Value> {
+        let Dims { hidden, eps, .. } = self.dims;
+        let h = self
+            .net
+            .layer_norm(prefix, x, hidden, eps, Affine::Learned)?;
+        let shape = self.net.i64s(prefix, &[-1, hidden as i64])?;
+        self.reshape(prefix, &h, &shape)
+    }
+
+    /// `CLIPAttention` on token rows [B·L, hidden] → [B, L, hidden].
+    fn attention(&mut self, prefix: &str, rows: &Value) -> Result<Value> {
+        let Dims {
+            hidden,
+            heads,
+            head_dim,
+            ..
+        } = self.dims;
+        let p = |s: &str| format!("{prefix}.{s}");
+        let qkv = self.net.gemm(
+            &p("qkv_proj"),
+            rows,
+            hidden,
+            &[
+                (&p("q_proj"), hidden),
+                (&p("k_proj"), hidden),
+                (&p("v_proj"), hidden),
+            ],
+        )?;
+        let qkv = self.reshape(prefix, &qkv, &self.qkv_shape.clone())?;
+        let h = heads as i64;
+        let parts = self.net.split(prefix, &qkv, 2, &[h, h, h])?;
+        let [q, k, v] = <[Value; 3]>::try_from(parts)
+            .map_err(|_| model_err("Split returned the wrong number of outputs".into()))?;
+        let scale = self
+            .net
+            .f32_scalar(prefix, 1.0 / (head_dim as f32).sqrt())?;
+        let q = self.op("Mul", prefix, &[&q, &scale], &[])?;
+        let qt = self.transpose(prefix, &q, &[0, 2, 1, 3])?;
+        let kt = self.transpose(prefix, &k, &[0, 2, 3, 1])?;
+        let vt = self.transpose(prefix, &v, &[0, 2, 1, 3])?;
+        let scores = self.op("MatMul", prefix, &[&qt, &kt], &[])?;
+        let bias = self.bias.clone();
+        let scores = self.op("Add", prefix, &[&scores, &bias], &[])?;
+        let probs = self.op("Softmax", prefix, &[&scores], &[Attr::int("axis", -1)])?;
+        let ctx = self.op("MatMul", prefix, &[&probs, &vt], &[])?;
+        let ctx = self.transpose(prefix, &ctx, &[0, 2, 1, 3])?;
+        let shape = self.net.i64s(prefix, &[-1, hidden as i64])?;
+        let ctx = self.reshape(prefix, &ctx, &shape)?;
+        let out = self
+            .net
+            .gemm(&p("out_proj"), &ctx, hidden, &[(&p("out_proj"), hidden)])?;
+        self.reshape(prefix, &out, &self.seq_shape.clone())
+    }
+
+    /// `CLIPMLP` on token rows → [B, L, hidden].
+    fn mlp(&mut self, prefix: &str, rows: &Value) -> Result<Value> {
+        let Dims {
+            hidden,
+            intermediate,
+            act,
+            ..
+        } = self.dims;
+        let fc1 = format!("{prefix}.fc1");
+        let fc2 = format!("{prefix}.fc2");
+        let h = self.net.gemm(&fc1, rows, hidden, &[(&fc1, intermediate)])?;
+        let h = match act {
+            Activation::QuickGelu => {
+                let k = self.net.f32_scalar(prefix, 1.702)?;
+                let kx = self.op("Mul", prefix, &[&h, &k], &[])?;
+                let s = self.op("Sigmoid", prefix, &[&kx], &[])?;
+                self.op("Mul", prefix, &[&h, &s], &[])?
+            }
+            Activation::Gelu => self.op("Gelu", prefix, &[&h], &[])?,
+        };
+        let out = self.net.gemm(&fc2, &h, intermediate, &[(&fc2, hidden)])?;
+        self.reshape(prefix, &out, &self.seq_shape.clone())
+    }
+
+    /// `CLIPEncoderLayer` on `x` [B, L, hidden].
+    fn layer(&mut self, prefix: &str, x: &Value) -> Result<Value> {
+        let p = |s: &str| format!("{prefix}.{s}");
+        let h = self.norm_rows(&p("layer_norm1"), x)?;
+        let a = self.attention(&p("self_attn"), &h)?;
+        let x = self.op("Add", prefix, &[x, &a], &[])?;
+        let h = self.norm_rows(&p("layer_norm2"), &x)?;
+        let m = self.mlp(&p("mlp"), &h)?;
+        self.op("Add", prefix, &[&x, &m], &[])
+    }
+}
+
+/// Build the CLIP text-encoder graph into `net` (weights under transformers 5's
+/// `CLIPTextModel` names: `embeddings.*`, `encoder.layers.N.*`, `final_layer_norm.*`).
+pub fn build(net: &mut Net<'_>, cfg: &ClipTextConfig) -> Result<()> {
+    cfg.validate()?;
+    let act = match cfg.hidden_act.as_str() {
+        "quick_gelu" => Activation::QuickGelu,
+        "gelu" => Activation::Gelu,
+        other => {
+            return Err(model_err(format!(
+                "{}: hidden_act `{other}` is not supported (only quick_gelu and gelu)",
+                cfg.source.display()
+            )));
+        }
+    };
+    let dims = Dims {
+        hidden: cfg.hidden_size,
+        heads: cfg.num_attention_heads,
+        head_dim: cfg.head_dim(),
+        intermediate: cfg.intermediate_size,
+        eps: cfg.layer_norm_eps as f32,
+        act,
+    };
+    let len = cfg.max_position_embeddings;
+    let ids = net.b.input(
+        INPUT_IDS,
+        DataType::Int64,
+        &["batch".into(), Dim::Fixed(len as i64)],
+    )?;
+    let pre = "text_encoder_2";
+
+    // Embeddings: token + position (positions 0..L, L = max_position_embeddings).
+    let tok_w = net.weight(
+        "embeddings.token_embedding.weight",
+        &[cfg.vocab_size, dims.hidden],
+    )?;
+    let pos_w = net.weight("embeddings.position_embedding.weight", &[len, dims.hidden])?;
+    let tok = net.op(
+        "Gather",
+        "embeddings.token_embedding",
+        &[&tok_w, &ids],
+        &[Attr::int("axis", 0)],
+    )?;
+    let mut x = net.op("Add", "embeddings", &[&tok, &pos_w], &[])?;
+
+    let batch = net.op(
+        "Shape",
+        pre,
+        &[&ids],
+        &[Attr::int("start", 0), Attr::int("end", 1)],
+    )?;
+    let tail = net.i64s(pre, &[-1, dims.hidden as i64])?;
+    let seq_shape = net.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+    let tail = net.i64s(pre, &[-1, (3 * dims.heads) as i64, dims.head_dim as i64])?;
+    let qkv_shape = net.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+
+    // Causal bias [L, L]: key j visible to query i iff j <= i.
+    let m = "causal_mask";
+    let zero = net.b.const_i64(auto(format!("{m}/zero")), &[0], &[])?;
+    let one = net.b.const_i64(auto(format!("{m}/one")), &[1], &[])?;
+    let l = net.op(
+        "Shape",
+        m,
+        &[&ids],
+        &[Attr::int("start", 1), Attr::int("end", 2)],
+    )?;
+    let l0 = net.op("Squeeze", m, &[&l], &[])?;
+    let idx = net.op("Range", m, &[&zero, &l0, &one], &[])?;
+    let ax0 = net.i64s(m, &[0])?;
+    let ax1 = net.i64s(m, &[1])?;
+    let qi = net.op("Unsqueeze", m, &[&idx, &ax1], &[])?;
+    let kj = net.op("Unsqueeze", m, &[&idx, &ax0], &[])?;
+    let causal = net.op("LessOrEqual", m, &[&kj, &qi], &[])?;
+    let zero_f = net.f32_scalar(m, 0.0)?;
+    let min_f = net.f32_scalar(m, f32::MIN)?;
+    let bias = net.op("Where", m, &[&causal, &zero_f, &min_f], &[])?;
+
+    let mut g = Clip {
+        net,
+        dims,
+        seq_shape,
+        qkv_shape,
+        bias,
+    };
+    for i in 0..cfg.num_hidden_layers {
+        x = g.layer(&format!("encoder.layers.{i}"), &x)?;
+    }
+    let x = g.net.layer_norm(
+        "final_layer_norm",
+        &x,
+        dims.hidden,
+        dims.eps,
+        Affine::Learned,
+    )?;
+
+    // Pooling: the row index of each sequence's end-of-text token.
+    let p = "pooler";
+    let scores = if cfg.pooler_uses_argmax() {
+        ids.clone()
+    } else {
+        let eos = g
+            .net
+            .b
+            .const_i64(auto(format!("{p}/eos")), &[cfg.eos_token_id], &[])?;
+        g.op("Equal", p, &[&ids, &eos], &[])?
+    };
+    let scores = g.op(
+        "Cast",
+        p,
+        &[&scores],
+        &[Attr::int("to", DataType::Int32 as i64)],
+    )?;
+    let pick = g.op(
+        "ArgMax",
+        p,
+        &[&scores],
+        &[Attr::int("axis", 1), Attr::int("keepdims", 0)],
+    )?;
+    // Gather row b·L + pick[b] of the [B·L, hidden] states.
+    let b0 = g.op("Squeeze", p, &[&batch], &[])?;
+    let rows_idx = g.op("Range", p, &[&zero, &b0, &one], &[])?;
+    let lc = g
+        .net
+        .b
+        .const_i64(auto(format!("{p}/len")), &[len as i64], &[])?;
+    let base = g.op("Mul", p, &[&rows_idx, &lc], &[])?;
+    let flat_idx = g.op("Add", p, &[&base, &pick], &[])?;
+    let shape = g.net.i64s(p, &[-1, dims.hidden as i64])?;
+    let rows = g.reshape(p, &x, &shape)?;
+    let pooled = g.op("Gather", p, &[&rows, &flat_idx], &[Attr::int("axis", 0)])?;
+    net.b.output_as(
+        &pooled,
+        OUTPUT,
+        DataType::Float,
+        &["batch".into(), Dim::Fixed(cfg.hidden_size as i64)],
+    )?;
+    Ok(())
+}
+
+/// A fresh graph builder for the CLIP text encoder.
+pub fn graph_builder() -> GraphBuilder {
+    GraphBuilder::new("text_encoder_2")
+}
