@@ -27,6 +27,8 @@ pub enum Component {
     Transformer,
     VaeDecoder,
     TextEncoder,
+    /// diffusers' `text_encoder_2` (snake_case alone would give `text_encoder2`).
+    #[serde(rename = "text_encoder_2")]
     TextEncoder2,
 }
 

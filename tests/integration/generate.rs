@@ -1,0 +1,201 @@
+//! `hyvideo generate` end to end on the tiny fixture pipeline against diffusers' pipeline
+//! goldens (`goldens/pipeline.safetensors`: prompt and seed 42 → final latents and frames), and
+//! its bad inputs: each a clear error, a non-zero exit and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use hyvideo_exporters::bundle::Component;
+use hyvideo_exporters::export::TransformerSource;
+
+use crate::common::{export_tiny, golden, list_dir, rel_max_err};
+
+const PIPE: &str = "pipeline.safetensors";
+const PROMPT: &str = "A cat walks on the grass, realistic style.";
+
+/// All four components of the tiny pipeline, exported once.
+fn full_bundle() -> &'static Path {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        export_tiny(
+            &[
+                Component::TextEncoder,
+                Component::TextEncoder2,
+                Component::Transformer,
+                Component::VaeDecoder,
+            ],
+            TransformerSource::default(),
+        )
+    })
+}
+
+/// `hyvideo generate` with the pipeline golden's settings; a flag in `extra` replaces the
+/// default of the same name (with all its values).
+fn generate(bundle: &Path, save: &Path, extra: &[&str]) -> Output {
+    let defaults: [&[&str]; 9] = [
+        &["--prompt", PROMPT],
+        &["--video-size", "32", "48"],
+        &["--video-length", "9"],
+        &["--infer-steps", "4"],
+        &["--seed", "42"],
+        &["--embedded-cfg-scale", "6.0"],
+        &["--flow-shift", "7.0"],
+        &["--flow-reverse"],
+        &["--threads", "2"],
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hyvideo"));
+    cmd.arg("generate")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--save-path")
+        .arg(save);
+    for d in defaults {
+        if !extra.contains(&d[0]) {
+            cmd.args(d);
+        }
+    }
+    cmd.args(extra);
+    cmd.output().expect("spawn hyvideo")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Frames in [0, 1] as the pipeline returns them: (x / 2 + 0.5).clamp(0, 1).
+fn to_unit(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn check_run(extra: &[&str], prefix: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("video.safetensors");
+    let lat = dir.path().join("final.safetensors");
+    let mut args = vec!["--output-latents", lat.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = generate(full_bundle(), &save, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let latents = hyvideo::latents::read_tensor5(&lat, "latents").unwrap();
+    let (_, want) = golden(PIPE, &format!("{prefix}final_latents"));
+    let err = rel_max_err(latents.data(), &want);
+    eprintln!("{prefix}final latents: relative max error {err:.3e}");
+    assert!(err <= 1e-3, "{prefix}final latents: {err:.3e}");
+    if prefix.is_empty() {
+        let video = hyvideo::latents::read_tensor5(&save, "video").unwrap();
+        let (shape, frames) = golden(PIPE, "video");
+        assert_eq!(video.shape().to_vec(), shape);
+        let d = max_abs(&to_unit(video.data()), &frames);
+        eprintln!("frames: max abs difference {d:.3e} (range [0, 1])");
+        assert!(d <= 2e-3, "frames differ by {d:.3e}");
+    }
+    // The run record beside the video.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("video.json")).unwrap()).unwrap();
+    assert_eq!(json["seed"], 42);
+    assert_eq!(json["prompt"], PROMPT);
+    assert_eq!(json["manifest_sha256"].as_str().map(str::len), Some(64));
+    assert!(
+        json["stages_seconds"]
+            .as_array()
+            .is_some_and(|s| s.len() >= 4)
+    );
+}
+
+#[test]
+fn generate_from_prompt_and_seed_reproduces_diffusers() {
+    check_run(&[], "");
+}
+
+#[test]
+fn generate_with_true_cfg_reproduces_diffusers() {
+    check_run(
+        &["--neg-prompt", "low quality", "--cfg-scale", "4.0"],
+        "cfg.",
+    );
+}
+
+fn assert_refused(o: &Output, needles: &[&str], dir: &Path) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`: {err}");
+    }
+    let left: Vec<String> = list_dir(dir)
+        .into_iter()
+        .filter(|f| f.starts_with("video"))
+        .collect();
+    assert!(left.is_empty(), "output left behind: {left:?}");
+}
+
+#[test]
+fn bad_generate_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("video.mp4");
+    let b = full_bundle();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--prompt", " "], &["--prompt", "empty"]),
+        (&["--video-size", "32", "40"], &["width", "multiple of 16"]),
+        (&["--video-length", "8"], &["--video-length", "4k + 1"]),
+        (&["--infer-steps", "0"], &["--infer-steps"]),
+    ];
+    for (extra, needles) in cases {
+        let o = generate(b, &save, extra);
+        assert_refused(&o, needles, dir.path());
+    }
+}
+
+/// A copy of the full bundle with `edit` applied.
+fn edited_bundle(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("bundle");
+    copy_dir(full_bundle(), &b);
+    edit(&b);
+    (dir, b)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bundles_missing_parts_or_from_another_exporter_are_refused() {
+    let (dir, b) = edited_bundle(|b| std::fs::remove_file(b.join("text_encoder_2.onnx")).unwrap());
+    let o = generate(&b, &dir.path().join("video.mp4"), &[]);
+    assert_refused(&o, &["text_encoder_2"], dir.path());
+
+    let (dir, b) =
+        edited_bundle(|b| std::fs::remove_file(b.join("tokenizer/tokenizer.json")).unwrap());
+    let o = generate(&b, &dir.path().join("video.mp4"), &[]);
+    assert_refused(&o, &["tokenizer.json"], dir.path());
+
+    let (dir, b) = edited_bundle(|b| {
+        let m = b.join("manifest.yaml");
+        let text = std::fs::read_to_string(&m).unwrap();
+        let text = text.replace(
+            &format!(
+                "exporter_version: \"{}\"",
+                hyvideo_exporters::bundle::EXPORTER_VERSION
+            ),
+            "exporter_version: \"0.0.1\"",
+        );
+        std::fs::write(&m, text).unwrap();
+    });
+    let o = generate(&b, &dir.path().join("video.mp4"), &[]);
+    assert_refused(&o, &["0.0.1"], dir.path());
+}
