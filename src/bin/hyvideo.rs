@@ -559,7 +559,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// What one bench run makes (the settings file's keys).
+/// What one bench run makes: the keys of `bench_settings.json` (benches/native/
+/// make_bench_model.py), which the native script reads too. The schedule always runs σ 1 → 0,
+/// as diffusers' pipeline does (`flow_reverse: false` there means "not Tencent's 0 → 1").
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct BenchSettings {
     prompt: String,
@@ -567,11 +569,15 @@ struct BenchSettings {
     width: usize,
     frames: usize,
     steps: usize,
-    #[serde(default = "default_guidance")]
-    embedded_cfg_scale: f32,
+    #[serde(default = "default_guidance", alias = "embedded_cfg_scale")]
+    embedded_guidance_scale: f32,
     #[serde(default = "default_shift")]
     flow_shift: f32,
+    #[serde(default)]
+    flow_reverse: bool,
     seed: u64,
+    #[serde(default = "default_max_sequence_length")]
+    max_sequence_length: usize,
 }
 
 fn default_guidance() -> f32 {
@@ -580,6 +586,10 @@ fn default_guidance() -> f32 {
 
 fn default_shift() -> f32 {
     7.0
+}
+
+fn default_max_sequence_length() -> usize {
+    hyvideo::text::MAX_SEQUENCE_LENGTH
 }
 
 impl BenchSettings {
@@ -598,9 +608,11 @@ impl BenchSettings {
             width,
             frames: args.video_length,
             steps: args.infer_steps,
-            embedded_cfg_scale: args.embedded_cfg_scale,
+            embedded_guidance_scale: args.embedded_cfg_scale,
             flow_shift: args.flow_shift,
+            flow_reverse: false,
             seed: args.seed,
+            max_sequence_length: hyvideo::text::MAX_SEQUENCE_LENGTH,
         })
     }
 }
@@ -643,6 +655,18 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     use std::collections::BTreeMap;
 
     let s = BenchSettings::resolve(&args)?;
+    if s.flow_reverse {
+        bail!(
+            "bench settings: flow_reverse = true (Tencent's t = 0 -> 1) is not what the native pipeline runs"
+        );
+    }
+    if s.max_sequence_length != hyvideo::text::MAX_SEQUENCE_LENGTH {
+        bail!(
+            "bench settings: max_sequence_length {} (only {} is supported)",
+            s.max_sequence_length,
+            hyvideo::text::MAX_SEQUENCE_LENGTH
+        );
+    }
     let size = VideoSize::new(s.height, s.width, s.frames)?;
     if s.steps == 0 {
         bail!("steps must be at least 1");
@@ -664,7 +688,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         steps: s.steps,
         shift: s.flow_shift,
         direction: hyvideo::scheduler::FlowDirection::Reverse,
-        embedded_guidance: model.takes_guidance().then_some(s.embedded_cfg_scale),
+        embedded_guidance: model.takes_guidance().then_some(s.embedded_guidance_scale),
         true_cfg: None,
     };
     let tiling = args.tiling.config();
@@ -686,7 +710,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let init = initial_latents(shape, s.seed, None)?;
     let sigmas = hyvideo::scheduler::sigmas(s.steps, s.flow_shift);
     let t0 = [sigmas[0] * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
-    let g = [s.embedded_cfg_scale * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
+    let g = [s.embedded_guidance_scale * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
     let step_input = |latents, text| StepInput {
         latents,
         timestep: &t0,
