@@ -110,19 +110,18 @@ pub fn denoise(
         }
         _ => None,
     };
-    // With true CFG the model sees [prompt; negative] in one call.
-    let stacked;
+    // With true CFG the model sees [prompt; negative] in one call. Padding past the longest
+    // prompt is dropped (exact: see `TextConditioning::cropped_to_prompts`).
     let model_text = match cfg {
-        Some((_, neg)) => {
-            stacked = text.stack(neg).map_err(|e| DenoiseError::Model {
-                step: 0,
-                steps: settings.steps,
-                source: e,
-            })?;
-            &stacked
-        }
-        None => text,
-    };
+        Some((_, neg)) => text.stack(neg).map_err(|e| DenoiseError::Model {
+            step: 0,
+            steps: settings.steps,
+            source: e,
+        })?,
+        None => text.clone(),
+    }
+    .cropped_to_prompts();
+    let model_text = &model_text;
     let rows = model_text.batch();
     let sigmas = sigmas_in(settings.steps, settings.shift, settings.direction);
     let guidance = settings
@@ -385,6 +384,31 @@ mod tests {
             |_, _| {},
         );
         assert!(matches!(e, Err(DenoiseError::Settings(_))), "{e:?}");
+    }
+
+    #[test]
+    fn cropping_keeps_every_valid_token_of_the_longest_prompt() {
+        // rows with 2 and 3 valid tokens out of 5
+        let t = TextConditioning::new(
+            (&[2, 5, 1], (0..10).map(|v| v as f32).collect()),
+            (&[2, 5], vec![1, 1, 0, 0, 0, 1, 1, 1, 0, 0]),
+            (&[2, 1], vec![0.5, 0.25]),
+        )
+        .unwrap();
+        let c = t.cropped_to_prompts();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.embeds(), [0.0, 1.0, 2.0, 5.0, 6.0, 7.0]);
+        assert_eq!(c.mask(), [1, 1, 0, 1, 1, 1]);
+        assert_eq!(c.pooled(), t.pooled());
+        // nothing to drop, and never below one token
+        assert_eq!(c.cropped_to_prompts(), c);
+        let empty = TextConditioning::new(
+            (&[1, 2, 1], vec![0.0; 2]),
+            (&[1, 2], vec![0, 0]),
+            (&[1, 1], vec![0.0]),
+        )
+        .unwrap();
+        assert_eq!(empty.cropped_to_prompts().len(), 1);
     }
 
     #[test]

@@ -130,6 +130,39 @@ impl TextConditioning {
         &self.pooled
     }
 
+    /// Tokens past the longest prompt of the batch dropped: `L` becomes the largest number of
+    /// mask-1 tokens of any row (at least 1). With right padding those tokens are padding in
+    /// every row, so no valid output depends on them: the transformer masks them as keys
+    /// everywhere (joint attention and the token refiner) and returns only video tokens.
+    /// Cropping skips that dead work (HunyuanVideo pads prompts to 256 tokens; most are
+    /// padding) and changes results only by float summation order.
+    pub fn cropped_to_prompts(&self) -> TextConditioning {
+        let keep = (0..self.batch)
+            .map(|b| {
+                let row = &self.mask[b * self.len..(b + 1) * self.len];
+                row.iter().rposition(|&m| m != 0).map_or(0, |i| i + 1)
+            })
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        if keep >= self.len {
+            return self.clone();
+        }
+        let mut embeds = Vec::with_capacity(self.batch * keep * self.dim);
+        let mut mask = Vec::with_capacity(self.batch * keep);
+        for b in 0..self.batch {
+            let e = b * self.len * self.dim;
+            embeds.extend_from_slice(&self.embeds[e..e + keep * self.dim]);
+            mask.extend_from_slice(&self.mask[b * self.len..b * self.len + keep]);
+        }
+        TextConditioning {
+            len: keep,
+            embeds,
+            mask,
+            ..self.clone()
+        }
+    }
+
     /// Rows of `self` followed by rows of `other` (the B = 2 batch of true CFG).
     pub fn stack(&self, other: &TextConditioning) -> Result<TextConditioning, TransformerError> {
         if (self.len, self.dim, self.pooled_dim) != (other.len, other.dim, other.pooled_dim) {
