@@ -184,7 +184,7 @@ impl Decoder<'_, '_> {
     }
 
     /// `HunyuanVideoUpsampleCausal3D`: nearest upsampling (the first frame only spatially),
-    /// then a causal conv. Upsampling every frame in time and dropping the first output frame
+    /// then a causal conv. Repeating every frame in time and dropping the first output frame
     /// gives exactly `cat(first, interpolate(rest))`, also when T = 1.
     fn upsample(
         &mut self,
@@ -194,33 +194,66 @@ impl Decoder<'_, '_> {
         time: bool,
         spatial: bool,
     ) -> Result<Value> {
-        let s = if spatial { 2.0 } else { 1.0 };
-        let t = if time { 2.0 } else { 1.0 };
-        let scales = self.net.b.const_f32(
-            crate::onnx::auto(format!("{prefix}/scales")),
-            &[1.0, 1.0, t, s, s],
-            &[5],
-        )?;
-        let roi = Value::none();
-        let up = self.net.op(
-            "Resize",
-            prefix,
-            &[x, &roi, &scales],
-            &[
-                Attr::string("mode", "nearest"),
-                Attr::string("coordinate_transformation_mode", "asymmetric"),
-                Attr::string("nearest_mode", "floor"),
-            ],
-        )?;
-        let up = if time {
-            let starts = self.net.i64s(prefix, &[1])?;
-            let ends = self.net.i64s(prefix, &[i64::MAX])?;
-            let axes = self.net.i64s(prefix, &[2])?;
-            self.net
-                .op("Slice", prefix, &[&up, &starts, &ends, &axes], &[])?
-        } else {
-            up
+        let n = &mut *self.net;
+        // Nearest 2x as copies (Unsqueeze → Expand → Reshape) rather than `Resize`, which ONNX
+        // Runtime runs through its generic N-D path at a fraction of the memory bandwidth.
+        let mut up = x.clone();
+        let shape = n.op("Shape", prefix, &[x], &[])?;
+        let two = n.i64s(prefix, &[2])?;
+        let dims = |n: &mut Net, shape: &Value, a: i64, b: i64| -> Result<Value> {
+            let idx: Vec<i64> = (a..b).collect();
+            let idx = n.i64s(prefix, &idx)?;
+            n.op("Gather", prefix, &[shape, &idx], &[Attr::int("axis", 0)])
         };
+        if time {
+            // [B,C,T,H,W] → [B,C,T,2,H,W] → [B,C,2T,H,W], then drop frame 0: the first frame
+            // is not repeated in time (`cat(first, interpolate(rest))`, also when T = 1).
+            let ax = n.i64s(prefix, &[3])?;
+            let u = n.op("Unsqueeze", prefix, &[&up, &ax], &[])?;
+            let head = dims(n, &shape, 0, 3)?;
+            let tail = dims(n, &shape, 3, 5)?;
+            let target = n.op(
+                "Concat",
+                prefix,
+                &[&head, &two, &tail],
+                &[Attr::int("axis", 0)],
+            )?;
+            let e = n.op("Expand", prefix, &[&u, &target], &[])?;
+            let t = dims(n, &shape, 2, 3)?;
+            let t2 = n.op("Mul", prefix, &[&t, &two], &[])?;
+            let bc = dims(n, &shape, 0, 2)?;
+            let out = n.op(
+                "Concat",
+                prefix,
+                &[&bc, &t2, &tail],
+                &[Attr::int("axis", 0)],
+            )?;
+            let r = n.op("Reshape", prefix, &[&e, &out], &[])?;
+            let starts = n.i64s(prefix, &[1])?;
+            let ends = n.i64s(prefix, &[i64::MAX])?;
+            let axes = n.i64s(prefix, &[2])?;
+            up = n.op("Slice", prefix, &[&r, &starts, &ends, &axes], &[])?;
+        }
+        if spatial {
+            // [B,C,T,H,W] → [B,C,T,H,1,W,1] → [B,C,T,H,2,W,2] → [B,C,T,2H,2W]
+            let cur = n.op("Shape", prefix, &[&up], &[])?;
+            let ax = n.i64s(prefix, &[4, 6])?;
+            let u = n.op("Unsqueeze", prefix, &[&up, &ax], &[])?;
+            let bcth = dims(n, &cur, 0, 4)?;
+            let w = dims(n, &cur, 4, 5)?;
+            let target = n.op(
+                "Concat",
+                prefix,
+                &[&bcth, &two, &w, &two],
+                &[Attr::int("axis", 0)],
+            )?;
+            let e = n.op("Expand", prefix, &[&u, &target], &[])?;
+            let bct = dims(n, &cur, 0, 3)?;
+            let hw = dims(n, &cur, 3, 5)?;
+            let hw2 = n.op("Mul", prefix, &[&hw, &two], &[])?;
+            let out = n.op("Concat", prefix, &[&bct, &hw2], &[Attr::int("axis", 0)])?;
+            up = n.op("Reshape", prefix, &[&e, &out], &[])?;
+        }
         self.causal_conv(&format!("{prefix}.conv"), &up, c, c, 3)
     }
 }

@@ -717,8 +717,13 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         text,
         guidance: Some(g.as_slice()),
     };
-    let (secs, _) = timed(w, r, || Ok(model.predict(&step_input(&init, &enc.text))?))?;
+    // One step as the loop runs it: text padding past the prompt dropped (exact, see
+    // `TextConditioning::cropped_to_prompts`); also timed on the full 256 tokens for reference.
+    let step_text = enc.text.cropped_to_prompts();
+    let (secs, _) = timed(w, r, || Ok(model.predict(&step_input(&init, &step_text))?))?;
     ours.insert("transformer_step".into(), secs);
+    let (secs, _) = timed(w, r, || Ok(model.predict(&step_input(&init, &enc.text))?))?;
+    ours.insert("transformer_step_uncropped".into(), secs);
     let (secs, latents) = timed(w, r, || {
         Ok(denoise(
             &mut model,
@@ -800,7 +805,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         diffs.insert("text_encoders".into(), d_embeds.max(d_pooled));
         let ntext = hyvideo::transformer::TextConditioning::new((&es, e), (&ms, m), (&ps, p))?;
         let ninit = nf.tensor5("init_latents")?;
-        let step = model.predict(&step_input(&ninit, &ntext))?;
+        let step = model.predict(&step_input(&ninit, &ntext.cropped_to_prompts()))?;
         let (_, nstep) = nf.f32("step_sample")?;
         diffs.insert(
             "transformer_step".into(),
