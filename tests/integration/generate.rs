@@ -199,3 +199,82 @@ fn bundles_missing_parts_or_from_another_exporter_are_refused() {
     let o = generate(&b, &dir.path().join("video.mp4"), &[]);
     assert_refused(&o, &["0.0.1"], dir.path());
 }
+
+#[test]
+fn saved_latents_replace_the_seed_and_must_fit_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shape, init) = golden(PIPE, "init_latents");
+    let init_path = dir.path().join("init.safetensors");
+    crate::common::write_tensor(&init_path, "latents", &shape, &init);
+    let lat = dir.path().join("final.safetensors");
+    let save = dir.path().join("video.safetensors");
+    // A different seed: the file wins.
+    let o = generate(
+        full_bundle(),
+        &save,
+        &[
+            "--seed",
+            "7",
+            "--latents",
+            init_path.to_str().unwrap(),
+            "--output-latents",
+            lat.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let latents = hyvideo::latents::read_tensor5(&lat, "latents").unwrap();
+    let (_, want) = golden(PIPE, "final_latents");
+    assert!(rel_max_err(latents.data(), &want) <= 1e-3);
+    // Latents for another size are refused before any work.
+    let dir2 = tempfile::tempdir().unwrap();
+    let o = generate(
+        full_bundle(),
+        &dir2.path().join("video.mp4"),
+        &[
+            "--latents",
+            init_path.to_str().unwrap(),
+            "--video-size",
+            "64",
+            "48",
+        ],
+    );
+    assert_refused(&o, &["--latents", "[1, 4, 3, 8, 6]"], dir2.path());
+}
+
+#[test]
+fn bench_reports_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_hyvideo"))
+        .arg("bench")
+        .arg("--bundle")
+        .arg(full_bundle())
+        .args([
+            "--video-size",
+            "32",
+            "48",
+            "--video-length",
+            "9",
+            "--infer-steps",
+            "2",
+        ])
+        .args(["--runs", "2", "--warmup", "0", "--threads", "2"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for stage in hyvideo::bench::STAGES {
+        assert!(
+            out.contains(&format!("| {stage} |")),
+            "{stage} missing: {out}"
+        );
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    let loop_row = rows.iter().find(|r| r["stage"] == "denoise_loop").unwrap();
+    assert_eq!(loop_row["hyvideo"]["runs"], 2);
+    assert!(loop_row["hyvideo"]["median"].as_f64().unwrap() > 0.0);
+    assert!(loop_row["native"].is_null());
+}
