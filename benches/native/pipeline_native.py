@@ -179,6 +179,9 @@ def parse_args(argv=None):
     ap.add_argument("--model", required=True, help="diffusers-format HunyuanVideo pipeline folder")
     ap.add_argument("--settings", help="generation settings JSON (default <model>/bench_settings.json)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device for the native path: cpu (default) or cuda[:N] — what "
+                         "`hyvideo bench --backend cuda|tensorrt --native` passes on a GPU machine")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per stage (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per stage (default 1)")
     ap.add_argument("--out", required=True, help="stage outputs, safetensors")
@@ -227,7 +230,15 @@ def main(argv=None) -> int:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: torch sees no CUDA device", file=sys.stderr)
+        return 2
+
+    def sync():
+        # GPU work is asynchronous: stop the clock only when it is done.
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     versions = {"torch": torch.__version__, "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__, "safetensors": safetensors.__version__,
@@ -246,6 +257,7 @@ def main(argv=None) -> int:
         return 2
     load_s = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         getattr(pipe, name).float().eval()
     if float(pipe.scheduler.config.shift) != float(s["flow_shift"]):
@@ -364,9 +376,11 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             for _ in range(args.warmup):
                 out = fn()
+            sync()
             for _ in range(args.runs):
                 t = time.perf_counter()
                 out = fn()
+                sync()
                 times.append(time.perf_counter() - t)
         stage_times[name] = times
         stage_rss[name] = sampler.peak()
@@ -390,7 +404,7 @@ def main(argv=None) -> int:
             sigmas = np.linspace(1.0, 0.0, steps + 1)[:-1]
             timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas)
             state.update(init_latents=init, timestep0=timesteps[:1].expand(1).to(torch.float32),
-                         guidance=torch.tensor([guidance_scale], dtype=torch.float32) * 1000.0)
+                         guidance=torch.tensor([guidance_scale], dtype=torch.float32, device=device) * 1000.0)
             outputs["init_latents"] = init
             schedule = {"timesteps": [float(t) for t in timesteps],
                         "sigmas": [float(x) for x in pipe.scheduler.sigmas]}
@@ -427,7 +441,7 @@ def main(argv=None) -> int:
     settings_out["scaling_factor"] = sf
     settings_out["latent_shape"] = list(outputs["init_latents"].shape)
     settings_out["dtype"] = "float32"
-    settings_out["device"] = "cpu"
+    settings_out["device"] = str(device)
     settings_out["schedule"] = schedule
 
     med = {k: statistics.median(v) for k, v in stage_times.items()}

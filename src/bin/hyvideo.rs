@@ -633,6 +633,14 @@ fn timed<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Res
         .ok_or_else(|| anyhow::anyhow!("no run"))
 }
 
+/// The torch device the native path runs on: the GPU the engines use, else the CPU.
+fn native_device(runtime: &RuntimeArgs) -> String {
+    match runtime.backend {
+        BackendKind::Cpu => "cpu".into(),
+        BackendKind::Cuda | BackendKind::TensorRt => format!("cuda:{}", runtime.device_id),
+    }
+}
+
 /// The native script next to this source tree (or the installed binary's project).
 fn find_native_script(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
@@ -774,6 +782,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             .arg("--settings")
             .arg(&settings_path)
             .args(["--threads", &threads.to_string()])
+            .args(["--device", &native_device(&args.runtime)])
             .args(["--runs", &r.to_string(), "--warmup", &w.to_string()])
             .arg("--out")
             .arg(&out)
