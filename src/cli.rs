@@ -24,6 +24,10 @@ pub struct RuntimeArgs {
     /// in .ort/lib/).
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
+    /// Engines built by `hyvideo-export build` to run instead of the bundle's graphs; refused
+    /// when built for another device, runtime version or bundle.
+    #[arg(long)]
+    pub engines: Option<PathBuf>,
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
@@ -31,6 +35,24 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
 }
 
 impl RuntimeArgs {
+    /// The `--engines` directory opened and checked against this machine and `bundle`.
+    pub fn engine_set(
+        &self,
+        bundle: &std::path::Path,
+    ) -> Result<Option<crate::engine_set::EngineSet>, crate::engine_set::EngineSetError> {
+        self.engines
+            .as_deref()
+            .map(|dir| {
+                crate::engine_set::EngineSet::open(
+                    dir,
+                    bundle,
+                    &self.session_config(),
+                    self.device_id,
+                )
+            })
+            .transpose()
+    }
+
     pub fn session_config(&self) -> SessionConfig {
         let backend = match self.backend {
             BackendKind::Cpu => Backend::Cpu,

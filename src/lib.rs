@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod denoise;
+pub mod engine_set;
 pub mod latents;
 pub mod memory;
 pub mod noise;

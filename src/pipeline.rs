@@ -10,6 +10,7 @@ use std::path::Path;
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
+use crate::engine_set::ModelFiles;
 use crate::tensor::Tensor5;
 use crate::text::{ClipPrompts, LlamaPrompts, TextError, Tokens};
 use crate::transformer::{TextConditioning, TransformerError};
@@ -123,13 +124,22 @@ impl TextEncoders {
         manifest: &Manifest,
         config: &SessionConfig,
     ) -> Result<TextEncoders, PipelineError> {
-        let llama_entry = manifest.component(bundle, Component::TextEncoder)?;
-        let clip_entry = manifest.component(bundle, Component::TextEncoder2)?;
-        let llama_tokens = LlamaPrompts::load(&bundle.join("tokenizer"))?;
-        let clip_tokens = ClipPrompts::load(&bundle.join("tokenizer_2"))?;
+        Self::load_with(&ModelFiles::bundle(bundle, manifest), config)
+    }
+
+    /// Load the encoders `files` resolves (built engines or the bundle's graphs); the
+    /// tokenizers always come from the bundle.
+    pub fn load_with(
+        files: &ModelFiles<'_>,
+        config: &SessionConfig,
+    ) -> Result<TextEncoders, PipelineError> {
+        let llama = files.path(Component::TextEncoder)?;
+        let clip = files.path(Component::TextEncoder2)?;
+        let llama_tokens = LlamaPrompts::load(&files.bundle.join("tokenizer"))?;
+        let clip_tokens = ClipPrompts::load(&files.bundle.join("tokenizer_2"))?;
         Ok(TextEncoders {
-            llama: Engine::load(&bundle.join(&llama_entry.file), config)?,
-            clip: Engine::load(&bundle.join(&clip_entry.file), config)?,
+            llama: Engine::load(&llama, config)?,
+            clip: Engine::load(&clip, config)?,
             llama_tokens,
             clip_tokens,
         })

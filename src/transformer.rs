@@ -11,6 +11,7 @@ use std::path::Path;
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
+use crate::engine_set::ModelFiles;
 use crate::tensor::Tensor5;
 
 /// Graph I/O names, as the exporter writes them.
@@ -213,8 +214,15 @@ impl Transformer {
         manifest: &Manifest,
         config: &SessionConfig,
     ) -> Result<Transformer, TransformerError> {
-        let entry = manifest.component(bundle, Component::Transformer)?;
-        let engine = Engine::load(&bundle.join(&entry.file), config)?;
+        Self::load_with(&ModelFiles::bundle(bundle, manifest), config)
+    }
+
+    /// Load the `transformer` model `files` resolves (a built engine or the bundle's graph).
+    pub fn load_with(
+        files: &ModelFiles<'_>,
+        config: &SessionConfig,
+    ) -> Result<Transformer, TransformerError> {
+        let engine = Engine::load(&files.path(Component::Transformer)?, config)?;
         let guidance = engine.input_names().iter().any(|n| n == GUIDANCE);
         Ok(Transformer { engine, guidance })
     }

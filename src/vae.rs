@@ -7,6 +7,7 @@ use std::path::Path;
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 use hyvideo_exporters::bundle::{Component, Manifest, ManifestError, VaeSettings};
 
+use crate::engine_set::ModelFiles;
 use crate::tensor::Tensor5;
 use crate::vae_tiling::{TilePlan, TilingConfig, TilingError, decode_tiled};
 
@@ -44,12 +45,21 @@ impl VaeDecoder {
         manifest: &Manifest,
         config: &SessionConfig,
     ) -> Result<VaeDecoder, VaeError> {
-        let entry = manifest.component(bundle, Component::VaeDecoder)?;
-        let settings = manifest
+        Self::load_with(&ModelFiles::bundle(bundle, manifest), config)
+    }
+
+    /// Load the `vae_decoder` model `files` resolves (a built engine or the bundle's graph).
+    pub fn load_with(
+        files: &ModelFiles<'_>,
+        config: &SessionConfig,
+    ) -> Result<VaeDecoder, VaeError> {
+        let path = files.path(Component::VaeDecoder)?;
+        let settings = files
+            .manifest
             .vae
             .clone()
-            .ok_or_else(|| VaeError::NoSettings(bundle.into()))?;
-        let engine = Engine::load(&bundle.join(&entry.file), config)?;
+            .ok_or_else(|| VaeError::NoSettings(files.bundle.into()))?;
+        let engine = Engine::load(&path, config)?;
         Ok(VaeDecoder { engine, settings })
     }
 

@@ -64,6 +64,10 @@ pub enum EngineError {
     },
     #[error("running {model} failed: {reason}")]
     Run { model: PathBuf, reason: String },
+    #[error("shape profile of input `{input}`: {reason}")]
+    Profile { input: String, reason: String },
+    #[error("cannot identify the device: {0}")]
+    Device(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

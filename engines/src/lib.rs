@@ -5,10 +5,14 @@
 //! `scripts/setup.sh` fetches from PyPI; see [`ortlib`].
 
 pub mod error;
+pub mod identity;
 pub mod ortlib;
+pub mod profile;
 pub mod provider;
 pub mod session;
 
 pub use error::{EngineError, Result};
+pub use identity::DeviceIdentity;
+pub use profile::{InputProfile, ProfilePoint};
 pub use provider::{Backend, BackendKind, TensorRtOptions};
 pub use session::{Engine, Input, Optimization, SessionConfig, Tensor};

@@ -82,12 +82,18 @@ impl FromStr for BackendKind {
     }
 }
 
-/// Options of the TensorRT provider that decide where engines and caches live.
+/// Options of the TensorRT provider that decide where engines and caches live and which shapes
+/// they are built for.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TensorRtOptions {
     pub engine_cache_dir: Option<PathBuf>,
     pub timing_cache_dir: Option<PathBuf>,
     pub builder_optimization_level: Option<u8>,
+    /// Explicit min/opt/max shapes of every dynamic input (one optimisation profile).
+    pub profiles: Vec<crate::profile::InputProfile>,
+    /// Write an EP-context model here (the built engine referenced from an ONNX file), so that
+    /// loading it never rebuilds.
+    pub ep_context_file: Option<PathBuf>,
 }
 
 /// A fully specified execution provider request.
@@ -208,6 +214,19 @@ fn tensorrt_dispatch(
     }
     if let Some(level) = options.builder_optimization_level {
         ep = ep.with_builder_optimization_level(level);
+    }
+    if !options.profiles.is_empty() {
+        use crate::profile::{ProfilePoint, trt_shapes};
+        ep = ep
+            .with_profile_min_shapes(trt_shapes(&options.profiles, ProfilePoint::Min))
+            .with_profile_opt_shapes(trt_shapes(&options.profiles, ProfilePoint::Opt))
+            .with_profile_max_shapes(trt_shapes(&options.profiles, ProfilePoint::Max));
+    }
+    if let Some(ctx) = &options.ep_context_file {
+        ep = ep
+            .with_dump_ep_context_model(true)
+            .with_ep_context_file_path(ctx.display())
+            .with_ep_context_embed_mode(0);
     }
     Ok(ep.build())
 }

@@ -42,6 +42,9 @@ pub struct SessionConfig {
     pub optimization: Optimization,
     /// Explicit path of libonnxruntime; `None` searches the default places.
     pub ort_lib: Option<PathBuf>,
+    /// Write the graph as optimised for this machine here (weights in `<file>.data`): the CPU
+    /// "engine" of `hyvideo-export build`.
+    pub save_optimized: Option<PathBuf>,
 }
 
 impl Default for SessionConfig {
@@ -51,6 +54,7 @@ impl Default for SessionConfig {
             intra_threads: None,
             optimization: Optimization::All,
             ort_lib: None,
+            save_optimized: None,
         }
     }
 }
@@ -74,6 +78,11 @@ impl SessionConfig {
     #[must_use]
     pub fn with_ort_lib(mut self, lib: Option<PathBuf>) -> Self {
         self.ort_lib = lib;
+        self
+    }
+    #[must_use]
+    pub fn with_save_optimized(mut self, path: Option<PathBuf>) -> Self {
+        self.save_optimized = path;
         self
     }
 }
@@ -143,6 +152,27 @@ impl Engine {
         builder = builder
             .with_optimization_level(config.optimization.level())
             .map_err(|e| load_err(e.to_string()))?;
+        if let Some(out) = &config.save_optimized {
+            let data = out
+                .file_name()
+                .map(|f| format!("{}.data", f.to_string_lossy()))
+                .unwrap_or_else(|| "model.onnx.data".into());
+            builder = builder
+                .with_optimized_model_path(out)
+                .map_err(|e| load_err(e.to_string()))?;
+            builder = builder
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_file_name",
+                    &data,
+                )
+                .map_err(|e| load_err(e.to_string()))?;
+            builder = builder
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes",
+                    "1024",
+                )
+                .map_err(|e| load_err(e.to_string()))?;
+        }
         if let Some(n) = config.intra_threads {
             builder = builder
                 .with_intra_threads(n)

@@ -27,6 +27,11 @@ enum Command {
     /// Export components of a diffusers-format HunyuanVideo folder (or a single-file
     /// transformer) to ONNX.
     Onnx(OnnxArgs),
+    /// Build engines for this machine from a bundle: ONNX Runtime's optimised graphs (cpu),
+    /// TensorRT engines with the shape preset's profile (tensorrt), or the graphs for the CUDA
+    /// provider (cuda), into a directory keyed by device, runtime versions, precision and
+    /// profile, with `engine.yaml`.
+    Build(BuildArgs),
     /// Print a bundle's manifest.
     Inspect {
         /// Bundle directory.
@@ -63,11 +68,30 @@ struct OnnxArgs {
     config: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Bundle directory written by `hyvideo-export onnx`.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Shape preset (configs/shapes/*.yaml): resolutions, frames and batch ranges.
+    #[arg(long)]
+    shapes: PathBuf,
+    /// Where engine directories go (default: <bundle>/engines).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Rebuild even when matching engines exist.
+    #[arg(long)]
+    rebuild: bool,
+    #[command(flatten)]
+    runtime: hyvideo::cli::RuntimeArgs,
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Onnx(args) => onnx(args),
         Command::Inspect { bundle } => inspect(bundle),
+        Command::Build(args) => build(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -102,6 +126,34 @@ fn onnx(args: OnnxArgs) -> Result<()> {
         }
     }
     println!("export took {:.3} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    use hyvideo::engine_set::{BuildOutcome, ShapePreset, build};
+    let preset = ShapePreset::load(&args.shapes)?;
+    let out = args.out.unwrap_or_else(|| args.bundle.join("engines"));
+    let t0 = Instant::now();
+    let outcome = build(
+        &args.bundle,
+        &preset,
+        &args.runtime.session_config(),
+        args.runtime.device_id,
+        &out,
+        args.rebuild,
+        |c| eprintln!("building {c} ({})", args.runtime.backend),
+    )?;
+    match outcome {
+        BuildOutcome::Built(dir) => println!(
+            "built {} in {:.3} s",
+            dir.display(),
+            t0.elapsed().as_secs_f64()
+        ),
+        BuildOutcome::UpToDate(dir) => println!(
+            "{} is up to date (pass --rebuild to build again)",
+            dir.display()
+        ),
+    }
     Ok(())
 }
 

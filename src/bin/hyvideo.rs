@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use hyvideo::cli::{RuntimeArgs, SamplingArgs, TilingArgs};
 use hyvideo::denoise::denoise;
+use hyvideo::engine_set::ModelFiles;
 use hyvideo::latents::{TensorFile, read_latents_named, write_latents};
 use hyvideo::transformer::{TextConditioning, Transformer};
 use hyvideo::vae::VaeDecoder;
@@ -248,7 +249,13 @@ fn decode(args: DecodeArgs) -> Result<()> {
     check_output_dir("--save-path", &args.save_path)?;
     let manifest = Manifest::load(&args.bundle)?;
     let t0 = Instant::now();
-    let mut vae = VaeDecoder::load(&args.bundle, &manifest, &args.runtime.session_config())
+    let engines = args.runtime.engine_set(&args.bundle)?;
+    let files = ModelFiles {
+        bundle: &args.bundle,
+        manifest: &manifest,
+        engines: engines.as_ref(),
+    };
+    let mut vae = VaeDecoder::load_with(&files, &args.runtime.session_config())
         .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let latents = read_latents_named(
@@ -314,7 +321,13 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
     }
     let manifest = Manifest::load(&args.bundle)?;
     let t0 = Instant::now();
-    let mut model = Transformer::load(&args.bundle, &manifest, &args.runtime.session_config())
+    let engines = args.runtime.engine_set(&args.bundle)?;
+    let files = ModelFiles {
+        bundle: &args.bundle,
+        manifest: &manifest,
+        engines: engines.as_ref(),
+    };
+    let mut model = Transformer::load_with(&files, &args.runtime.session_config())
         .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let settings = args.sampling.settings(model.takes_guidance());
@@ -416,11 +429,17 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let mut stages: Vec<(String, f64)> = vec![];
 
     let t = Instant::now();
-    let mut text = TextEncoders::load(&args.bundle, &manifest, &cfg)
+    let engines = args.runtime.engine_set(&args.bundle)?;
+    let files = ModelFiles {
+        bundle: &args.bundle,
+        manifest: &manifest,
+        engines: engines.as_ref(),
+    };
+    let mut text = TextEncoders::load_with(&files, &cfg)
         .with_context(|| format!("loading the text encoders of {}", args.bundle.display()))?;
-    let mut model = Transformer::load(&args.bundle, &manifest, &cfg)
+    let mut model = Transformer::load_with(&files, &cfg)
         .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
-    let mut vae = VaeDecoder::load(&args.bundle, &manifest, &cfg)
+    let mut vae = VaeDecoder::load_with(&files, &cfg)
         .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
     stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
 
@@ -447,6 +466,18 @@ fn generate(args: GenerateArgs) -> Result<()> {
         None => None,
     };
     let init = initial_latents(shape, seed.unwrap_or(0), from_file)?;
+    if let Some(e) = &engines
+        && args.runtime.backend == BackendKind::TensorRt
+    {
+        // TensorRT engines are built for a shape range: refuse a size outside it up front.
+        let mut s = shape;
+        s[0] = if args.sampling.cfg_scale > 1.0 { 2 } else { 1 };
+        e.check_shape(
+            hyvideo_exporters::bundle::Component::Transformer,
+            "hidden_states",
+            &s,
+        )?;
+    }
     if args.latents.is_none() {
         eprintln!("seed {}", seed.unwrap_or(0));
     }
@@ -682,9 +713,15 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let manifest = Manifest::load(&args.bundle)?;
     let cfg = args.runtime.session_config();
     let t = Instant::now();
-    let mut text = TextEncoders::load(&args.bundle, &manifest, &cfg)?;
-    let mut model = Transformer::load(&args.bundle, &manifest, &cfg)?;
-    let mut vae = VaeDecoder::load(&args.bundle, &manifest, &cfg)?;
+    let engines = args.runtime.engine_set(&args.bundle)?;
+    let files = ModelFiles {
+        bundle: &args.bundle,
+        manifest: &manifest,
+        engines: engines.as_ref(),
+    };
+    let mut text = TextEncoders::load_with(&files, &cfg)?;
+    let mut model = Transformer::load_with(&files, &cfg)?;
+    let mut vae = VaeDecoder::load_with(&files, &cfg)?;
     let load_s = t.elapsed().as_secs_f64();
     let vs = vae.settings().clone();
     let shape = size.latent_shape(

@@ -15,7 +15,7 @@ const PIPE: &str = "pipeline.safetensors";
 const PROMPT: &str = "A cat walks on the grass, realistic style.";
 
 /// All four components of the tiny pipeline, exported once.
-fn full_bundle() -> &'static Path {
+pub fn full_bundle() -> &'static Path {
     static B: OnceLock<PathBuf> = OnceLock::new();
     B.get_or_init(|| {
         export_tiny(
@@ -32,7 +32,7 @@ fn full_bundle() -> &'static Path {
 
 /// `hyvideo generate` with the pipeline golden's settings; a flag in `extra` replaces the
 /// default of the same name (with all its values).
-fn generate(bundle: &Path, save: &Path, extra: &[&str]) -> Output {
+pub fn generate(bundle: &Path, save: &Path, extra: &[&str]) -> Output {
     let defaults: [&[&str]; 9] = [
         &["--prompt", PROMPT],
         &["--video-size", "32", "48"],
@@ -160,7 +160,7 @@ fn edited_bundle(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
     (dir, b)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

@@ -6,6 +6,7 @@
 
 mod cli;
 mod common;
+mod engines;
 mod generate;
 mod graphs;
 mod text_encoders;
