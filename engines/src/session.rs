@@ -122,6 +122,16 @@ pub struct Engine {
     provider: BackendKind,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    /// Float graph inputs stored as 16-bit (fp16 / bf16 precision profiles): f32 data given to
+    /// `run` is converted at the boundary.
+    half_inputs: Vec<(String, HalfType)>,
+}
+
+/// A 16-bit float element type of a graph input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HalfType {
+    F16,
+    BF16,
 }
 
 impl std::fmt::Debug for Engine {
@@ -198,12 +208,25 @@ impl Engine {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
+        let half_inputs = session
+            .inputs()
+            .iter()
+            .filter_map(|i| {
+                use ort::value::TensorElementType as T;
+                match i.dtype().tensor_type() {
+                    Some(T::Float16) => Some((i.name().to_string(), HalfType::F16)),
+                    Some(T::Bfloat16) => Some((i.name().to_string(), HalfType::BF16)),
+                    _ => None,
+                }
+            })
+            .collect();
         Ok(Engine {
             session,
             model: model.to_path_buf(),
             provider,
             inputs,
             outputs,
+            half_inputs,
         })
     }
 
@@ -260,13 +283,35 @@ impl Engine {
         };
         let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for (name, input) in inputs {
-            let v: ort::session::SessionInputValue<'_> = match input {
-                Input::F32 { shape, data } => TensorRef::from_array_view((shape.to_vec(), *data))
-                    .map_err(run_err)?
-                    .into(),
-                Input::I64 { shape, data } => TensorRef::from_array_view((shape.to_vec(), *data))
-                    .map_err(run_err)?
-                    .into(),
+            let half = self
+                .half_inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| *t);
+            let v: ort::session::SessionInputValue<'_> = match (input, half) {
+                (Input::F32 { shape, data }, Some(HalfType::F16)) => {
+                    let d: Vec<half::f16> = data.iter().map(|v| half::f16::from_f32(*v)).collect();
+                    ort::value::Tensor::from_array((shape.to_vec(), d))
+                        .map_err(run_err)?
+                        .into()
+                }
+                (Input::F32 { shape, data }, Some(HalfType::BF16)) => {
+                    let d: Vec<half::bf16> =
+                        data.iter().map(|v| half::bf16::from_f32(*v)).collect();
+                    ort::value::Tensor::from_array((shape.to_vec(), d))
+                        .map_err(run_err)?
+                        .into()
+                }
+                (Input::F32 { shape, data }, None) => {
+                    TensorRef::from_array_view((shape.to_vec(), *data))
+                        .map_err(run_err)?
+                        .into()
+                }
+                (Input::I64 { shape, data }, _) => {
+                    TensorRef::from_array_view((shape.to_vec(), *data))
+                        .map_err(run_err)?
+                        .into()
+                }
             };
             values.push((name.to_string(), v));
         }
@@ -277,21 +322,32 @@ impl Engine {
         })?;
         let mut out = Vec::with_capacity(outputs.len());
         for (name, value) in outputs.iter() {
-            let (shape, data) =
-                value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| EngineError::Run {
-                        model: model.clone(),
-                        reason: e.to_string(),
-                    })?;
-            let shape = shape.iter().map(|&d| d as usize).collect();
-            out.push((
-                name.to_string(),
-                Tensor {
-                    shape,
-                    data: data.to_vec(),
-                },
-            ));
+            let err = |e: ort::Error| EngineError::Run {
+                model: model.clone(),
+                reason: e.to_string(),
+            };
+            use ort::value::TensorElementType as T;
+            let (shape, data): (Vec<usize>, Vec<f32>) = match value.dtype().tensor_type() {
+                Some(T::Float16) => {
+                    let (s, d) = value.try_extract_tensor::<half::f16>().map_err(err)?;
+                    (
+                        s.iter().map(|&v| v as usize).collect(),
+                        d.iter().map(|v| v.to_f32()).collect(),
+                    )
+                }
+                Some(T::Bfloat16) => {
+                    let (s, d) = value.try_extract_tensor::<half::bf16>().map_err(err)?;
+                    (
+                        s.iter().map(|&v| v as usize).collect(),
+                        d.iter().map(|v| v.to_f32()).collect(),
+                    )
+                }
+                _ => {
+                    let (s, d) = value.try_extract_tensor::<f32>().map_err(err)?;
+                    (s.iter().map(|&v| v as usize).collect(), d.to_vec())
+                }
+            };
+            out.push((name.to_string(), Tensor { shape, data }));
         }
         Ok(out)
     }

@@ -122,9 +122,23 @@ impl WeightProvider for TransformerWeights {
     }
 }
 
+/// The float type of graph inputs and outputs under `precision` (manifest spelling).
+fn io_dtype_name(precision: Precision) -> Result<&'static str> {
+    use crate::precision::FloatType;
+    Ok(
+        match crate::precision::PrecisionProfile::builtin(precision)?.io {
+            FloatType::F32 => "float32",
+            FloatType::F16 => "float16",
+            FloatType::BF16 => "bfloat16",
+        },
+    )
+}
+
+/// Weights are read as f32; the precision pass (`crate::precision`) converts them to each
+/// node's dtype.
 fn weight_dtype(precision: Precision) -> Result<DType> {
     match precision {
-        Precision::Fp32 => Ok(DType::F32),
+        Precision::Fp32 | Precision::Fp16 | Precision::Bf16 => Ok(DType::F32),
         other => Err(ExportError::Model {
             component: "export",
             reason: format!("precision {other} is not implemented yet; use --precision fp32"),
@@ -213,7 +227,12 @@ fn write_staged(
     bundle: &mut BundleWriter,
     component: Component,
 ) -> Result<WrittenModel> {
-    let written = write_model(net.finish(), bundle.staging_dir(), component.name())?;
+    // The bundle's precision profile, written into the graph (fp32 leaves it as built).
+    let precision = bundle.manifest_mut().precision;
+    let profile = crate::precision::PrecisionProfile::builtin(precision)?;
+    let mut b = net.finish();
+    crate::precision::apply(&mut b, &profile)?;
+    let written = write_model(b, bundle.staging_dir(), component.name())?;
     for path in [&written.onnx_path, &written.data_path] {
         bundle.stage(
             path.file_name()
@@ -306,7 +325,7 @@ pub fn export_transformer(
     let mut net = Net::new(builder, &provider);
     transformer::build(&mut net, &cfg)?;
     let written = write_staged(net, bundle, Component::Transformer)?;
-    let f = "float32";
+    let f = io_dtype_name(bundle.manifest_mut().precision)?;
     let d = |s: &str| s.to_string();
     let mut inputs = vec![
         (
@@ -387,7 +406,7 @@ pub fn export_vae_decoder(
     );
     vae_decoder::build(&mut net, &cfg)?;
     let written = write_staged(net, bundle, Component::VaeDecoder)?;
-    let f = "float32";
+    let f = io_dtype_name(bundle.manifest_mut().precision)?;
     let inputs = tensor_specs(&[(
         vae_decoder::INPUT,
         f,
@@ -502,7 +521,7 @@ pub fn export_text_encoder(
     ]);
     let outputs = tensor_specs(&[(
         llama::OUTPUT,
-        "float32",
+        io_dtype_name(bundle.manifest_mut().precision)?,
         vec![d("batch"), d("text_len"), cfg.hidden_size.to_string()],
     )]);
     let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
@@ -543,7 +562,7 @@ pub fn export_text_encoder_2(
     )]);
     let outputs = tensor_specs(&[(
         clip::OUTPUT,
-        "float32",
+        io_dtype_name(bundle.manifest_mut().precision)?,
         vec!["batch".into(), cfg.hidden_size.to_string()],
     )]);
     let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);

@@ -12,6 +12,7 @@ pub mod export;
 pub mod graph;
 pub mod llama;
 pub mod onnx;
+pub mod precision;
 pub mod transformer;
 pub mod transformer_layout;
 pub mod vae_decoder;

@@ -74,6 +74,15 @@ pub fn rel_max_err(a: &[f32], b: &[f32]) -> f64 {
 
 /// Export `components` of the tiny pipeline (fp32) into a fresh temporary bundle.
 pub fn export_tiny(components: &[Component], transformer: TransformerSource) -> PathBuf {
+    export_tiny_at(components, transformer, Precision::Fp32)
+}
+
+/// Export `components` of the tiny pipeline at `precision` into a fresh temporary bundle.
+pub fn export_tiny_at(
+    components: &[Component],
+    transformer: TransformerSource,
+    precision: Precision,
+) -> PathBuf {
     let dir = tempfile::Builder::new()
         .prefix("hyvideo-it-")
         .tempdir()
@@ -83,7 +92,7 @@ pub fn export_tiny(components: &[Component], transformer: TransformerSource) -> 
     let req = ExportRequest {
         model: tiny_model(),
         out: out.clone(),
-        precision: Precision::Fp32,
+        precision,
         components: components.to_vec(),
         transformer,
     };

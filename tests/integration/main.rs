@@ -9,6 +9,7 @@ mod common;
 mod engines;
 mod generate;
 mod graphs;
+mod precision;
 mod text_encoders;
 mod transformer;
 mod vae;

@@ -742,6 +742,23 @@ impl GraphBuilder {
         Ok(out)
     }
 
+    /// Inputs, outputs, nodes and initializers, for whole-graph rewrites (the precision pass).
+    pub(crate) fn precision_parts(
+        &mut self,
+    ) -> (
+        &mut Vec<ValueInfoProto>,
+        &mut Vec<ValueInfoProto>,
+        &mut Vec<NodeProto>,
+        &mut Vec<Initializer>,
+    ) {
+        (
+            &mut self.inputs,
+            &mut self.outputs,
+            &mut self.nodes,
+            &mut self.initializers,
+        )
+    }
+
     /// Check the graph and split it into its model proto and initializers.
     pub(crate) fn into_parts(self) -> Result<Parts> {
         if self.opset < MIN_OPSET {

@@ -24,6 +24,7 @@ mod error;
 pub mod proto;
 mod writer;
 
+pub(crate) use builder::Initializer;
 pub use builder::{
     Attr, AttrValue, DEFAULT_OPSET, Dim, GraphBuilder, IR_VERSION, MIN_OPSET, Name, OwnedTensor,
     TensorSource, Value, auto,

@@ -1,0 +1,534 @@
+//! Precision profiles written into the graph: per-node compute dtypes from name rules, casts at
+//! dtype boundaries, weights and graph I/O converted.
+//!
+//! TensorRT builds strongly typed networks: precision is the element types the ONNX graph
+//! carries, not builder flags. A profile (`configs/precision/*.yaml`, in the habit of
+//! mistral.rs' per-layer rules: read raw, then validated into types) gives a default compute
+//! dtype, the graph I/O dtype and regex rules over node names (module path + `/OpType`) for
+//! float32 islands, as NVIDIA's demoDiffusion keeps norms, softmax and RoPE in fp32. The pass runs
+//! on a finished fp32 graph: it infers every value's element type, assigns each float node its
+//! dtype, inserts `Cast`s where a value crosses dtypes, and converts float initializers (external
+//! weights stream through a converting writer, so memory stays bounded).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::bundle::Precision;
+use crate::checkpoint::{f32_to_bf16, f32_to_f16};
+use crate::error::{ExportError, Result};
+use crate::onnx::proto::{AttributeProto, AttributeType, NodeProto};
+use crate::onnx::{DataType, GraphBuilder, Initializer, OwnedTensor, TensorSource};
+
+/// A float element type a node computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FloatType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatType {
+    pub fn data_type(self) -> DataType {
+        match self {
+            FloatType::F32 => DataType::Float,
+            FloatType::F16 => DataType::Float16,
+            FloatType::BF16 => DataType::Bfloat16,
+        }
+    }
+
+    fn parse(s: &str, what: &str, file: &str) -> Result<FloatType> {
+        match s {
+            "fp32" | "float32" => Ok(FloatType::F32),
+            "fp16" | "float16" => Ok(FloatType::F16),
+            "bf16" | "bfloat16" => Ok(FloatType::BF16),
+            other => Err(profile_err(
+                file,
+                format!("{what}: unknown dtype `{other}` (fp32, fp16 or bf16)"),
+            )),
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            FloatType::F32 => "fp32",
+            FloatType::F16 => "fp16",
+            FloatType::BF16 => "bf16",
+        }
+    }
+}
+
+fn profile_err(file: &str, reason: String) -> ExportError {
+    ExportError::Model {
+        component: "precision profile",
+        reason: format!("{file}: {reason}"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match")]
+    pattern: String,
+    dtype: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: String,
+    compute: String,
+    io: String,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+/// One rule: nodes whose name matches compute in `dtype`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub pattern: Regex,
+    pub dtype: FloatType,
+}
+
+/// A validated precision profile.
+#[derive(Debug, Clone)]
+pub struct PrecisionProfile {
+    pub name: String,
+    pub compute: FloatType,
+    pub io: FloatType,
+    pub rules: Vec<Rule>,
+}
+
+const BUILTIN_FP32: &str = include_str!("../../configs/precision/fp32.yaml");
+const BUILTIN_FP16: &str = include_str!("../../configs/precision/fp16.yaml");
+const BUILTIN_BF16: &str = include_str!("../../configs/precision/bf16.yaml");
+
+impl PrecisionProfile {
+    /// Parse and validate profile YAML; `file` names it in errors (a bad rule is named by its
+    /// position and pattern).
+    pub fn from_yaml(text: &str, file: &str) -> Result<PrecisionProfile> {
+        let raw: RawProfile = serde_saphyr::from_str(text)
+            .map_err(|e| profile_err(file, format!("not a precision profile: {e}")))?;
+        let compute = FloatType::parse(&raw.compute, "compute", file)?;
+        let io = FloatType::parse(&raw.io, "io", file)?;
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, r) in raw.rules.iter().enumerate() {
+            let what = format!("rules[{i}] (match {:?})", r.pattern);
+            let pattern = Regex::new(&r.pattern)
+                .map_err(|e| profile_err(file, format!("{what}: bad regex: {e}")))?;
+            let dtype = FloatType::parse(&r.dtype, &what, file)?;
+            rules.push(Rule { pattern, dtype });
+        }
+        Ok(PrecisionProfile {
+            name: raw.name,
+            compute,
+            io,
+            rules,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<PrecisionProfile> {
+        let text = std::fs::read_to_string(path).map_err(|source| ExportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// The profile shipped in `configs/precision/` for `precision` (fp8 is not a dtype profile).
+    pub fn builtin(precision: Precision) -> Result<PrecisionProfile> {
+        let (text, file) = match precision {
+            Precision::Fp32 => (BUILTIN_FP32, "configs/precision/fp32.yaml"),
+            Precision::Fp16 => (BUILTIN_FP16, "configs/precision/fp16.yaml"),
+            Precision::Bf16 => (BUILTIN_BF16, "configs/precision/bf16.yaml"),
+            other => {
+                return Err(ExportError::Model {
+                    component: "export",
+                    reason: format!(
+                        "precision {other} is not implemented yet; use fp32, fp16 or bf16"
+                    ),
+                });
+            }
+        };
+        Self::from_yaml(text, file)
+    }
+
+    /// The dtype of the float node named `node`.
+    pub fn dtype_for(&self, node: &str) -> FloatType {
+        self.rules
+            .iter()
+            .find(|r| r.pattern.is_match(node))
+            .map_or(self.compute, |r| r.dtype)
+    }
+}
+
+fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name == name)?.i
+}
+
+fn elem_type(v: &crate::onnx::proto::ValueInfoProto) -> Option<i32> {
+    use crate::onnx::proto::type_proto::Value;
+    match v.r#type.as_ref()?.value.as_ref()? {
+        Value::TensorType(t) => Some(t.elem_type),
+    }
+}
+
+fn set_elem_type(v: &mut crate::onnx::proto::ValueInfoProto, dt: DataType) {
+    use crate::onnx::proto::type_proto::Value;
+    if let Some(Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        t.elem_type = dt as i32;
+    }
+}
+
+const FLOAT: i32 = DataType::Float as i32;
+
+/// Element type of a node's outputs, from its op and input types.
+fn output_type(node: &NodeProto, types: &HashMap<String, i32>) -> i32 {
+    let input = |i: usize| {
+        node.input
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .and_then(|n| types.get(n))
+            .copied()
+    };
+    match node.op_type.as_str() {
+        "Shape" | "ArgMax" => DataType::Int64 as i32,
+        "Cast" => attr_int(node, "to").unwrap_or(FLOAT as i64) as i32,
+        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "Not" | "And" | "Or" => {
+            DataType::Bool as i32
+        }
+        "Where" => input(1).unwrap_or(FLOAT),
+        "DequantizeLinear" => FLOAT,
+        _ => input(0).unwrap_or(FLOAT),
+    }
+}
+
+/// A float32 tensor source re-encoded as `to` while it streams.
+struct Converted {
+    inner: Box<dyn TensorSource>,
+    to: FloatType,
+}
+
+struct ConvertingWriter<'a> {
+    out: &'a mut dyn Write,
+    to: FloatType,
+    pending: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Write for ConvertingWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.to == FloatType::F32 {
+            self.out.write_all(data)?;
+            return Ok(data.len());
+        }
+        self.pending.extend_from_slice(data);
+        let whole = self.pending.len() / 4 * 4;
+        self.buf.clear();
+        for c in self.pending[..whole].chunks_exact(4) {
+            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let bits = if self.to == FloatType::F16 {
+                f32_to_f16(v)
+            } else {
+                f32_to_bf16(v)
+            };
+            self.buf.extend_from_slice(&bits.to_le_bytes());
+        }
+        self.out.write_all(&self.buf)?;
+        self.pending.drain(..whole);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl TensorSource for Converted {
+    fn data_type(&self) -> DataType {
+        self.to.data_type()
+    }
+    fn dims(&self) -> Vec<i64> {
+        self.inner.dims()
+    }
+    fn byte_len(&self) -> u64 {
+        match self.to {
+            FloatType::F32 => self.inner.byte_len(),
+            FloatType::F16 | FloatType::BF16 => self.inner.byte_len() / 2,
+        }
+    }
+    fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let mut cw = ConvertingWriter {
+            out: w,
+            to: self.to,
+            pending: Vec::new(),
+            buf: Vec::new(),
+        };
+        self.inner.write_to(&mut cw)?;
+        if !cw.pending.is_empty() {
+            return Err(std::io::Error::other("float32 tensor of a partial element"));
+        }
+        Ok(())
+    }
+}
+
+fn convert_inline(t: &OwnedTensor, to: FloatType) -> Result<OwnedTensor> {
+    let mut bytes = Vec::with_capacity(t.bytes().len() / 2);
+    for c in t.bytes().chunks_exact(4) {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let bits = match to {
+            FloatType::F16 => f32_to_f16(v),
+            FloatType::BF16 => f32_to_bf16(v),
+            FloatType::F32 => return Ok(t.clone()),
+        };
+        bytes.extend_from_slice(&bits.to_le_bytes());
+    }
+    Ok(OwnedTensor::from_bytes(to.data_type(), &t.dims(), bytes)?)
+}
+
+/// Counts of what the pass did, for tests and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Float nodes per compute dtype.
+    pub nodes: HashMap<&'static str, usize>,
+    pub casts: usize,
+    pub converted_initializers: usize,
+}
+
+/// Rewrite the fp32 graph in `b` to `profile`.
+pub fn apply(b: &mut GraphBuilder, profile: &PrecisionProfile) -> Result<PassReport> {
+    let mut report = PassReport::default();
+    if profile.compute == FloatType::F32
+        && profile.io == FloatType::F32
+        && profile.rules.iter().all(|r| r.dtype == FloatType::F32)
+    {
+        return Ok(report);
+    }
+    let (inputs, outputs, nodes, initializers) = b.precision_parts();
+    // 1. Element types of the fp32 graph.
+    let mut types: HashMap<String, i32> = HashMap::new();
+    for v in inputs.iter() {
+        types.insert(v.name.clone(), elem_type(v).unwrap_or(FLOAT));
+    }
+    let mut init_index: HashMap<String, usize> = HashMap::new();
+    for (i, init) in initializers.iter().enumerate() {
+        let (name, dt) = match init {
+            Initializer::Inline { name, tensor } => (name, tensor.data_type()),
+            Initializer::External { name, source } => (name, source.data_type()),
+        };
+        types.insert(name.clone(), dt as i32);
+        init_index.insert(name.clone(), i);
+    }
+    for n in nodes.iter() {
+        let t = output_type(n, &types);
+        for o in &n.output {
+            types.insert(o.clone(), t);
+        }
+    }
+    let is_float = |v: &str| types.get(v) == Some(&FLOAT);
+    // 2. Each float initializer takes its first float consumer's dtype.
+    let mut init_dtype: HashMap<String, FloatType> = HashMap::new();
+    for n in nodes.iter() {
+        let d = profile.dtype_for(&n.name);
+        for i in &n.input {
+            if init_index.contains_key(i) && is_float(i) {
+                init_dtype.entry(i.clone()).or_insert(d);
+            }
+        }
+    }
+    // 3. Walk the nodes, casting inputs that arrive in another dtype.
+    let mut cur: HashMap<String, FloatType> = HashMap::new();
+    for v in inputs.iter_mut() {
+        if elem_type(v) == Some(FLOAT) {
+            set_elem_type(v, profile.io.data_type());
+            cur.insert(v.name.clone(), profile.io);
+        }
+    }
+    for (name, d) in &init_dtype {
+        cur.insert(name.clone(), *d);
+    }
+    let mut casts: HashMap<(String, FloatType), String> = HashMap::new();
+    let mut out_nodes: Vec<NodeProto> = Vec::with_capacity(nodes.len());
+    let cast_node = |value: &str, to: FloatType, name: &str| NodeProto {
+        input: vec![value.to_owned()],
+        output: vec![name.to_owned()],
+        name: name.to_owned(),
+        op_type: "Cast".into(),
+        attribute: vec![AttributeProto {
+            name: "to".into(),
+            r#type: AttributeType::Int as i32,
+            i: Some(to.data_type() as i64),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for mut n in std::mem::take(nodes) {
+        let float_node =
+            n.input.iter().any(|i| is_float(i)) || n.output.iter().any(|o| is_float(o));
+        if !float_node {
+            out_nodes.push(n);
+            continue;
+        }
+        let d = profile.dtype_for(&n.name);
+        *report.nodes.entry(d.short()).or_default() += 1;
+        if n.op_type == "Cast" && attr_int(&n, "to") == Some(FLOAT as i64) {
+            for a in n.attribute.iter_mut().filter(|a| a.name == "to") {
+                a.i = Some(d.data_type() as i64);
+            }
+        } else {
+            for inp in n.input.iter_mut() {
+                if inp.is_empty() || !is_float(inp) {
+                    continue;
+                }
+                let have = cur.get(inp.as_str()).copied().unwrap_or(FloatType::F32);
+                if have == d {
+                    continue;
+                }
+                let key = (inp.clone(), d);
+                let name = match casts.get(&key) {
+                    Some(name) => name.clone(),
+                    None => {
+                        let name = format!("{inp}/to_{}", d.short());
+                        out_nodes.push(cast_node(inp, d, &name));
+                        report.casts += 1;
+                        casts.insert(key, name.clone());
+                        name
+                    }
+                };
+                *inp = name;
+            }
+        }
+        for o in &n.output {
+            if is_float(o) {
+                cur.insert(o.clone(), d);
+            }
+        }
+        out_nodes.push(n);
+    }
+    // 4. Graph outputs in the I/O dtype.
+    for v in outputs.iter_mut() {
+        if elem_type(v) != Some(FLOAT) {
+            continue;
+        }
+        let have = cur.get(&v.name).copied().unwrap_or(FloatType::F32);
+        if have != profile.io {
+            let pre = format!("{}/pre_{}", v.name, profile.io.short());
+            for n in out_nodes.iter_mut() {
+                for o in n.output.iter_mut().filter(|o| **o == v.name) {
+                    *o = pre.clone();
+                }
+            }
+            out_nodes.push(cast_node(&pre, profile.io, &v.name));
+            report.casts += 1;
+        }
+        set_elem_type(v, profile.io.data_type());
+    }
+    *nodes = out_nodes;
+    // 5. Initializers in their dtype.
+    for init in initializers.iter_mut() {
+        let name = match init {
+            Initializer::Inline { name, .. } | Initializer::External { name, .. } => name.clone(),
+        };
+        let Some(&to) = init_dtype.get(&name) else {
+            continue;
+        };
+        if to == FloatType::F32 {
+            continue;
+        }
+        report.converted_initializers += 1;
+        match init {
+            Initializer::Inline { tensor, .. } => *tensor = convert_inline(tensor, to)?,
+            Initializer::External { source, .. } => {
+                let inner = std::mem::replace(
+                    source,
+                    Box::new(OwnedTensor::from_f32(&[0], &[])?) as Box<dyn TensorSource>,
+                );
+                *source = Box::new(Converted { inner, to });
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_parse_and_match_names() {
+        let p = PrecisionProfile::builtin(Precision::Fp16).unwrap();
+        assert_eq!((p.compute, p.io), (FloatType::F16, FloatType::F16));
+        assert_eq!(
+            p.dtype_for("transformer_blocks.0.attn/Softmax"),
+            FloatType::F32
+        );
+        assert_eq!(
+            p.dtype_for("transformer_blocks.0.attn.norm_q/Mul"),
+            FloatType::F32
+        );
+        assert_eq!(
+            p.dtype_for("transformer_blocks.0.norm1/LayerNormalization"),
+            FloatType::F32
+        );
+        assert_eq!(
+            p.dtype_for("transformer_blocks.0.norm1.linear/Gemm"),
+            FloatType::F16
+        );
+        assert_eq!(
+            p.dtype_for("transformer_blocks.0.attn.to_qkv/Gemm"),
+            FloatType::F16
+        );
+        assert_eq!(p.dtype_for("rope/Cos"), FloatType::F32);
+        assert_eq!(
+            p.dtype_for("time_text_embed.timestep_embedder.linear_1/Gemm"),
+            FloatType::F32
+        );
+        let b = PrecisionProfile::builtin(Precision::Bf16).unwrap();
+        assert_eq!(b.compute, FloatType::BF16);
+        assert!(PrecisionProfile::builtin(Precision::Fp8).is_err());
+    }
+
+    #[test]
+    fn bad_rules_are_named() {
+        let e = PrecisionProfile::from_yaml(
+            "name: x\ncompute: fp16\nio: fp16\nrules:\n  - match: 'a('\n    dtype: fp32\n",
+            "x.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("x.yaml") && e.contains("rules[0]") && e.contains("bad regex"),
+            "{e}"
+        );
+        let e = PrecisionProfile::from_yaml(
+            "name: x\ncompute: fp16\nio: fp16\nrules:\n  - match: 'a'\n    dtype: int8\n",
+            "x.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown dtype `int8`"), "{e}");
+        let e = PrecisionProfile::from_yaml("name: x\ncompute: fp16\n", "x.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("io"), "{e}");
+    }
+
+    #[test]
+    fn converting_writer_streams_half_precision() {
+        let src = OwnedTensor::from_f32(&[3], &[1.0, -2.5, 65504.0]).unwrap();
+        let c = Converted {
+            inner: Box::new(src),
+            to: FloatType::F16,
+        };
+        assert_eq!(c.byte_len(), 6);
+        let mut out = Vec::new();
+        c.write_to(&mut out).unwrap();
+        let vals: Vec<u16> = out
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(vals, [0x3c00, 0xc100, 0x7bff]);
+    }
+}

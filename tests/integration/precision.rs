@@ -1,0 +1,243 @@
+//! Precision profiles written into the graphs (`configs/precision/*.yaml`): fp16 bundles run on
+//! ONNX Runtime CPU and are measured against fp32 (relative L2 error per graph and for a whole
+//! generation); bf16 graphs are checked structurally (ONNX checker, same nodes as fp16).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use hyvideo::tensor::Tensor5;
+use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
+use hyvideo::vae::VaeDecoder;
+use hyvideo_engines::{Engine, Input, SessionConfig};
+use hyvideo_exporters::bundle::{Component, Manifest, Precision};
+use hyvideo_exporters::export::TransformerSource;
+use hyvideo_exporters::onnx::ModelProto;
+use prost::Message;
+
+use crate::common::{export_tiny_at, golden, golden_i64, golden5};
+
+const ALL: [Component; 4] = [
+    Component::TextEncoder,
+    Component::TextEncoder2,
+    Component::Transformer,
+    Component::VaeDecoder,
+];
+
+fn bundle(precision: Precision) -> &'static Path {
+    static FP16: OnceLock<PathBuf> = OnceLock::new();
+    static BF16: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match precision {
+        Precision::Fp16 => &FP16,
+        _ => &BF16,
+    };
+    cell.get_or_init(|| export_tiny_at(&ALL, TransformerSource::default(), precision))
+}
+
+fn cfg() -> SessionConfig {
+    SessionConfig::default().with_intra_threads(Some(2))
+}
+
+/// ||a − b|| / ||b||.
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den).sqrt()
+}
+
+#[test]
+fn fp16_graphs_stay_close_to_fp32() {
+    let b = bundle(Precision::Fp16);
+    let m = Manifest::load(b).unwrap();
+    assert_eq!(m.precision, Precision::Fp16);
+    // transformer, golden `video` case
+    let mut t = Transformer::load(b, &m, &cfg()).unwrap();
+    let g = |n: &str| golden("transformer.safetensors", &format!("video.{n}"));
+    let (es, e) = g("encoder_hidden_states");
+    let (ms, mk) = golden_i64("transformer.safetensors", "video.encoder_attention_mask");
+    let (ps, p) = g("pooled_projections");
+    let text = TextConditioning::new((&es, e), (&ms, mk), (&ps, p)).unwrap();
+    let out = t
+        .predict(&StepInput {
+            latents: &golden5("transformer.safetensors", "video.hidden_states"),
+            timestep: &g("timestep").1,
+            text: &text,
+            guidance: Some(&g("guidance").1),
+        })
+        .unwrap();
+    let e_t = rel_l2(
+        out.data(),
+        golden("transformer.safetensors", "video.sample")
+            .1
+            .as_slice(),
+    );
+    // VAE decoder, golden `small` case
+    let mut vae = VaeDecoder::load(b, &m, &cfg()).unwrap();
+    let z = golden5("vae_decode.safetensors", "small.latents");
+    let plan = vae.plan(z.shape(), &Default::default()).unwrap();
+    let x: Tensor5 = vae.decode(&z, &plan, || {}).unwrap();
+    let e_v = rel_l2(
+        x.data(),
+        golden5("vae_decode.safetensors", "small.sample").data(),
+    );
+    // text encoders on the tokenized golden prompts
+    let (ids_s, ids) = golden_i64("text_encoders.safetensors", "llama.input_ids");
+    let (_, mask) = golden_i64("text_encoders.safetensors", "llama.attention_mask");
+    let mut llama = Engine::load(&b.join("text_encoder.onnx"), &cfg()).unwrap();
+    let h = llama
+        .run_one(
+            &[
+                (
+                    "input_ids",
+                    Input::I64 {
+                        shape: &ids_s,
+                        data: &ids,
+                    },
+                ),
+                (
+                    "attention_mask",
+                    Input::I64 {
+                        shape: &ids_s,
+                        data: &mask,
+                    },
+                ),
+            ],
+            "hidden_states",
+        )
+        .unwrap();
+    let e_l = rel_l2(
+        &h.data,
+        &golden("text_encoders.safetensors", "llama.hidden_states").1,
+    );
+    let (cs, cids) = golden_i64("text_encoders.safetensors", "clip.input_ids");
+    let mut clip = Engine::load(&b.join("text_encoder_2.onnx"), &cfg()).unwrap();
+    let pooled = clip
+        .run_one(
+            &[(
+                "input_ids",
+                Input::I64 {
+                    shape: &cs,
+                    data: &cids,
+                },
+            )],
+            "pooler_output",
+        )
+        .unwrap();
+    let e_c = rel_l2(
+        &pooled.data,
+        &golden("text_encoders.safetensors", "clip.pooler_output").1,
+    );
+    eprintln!(
+        "fp16 vs fp32 reference, relative L2: transformer {e_t:.2e}, vae_decoder {e_v:.2e}, \
+         text_encoder {e_l:.2e}, text_encoder_2 {e_c:.2e}"
+    );
+    // Bounds: measured values with a margin of about 4x (see the note / README).
+    assert!(e_t <= 3e-3, "transformer {e_t:.2e}");
+    assert!(e_v <= 3e-3, "vae_decoder {e_v:.2e}");
+    assert!(e_l <= 3e-3, "text_encoder {e_l:.2e}");
+    assert!(e_c <= 3e-3, "text_encoder_2 {e_c:.2e}");
+    // ...and it is really fp16 (the errors are not fp32's ~1e-6).
+    assert!(e_t > 1e-5 && e_v > 1e-5, "{e_t:.2e} {e_v:.2e}");
+}
+
+#[test]
+fn fp16_generation_stays_close_to_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let lat = dir.path().join("final.safetensors");
+    let o = crate::generate::generate(
+        bundle(Precision::Fp16),
+        &dir.path().join("video.safetensors"),
+        &["--output-latents", lat.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = hyvideo::latents::read_tensor5(&lat, "latents").unwrap();
+    let (_, want) = golden("pipeline.safetensors", "final_latents");
+    let e = rel_l2(got.data(), &want);
+    eprintln!("fp16 generation (4 steps) vs diffusers fp32: final latents relative L2 {e:.2e}");
+    assert!(e <= 1e-2, "{e:.2e}");
+}
+
+fn load_graph(path: &Path) -> ModelProto {
+    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
+/// `(name, op_type)` of every node that is not a precision cast, with float element types.
+fn node_set(m: &ModelProto) -> BTreeMap<String, String> {
+    m.graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| !n.name.contains("/to_") && !n.name.contains("/pre_"))
+        .map(|n| (n.name.clone(), n.op_type.clone()))
+        .collect()
+}
+
+fn elem_types(m: &ModelProto) -> Vec<i32> {
+    use hyvideo_exporters::onnx::proto::type_proto::Value;
+    let g = m.graph.as_ref().unwrap();
+    g.input
+        .iter()
+        .chain(&g.output)
+        .filter_map(|v| match v.r#type.as_ref()?.value.as_ref()? {
+            Value::TensorType(t) => Some(t.elem_type),
+        })
+        .collect()
+}
+
+#[test]
+fn bf16_graphs_are_valid_and_mirror_fp16() {
+    let (h, b) = (bundle(Precision::Fp16), bundle(Precision::Bf16));
+    let python = crate::common::root().join(".venv-tools/bin/python");
+    for c in ALL {
+        let file = format!("{}.onnx", c.name());
+        let (m16, mbf) = (load_graph(&h.join(&file)), load_graph(&b.join(&file)));
+        assert_eq!(
+            node_set(&m16),
+            node_set(&mbf),
+            "{c}: nodes differ beyond casts"
+        );
+        // float I/O is bf16 (16) in one and fp16 (10) in the other
+        let (t16, tbf) = (elem_types(&m16), elem_types(&mbf));
+        assert!(t16.contains(&10) && !t16.contains(&16), "{c}: {t16:?}");
+        assert!(tbf.contains(&16) && !tbf.contains(&10), "{c}: {tbf:?}");
+        let o = std::process::Command::new(&python)
+            .args([
+                "-c",
+                "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True)",
+            ])
+            .arg(b.join(&file))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // Block weights are stored as bf16; the fp32 islands' (norms, timestep MLPs) stay fp32.
+    let m = load_graph(&b.join("transformer.onnx"));
+    let dtype = |name: &str| {
+        m.graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.data_type)
+    };
+    assert_eq!(dtype("transformer_blocks.0.attn.to_qkv.weight"), Some(16));
+    assert_eq!(
+        dtype("single_transformer_blocks.1.linear1.weight"),
+        Some(16)
+    );
+    assert_eq!(dtype("transformer_blocks.0.attn.norm_q.weight"), Some(1));
+    assert_eq!(
+        dtype("time_text_embed.timestep_embedder.linear_1.weight"),
+        Some(1)
+    );
+}
