@@ -376,6 +376,11 @@ def parse_args(argv=None):
                     help="load each checkpoint with safetensors.torch.load_file and diffusers "
                          "from_pretrained and check the keys (allocates the model: small sizes only)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
+    ap.add_argument("--copy-baseline", action="store_true",
+                    help="also time a plain copy of each checkpoint (same bytes, same disk) before "
+                         "exporting it, and report export wall / copy wall")
+    ap.add_argument("--check", action="store_true",
+                    help="run the ONNX checker (full_check) on each exported transformer.onnx")
     args = ap.parse_args(argv)
     try:
         args.sizes = [parse_size(s.strip()) for s in args.sizes.split(",") if s.strip()]
@@ -410,8 +415,11 @@ def main(argv=None) -> int:
     work, is_temp = C.make_work_dir(args.work, "export_cost-")
     largest = max(p["bytes"] for p in plans)
     free = C.free_disk_bytes(work)
-    # checkpoints not yet present + one fp32 bundle (≈ 2× the bf16 checkpoint) of the largest.
-    needed = max(3 * largest, sum(p["bytes"] for p in plans) + 2 * largest)
+    # checkpoints not yet present + one bundle of the largest (an fp32 bundle is ≈ 2× the bf16
+    # checkpoint, a bf16/fp16 one ≈ 1×; --copy-baseline needs one more copy, deleted before the
+    # export) + 1 GiB.
+    factor = 1 if args.precision in ("bf16", "fp16") else 2
+    needed = sum(p["bytes"] for p in plans) + factor * largest + (1 << 30)
     if free < needed:
         print(f"error: {C.fmt_bytes(free)} free under {work}, this run needs about {C.fmt_bytes(needed)} "
               f"(≥ 3× the largest checkpoint, {C.fmt_bytes(largest)}); pick smaller --sizes or another --work",
@@ -451,6 +459,18 @@ def main(argv=None) -> int:
                 if v["problems"]:
                     failures.append(f"{p['name']}: checkpoint verification failed")
             if not args.generate_only:
+                if args.copy_baseline:
+                    copy_s = 0.0
+                    for f in stamp["files"]:
+                        src, dst = mdir / "transformer" / f, mdir / f"copy-{f}"
+                        t0 = time.perf_counter()
+                        shutil.copyfile(src, dst)
+                        with open(dst, "rb+") as fh:
+                            os.fsync(fh.fileno())
+                        copy_s += time.perf_counter() - t0
+                        dst.unlink()
+                    entry["copy_wall_s"] = copy_s
+                    print(f"[{p['name']}] plain copy of the checkpoint (+ fsync): {copy_s:.1f} s", flush=True)
                 runs = []
                 for rep in range(args.reps):
                     bundle = mdir / "bundle"
@@ -463,6 +483,15 @@ def main(argv=None) -> int:
                     print("$ " + " ".join(cmd), flush=True)
                     r = measure_export(cmd, mdir / f"logs{rep}", args.sample_ms / 1000)
                     r["bundle_bytes"] = dir_bytes(bundle) if bundle.exists() else 0
+                    if args.check and r["exit"] == 0:
+                        t0 = time.perf_counter()
+                        chk = subprocess.run(
+                            [sys.executable, "-c",
+                             "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True)",
+                             str(bundle / "transformer.onnx")], capture_output=True, text=True)
+                        r["onnx_checker"] = "ok" if chk.returncode == 0 else chk.stderr.strip()[-500:]
+                        print(f"[{p['name']}] ONNX checker (full_check): {r['onnx_checker']} "
+                              f"({time.perf_counter() - t0:.1f} s)", flush=True)
                     shutil.rmtree(bundle, ignore_errors=True)
                     runs.append(r)
                     print(f"[{p['name']}] exit {r['exit']}, wall {r['wall_s']:.2f} s, peak RSS "

@@ -267,9 +267,25 @@ pub struct BundleWriter {
     manifest: Manifest,
     staged: Vec<String>,
     committed: bool,
+    /// A precision profile replacing the built-in one of the bundle's precision.
+    precision_profile: Option<crate::precision::PrecisionProfile>,
 }
 
 impl BundleWriter {
+    /// Use `profile` (e.g. from `--precision-profile FILE`) instead of the built-in profile of the
+    /// bundle's precision.
+    pub fn set_precision_profile(&mut self, profile: crate::precision::PrecisionProfile) {
+        self.precision_profile = Some(profile);
+    }
+
+    /// The profile graphs of this bundle are written with.
+    pub fn precision_profile(&self) -> Result<crate::precision::PrecisionProfile> {
+        match &self.precision_profile {
+            Some(p) => Ok(p.clone()),
+            None => crate::precision::PrecisionProfile::builtin(self.manifest.precision),
+        }
+    }
+
     /// Start writing into `out` (created if missing). An existing bundle is extended: its
     /// manifest must be of this exporter version and the same precision.
     pub fn create(out: &Path, precision: Precision) -> Result<BundleWriter> {
@@ -318,6 +334,7 @@ impl BundleWriter {
             manifest,
             staged: Vec::new(),
             committed: false,
+            precision_profile: None,
         })
     }
 

@@ -27,6 +27,8 @@ pub struct ExportRequest {
     pub precision: Precision,
     pub components: Vec<Component>,
     pub transformer: TransformerSource,
+    /// A precision profile YAML replacing `configs/precision/<precision>.yaml`.
+    pub precision_profile: Option<PathBuf>,
 }
 
 /// Where the transformer's weights and config come from when not from `--model`.
@@ -123,15 +125,13 @@ impl WeightProvider for TransformerWeights {
 }
 
 /// The float type of graph inputs and outputs under `precision` (manifest spelling).
-fn io_dtype_name(precision: Precision) -> Result<&'static str> {
+fn io_dtype_name(bundle: &BundleWriter) -> Result<&'static str> {
     use crate::precision::FloatType;
-    Ok(
-        match crate::precision::PrecisionProfile::builtin(precision)?.io {
-            FloatType::F32 => "float32",
-            FloatType::F16 => "float16",
-            FloatType::BF16 => "bfloat16",
-        },
-    )
+    Ok(match bundle.precision_profile()?.io {
+        FloatType::F32 => "float32",
+        FloatType::F16 => "float16",
+        FloatType::BF16 => "bfloat16",
+    })
 }
 
 /// Weights are read as f32; the precision pass (`crate::precision`) converts them to each
@@ -228,8 +228,7 @@ fn write_staged(
     component: Component,
 ) -> Result<WrittenModel> {
     // The bundle's precision profile, written into the graph (fp32 leaves it as built).
-    let precision = bundle.manifest_mut().precision;
-    let profile = crate::precision::PrecisionProfile::builtin(precision)?;
+    let profile = bundle.precision_profile()?;
     let mut b = net.finish();
     crate::precision::apply(&mut b, &profile)?;
     let written = write_model(b, bundle.staging_dir(), component.name())?;
@@ -325,7 +324,7 @@ pub fn export_transformer(
     let mut net = Net::new(builder, &provider);
     transformer::build(&mut net, &cfg)?;
     let written = write_staged(net, bundle, Component::Transformer)?;
-    let f = io_dtype_name(bundle.manifest_mut().precision)?;
+    let f = io_dtype_name(bundle)?;
     let d = |s: &str| s.to_string();
     let mut inputs = vec![
         (
@@ -406,7 +405,7 @@ pub fn export_vae_decoder(
     );
     vae_decoder::build(&mut net, &cfg)?;
     let written = write_staged(net, bundle, Component::VaeDecoder)?;
-    let f = io_dtype_name(bundle.manifest_mut().precision)?;
+    let f = io_dtype_name(bundle)?;
     let inputs = tensor_specs(&[(
         vae_decoder::INPUT,
         f,
@@ -521,7 +520,7 @@ pub fn export_text_encoder(
     ]);
     let outputs = tensor_specs(&[(
         llama::OUTPUT,
-        io_dtype_name(bundle.manifest_mut().precision)?,
+        io_dtype_name(bundle)?,
         vec![d("batch"), d("text_len"), cfg.hidden_size.to_string()],
     )]);
     let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
@@ -562,7 +561,7 @@ pub fn export_text_encoder_2(
     )]);
     let outputs = tensor_specs(&[(
         clip::OUTPUT,
-        io_dtype_name(bundle.manifest_mut().precision)?,
+        io_dtype_name(bundle)?,
         vec!["batch".into(), cfg.hidden_size.to_string()],
     )]);
     let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
@@ -584,6 +583,9 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
         });
     }
     let mut bundle = BundleWriter::create(&req.out, req.precision)?;
+    if let Some(p) = &req.precision_profile {
+        bundle.set_precision_profile(crate::precision::PrecisionProfile::load(p)?);
+    }
     for &c in &req.components {
         on_component(c);
         match c {

@@ -62,6 +62,10 @@ struct OnnxArgs {
     /// (default: `<stem>_map.safetensors` beside it).
     #[arg(long)]
     fp8_scale_map: Option<PathBuf>,
+    /// Precision profile YAML replacing the built-in `configs/precision/<precision>.yaml`
+    /// (rules: regex over node names → fp32 / fp16 / bf16).
+    #[arg(long)]
+    precision_profile: Option<PathBuf>,
     /// Model preset YAML (`configs/models/*.yaml`) for the transformer config, for checkpoints
     /// without `<model>/transformer/config.json`.
     #[arg(long)]
@@ -113,6 +117,7 @@ fn onnx(args: OnnxArgs) -> Result<()> {
             fp8_scale_map: args.fp8_scale_map,
             config: args.config,
         },
+        precision_profile: args.precision_profile,
     };
     let t0 = Instant::now();
     let manifest = export(&req, |c| eprintln!("exporting {c} ({})", req.precision))?;

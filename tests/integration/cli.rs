@@ -605,3 +605,58 @@ fn denoise_command_reproduces_the_pipeline_and_stops_on_nan() {
     let o = run_denoise(&plain, &init_path, &out2, &[]);
     assert_fails(&o, &["plain.safetensors", "prompt_attention_mask"]);
 }
+
+#[test]
+fn a_bad_precision_rule_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("mine.yaml");
+    std::fs::write(
+        &profile,
+        "name: mine\ncompute: fp16\nio: fp16\nrules:\n  - match: 'norm'\n    dtype: fp32\n  - match: '(unclosed'\n    dtype: fp32\n",
+    )
+    .unwrap();
+    let out = dir.path().join("bundle");
+    let o = run(
+        export_bin(),
+        &[
+            &"onnx",
+            &"--model",
+            &tiny_model(),
+            &"--out",
+            &out,
+            &"--components",
+            &"vae_decoder",
+            &"--precision",
+            &"fp16",
+            &"--precision-profile",
+            &profile,
+        ],
+    );
+    assert_fails(&o, &["mine.yaml", "rules[1]", "(unclosed", "bad regex"]);
+    assert!(!out.exists(), "bundle directory left behind");
+    // A valid custom profile (everything fp16, no islands) is used as given.
+    std::fs::write(&profile, "name: mine\ncompute: fp16\nio: fp32\nrules: []\n").unwrap();
+    let o = run(
+        export_bin(),
+        &[
+            &"onnx",
+            &"--model",
+            &tiny_model(),
+            &"--out",
+            &out,
+            &"--components",
+            &"vae_decoder",
+            &"--precision",
+            &"fp16",
+            &"--precision-profile",
+            &profile,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = hyvideo_exporters::bundle::Manifest::load(&out).unwrap();
+    let e = &m.components[&hyvideo_exporters::bundle::Component::VaeDecoder];
+    assert_eq!(
+        e.inputs[0].dtype, "float32",
+        "io: fp32 in the custom profile"
+    );
+}

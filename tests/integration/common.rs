@@ -95,6 +95,7 @@ pub fn export_tiny_at(
         precision,
         components: components.to_vec(),
         transformer,
+        precision_profile: None,
     };
     export(&req, |_| {}).unwrap_or_else(|e| panic!("export {components:?}: {e}"));
     out

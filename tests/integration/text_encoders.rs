@@ -232,6 +232,7 @@ fn export_err(model: &Path, component: Component) -> String {
         precision: Precision::Fp32,
         components: vec![component],
         transformer: Default::default(),
+        precision_profile: None,
     };
     let e = export(&req, |_| {}).expect_err("export should fail");
     assert!(!out.exists(), "a failed export left {}", out.display());
@@ -296,6 +297,7 @@ fn export_ok(model: &Path, components: &[Component]) -> PathBuf {
         precision: Precision::Fp32,
         components: components.to_vec(),
         transformer: Default::default(),
+        precision_profile: None,
     };
     export(&req, |_| {}).unwrap_or_else(|e| panic!("export: {e}"));
     out
