@@ -258,15 +258,6 @@ pub fn component_profiles(
     Ok(out)
 }
 
-/// One input's recorded profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProfileRecord {
-    pub name: String,
-    pub min: Vec<usize>,
-    pub opt: Vec<usize>,
-    pub max: Vec<usize>,
-}
-
 /// One built component.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineEntry {
@@ -274,7 +265,7 @@ pub struct EngineEntry {
     pub file: String,
     /// sha256 of the bundle graph it was built from.
     pub source_sha256: String,
-    pub profiles: Vec<ProfileRecord>,
+    pub profiles: Vec<InputProfile>,
 }
 
 /// `engine.yaml`.
@@ -346,6 +337,15 @@ fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
 }
 
+/// sha256 of `<bundle>/manifest.yaml`: what engines record and are checked against.
+fn bundle_manifest_sha(bundle: &Path) -> Result<String, EngineSetError> {
+    let path = bundle.join("manifest.yaml");
+    hyvideo_exporters::checkpoint::sha256_file(&path).map_err(|e| EngineSetError::Record {
+        path: path.clone(),
+        reason: e.to_string(),
+    })
+}
+
 /// The directory name engines for `identity`, `precision` and profiles hash `profiles` go to.
 pub fn engine_dir_name(identity: &DeviceIdentity, precision: &str, profiles: &str) -> String {
     format!("{}-{precision}-{}", identity.slug(), short(profiles))
@@ -379,13 +379,7 @@ pub fn build(
     mut on_component: impl FnMut(Component),
 ) -> Result<BuildOutcome, EngineSetError> {
     let manifest = Manifest::load(bundle)?;
-    let manifest_path = bundle.join("manifest.yaml");
-    let bundle_sha = hyvideo_exporters::checkpoint::sha256_file(&manifest_path).map_err(|e| {
-        EngineSetError::Record {
-            path: manifest_path.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    let bundle_sha = bundle_manifest_sha(bundle)?;
     hyvideo_engines::ortlib::environment(base.ort_lib.as_deref())?;
     let kind = base.backend.kind();
     let identity = detect(kind, device_id.max(0) as usize)?;
@@ -457,15 +451,7 @@ pub fn build(
             EngineEntry {
                 file,
                 source_sha256: entry.sha256.clone(),
-                profiles: input_profiles
-                    .iter()
-                    .map(|p| ProfileRecord {
-                        name: p.name.clone(),
-                        min: p.min.clone(),
-                        opt: p.opt.clone(),
-                        max: p.max.clone(),
-                    })
-                    .collect(),
+                profiles: input_profiles.clone(),
             },
         );
     }
@@ -552,14 +538,7 @@ impl EngineSet {
         let manifest = EngineManifest::load(dir)?;
         hyvideo_engines::ortlib::environment(base.ort_lib.as_deref())?;
         let now = detect(base.backend.kind(), device_id.max(0) as usize)?;
-        let mpath = bundle.join("manifest.yaml");
-        let sha = hyvideo_exporters::checkpoint::sha256_file(&mpath).map_err(|e| {
-            EngineSetError::Record {
-                path: mpath.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let differences = manifest.mismatches(&now, &sha);
+        let differences = manifest.mismatches(&now, &bundle_manifest_sha(bundle)?);
         if !differences.is_empty() {
             return Err(EngineSetError::Mismatch {
                 path: dir.to_path_buf(),
@@ -600,12 +579,7 @@ impl EngineSet {
         else {
             return Ok(());
         };
-        let inside = shape.len() == p.min.len()
-            && shape
-                .iter()
-                .zip(p.min.iter().zip(&p.max))
-                .all(|(d, (lo, hi))| lo <= d && d <= hi);
-        if inside {
+        if p.admits(shape) {
             Ok(())
         } else {
             Err(EngineSetError::OutOfProfile {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{EngineError, Result};
 
 /// The shape range of one graph input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputProfile {
     pub name: String,
     pub min: Vec<usize>,

@@ -610,48 +610,38 @@ fn denoise_command_reproduces_the_pipeline_and_stops_on_nan() {
 fn a_bad_precision_rule_is_named_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("mine.yaml");
+    let out = dir.path().join("bundle");
+    let export_fp16 = || {
+        run(
+            export_bin(),
+            &[
+                &"onnx",
+                &"--model",
+                &tiny_model(),
+                &"--out",
+                &out,
+                &"--components",
+                &"vae_decoder",
+                &"--precision",
+                &"fp16",
+                &"--precision-profile",
+                &profile,
+            ],
+        )
+    };
     std::fs::write(
         &profile,
         "name: mine\ncompute: fp16\nio: fp16\nrules:\n  - match: 'norm'\n    dtype: fp32\n  - match: '(unclosed'\n    dtype: fp32\n",
     )
     .unwrap();
-    let out = dir.path().join("bundle");
-    let o = run(
-        export_bin(),
-        &[
-            &"onnx",
-            &"--model",
-            &tiny_model(),
-            &"--out",
-            &out,
-            &"--components",
-            &"vae_decoder",
-            &"--precision",
-            &"fp16",
-            &"--precision-profile",
-            &profile,
-        ],
+    assert_fails(
+        &export_fp16(),
+        &["mine.yaml", "rules[1]", "(unclosed", "bad regex"],
     );
-    assert_fails(&o, &["mine.yaml", "rules[1]", "(unclosed", "bad regex"]);
     assert!(!out.exists(), "bundle directory left behind");
-    // A valid custom profile (everything fp16, no islands) is used as given.
+    // A valid custom profile (everything fp16, no islands, fp32 I/O) is used as given.
     std::fs::write(&profile, "name: mine\ncompute: fp16\nio: fp32\nrules: []\n").unwrap();
-    let o = run(
-        export_bin(),
-        &[
-            &"onnx",
-            &"--model",
-            &tiny_model(),
-            &"--out",
-            &out,
-            &"--components",
-            &"vae_decoder",
-            &"--precision",
-            &"fp16",
-            &"--precision-profile",
-            &profile,
-        ],
-    );
+    let o = export_fp16();
     assert!(o.status.success(), "{}", stderr(&o));
     let m = hyvideo_exporters::bundle::Manifest::load(&out).unwrap();
     let e = &m.components[&hyvideo_exporters::bundle::Component::VaeDecoder];

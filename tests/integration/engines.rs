@@ -96,30 +96,25 @@ fn engines_for_another_machine_or_bundle_are_refused() {
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("x")).unwrap();
-    let o = generate(
-        &bundle,
-        &dir.path().join("x/video.mp4"),
-        &["--engines", engines.to_str().unwrap()],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(
-        err.contains("built for Some Other CPU") && err.contains("--rebuild"),
-        "{err}"
-    );
-    assert!(!dir.path().join("x/video.mp4").exists());
+    let refused = |needles: &[&str]| {
+        let o = generate(
+            &bundle,
+            &dir.path().join("x/video.mp4"),
+            &["--engines", engines.to_str().unwrap()],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        for n in needles {
+            assert!(err.contains(n), "stderr lacks `{n}`: {err}");
+        }
+        assert!(!dir.path().join("x/video.mp4").exists());
+    };
+    refused(&["built for Some Other CPU", "--rebuild"]);
     std::fs::write(&rec, text).unwrap();
     // The bundle changed since (another manifest).
     let m = bundle.join("manifest.yaml");
     let mut manifest = std::fs::read_to_string(&m).unwrap();
     manifest.push_str("# edited\n");
     std::fs::write(&m, manifest).unwrap();
-    let o = generate(
-        &bundle,
-        &dir.path().join("x/video.mp4"),
-        &["--engines", engines.to_str().unwrap()],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(err.contains("bundle: built from manifest"), "{err}");
+    refused(&["bundle: built from manifest"]);
 }
