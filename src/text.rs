@@ -82,15 +82,15 @@ fn load_tokenizer(dir: &Path) -> Result<(Tokenizer, u32, String), TextError> {
     Ok((tokenizer, pad_id, pad))
 }
 
-/// Encode `texts` truncated and right-padded to exactly `len` tokens.
-fn encode_fixed(
+/// `tokenizer` set to truncate and right-pad to exactly `len` tokens (configured once: cloning
+/// a 128k-vocabulary tokenizer per call costs more than encoding).
+fn fixed_length(
     tokenizer: &Tokenizer,
     path: &Path,
-    texts: &[String],
     len: usize,
     pad_id: u32,
     pad: &str,
-) -> Result<Tokens, TextError> {
+) -> Result<Tokenizer, TextError> {
     let mut t = tokenizer.clone();
     t.with_truncation(Some(TruncationParams {
         max_length: len,
@@ -107,6 +107,16 @@ fn encode_fixed(
         pad_type_id: 0,
         pad_token: pad.to_owned(),
     }));
+    Ok(t)
+}
+
+/// Encode `texts` with a [`fixed_length`] tokenizer of `len` tokens.
+fn encode_fixed(
+    t: &Tokenizer,
+    path: &Path,
+    texts: &[String],
+    len: usize,
+) -> Result<Tokens, TextError> {
     let mut out = Tokens {
         batch: texts.len(),
         len,
@@ -138,10 +148,9 @@ fn check_prompts(prompts: &[&str]) -> Result<(), TextError> {
 
 /// The Llama-3 side: template, `crop_start`, 256 prompt tokens.
 pub struct LlamaPrompts {
+    /// Configured for `crop_start + max_sequence_length` tokens.
     tokenizer: Tokenizer,
     path: PathBuf,
-    pad_id: u32,
-    pad: String,
     template: String,
     crop_start: usize,
     max_sequence_length: usize,
@@ -170,11 +179,16 @@ impl LlamaPrompts {
             .len();
         // diffusers: the template's length minus the `{}` placeholder and `<|eot_id|>`.
         let crop_start = n.saturating_sub(2);
+        let tokenizer = fixed_length(
+            &tokenizer,
+            &path,
+            crop_start + max_sequence_length,
+            pad_id,
+            &pad,
+        )?;
         Ok(LlamaPrompts {
             tokenizer,
             path,
-            pad_id,
-            pad,
             template: template.to_owned(),
             crop_start,
             max_sequence_length,
@@ -202,48 +216,30 @@ impl LlamaPrompts {
             .iter()
             .map(|p| self.template.replacen("{}", p, 1))
             .collect();
-        encode_fixed(
-            &self.tokenizer,
-            &self.path,
-            &texts,
-            self.encoder_len(),
-            self.pad_id,
-            &self.pad,
-        )
+        encode_fixed(&self.tokenizer, &self.path, &texts, self.encoder_len())
     }
 }
 
 /// The CLIP side: raw prompts, 77 tokens.
 pub struct ClipPrompts {
+    /// Configured for 77 tokens.
     tokenizer: Tokenizer,
     path: PathBuf,
-    pad_id: u32,
-    pad: String,
 }
 
 impl ClipPrompts {
     pub fn load(dir: &Path) -> Result<ClipPrompts, TextError> {
         let (tokenizer, pad_id, pad) = load_tokenizer(dir)?;
-        Ok(ClipPrompts {
-            tokenizer,
-            path: dir.join("tokenizer.json"),
-            pad_id,
-            pad,
-        })
+        let path = dir.join("tokenizer.json");
+        let tokenizer = fixed_length(&tokenizer, &path, CLIP_MAX_LENGTH, pad_id, &pad)?;
+        Ok(ClipPrompts { tokenizer, path })
     }
 
     /// `[B, 77]` ids and mask.
     pub fn encode(&self, prompts: &[&str]) -> Result<Tokens, TextError> {
         check_prompts(prompts)?;
         let texts: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
-        encode_fixed(
-            &self.tokenizer,
-            &self.path,
-            &texts,
-            CLIP_MAX_LENGTH,
-            self.pad_id,
-            &self.pad,
-        )
+        encode_fixed(&self.tokenizer, &self.path, &texts, CLIP_MAX_LENGTH)
     }
 }
 
