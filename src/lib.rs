@@ -2,6 +2,7 @@
 //! the transformer, tiled VAE decoding and video files (text encoders come with a later issue).
 
 pub mod bench;
+pub mod calibrate;
 pub mod cli;
 pub mod denoise;
 pub mod engine_set;

@@ -227,6 +227,13 @@ impl Transformer {
         Ok(Transformer { engine, guidance })
     }
 
+    /// Load a transformer graph file directly (e.g. a calibration variant with extra outputs).
+    pub fn load_file(path: &Path, config: &SessionConfig) -> Result<Transformer, TransformerError> {
+        let engine = Engine::load(path, config)?;
+        let guidance = engine.input_names().iter().any(|n| n == GUIDANCE);
+        Ok(Transformer { engine, guidance })
+    }
+
     pub fn provider(&self) -> BackendKind {
         self.engine.provider()
     }
@@ -239,6 +246,18 @@ impl Transformer {
 
 impl VelocityModel for Transformer {
     fn predict(&mut self, input: &StepInput<'_>) -> Result<Tensor5, TransformerError> {
+        self.predict_observed(input, &mut |_, _| {})
+    }
+}
+
+impl Transformer {
+    /// [`VelocityModel::predict`], also handing every other graph output (by name) to
+    /// `observe` — how calibration reads layer inputs it added as outputs.
+    pub fn predict_observed(
+        &mut self,
+        input: &StepInput<'_>,
+        observe: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<Tensor5, TransformerError> {
         let shape = input.latents.shape();
         let b = shape[0];
         let text = input.text;
@@ -316,7 +335,15 @@ impl VelocityModel for Transformer {
                 },
             ));
         }
-        let out = self.engine.run_one(&inputs, OUTPUT)?;
+        let mut out = None;
+        for (name, t) in self.engine.run(&inputs)? {
+            if name == OUTPUT {
+                out = Some(t);
+            } else {
+                observe(&name, &t.data);
+            }
+        }
+        let out = out.ok_or_else(|| input_err("transformer output", format!("no `{OUTPUT}`")))?;
         let dims: [usize; 5] = match <[usize; 5]>::try_from(out.shape.as_slice()) {
             Ok(d) if d[0] == b && d[2..] == shape[2..] => d,
             _ => {

@@ -162,6 +162,12 @@ impl Engine {
         builder = builder
             .with_optimization_level(config.optimization.level())
             .map_err(|e| load_err(e.to_string()))?;
+        // Keep Q/DQ pairs where the exporter put them: ONNX Runtime's QDQ propagation would move
+        // FP8 quantisation across Reshape/Transpose, for which its CPU kernels (opset < 21) have
+        // no float8 types.
+        builder = builder
+            .with_config_entry("session.disable_quant_qdq", "1")
+            .map_err(|e| load_err(e.to_string()))?;
         if let Some(out) = &config.save_optimized {
             let data = out
                 .file_name()

@@ -269,6 +269,8 @@ pub struct BundleWriter {
     committed: bool,
     /// A precision profile replacing the built-in one of the bundle's precision.
     precision_profile: Option<crate::precision::PrecisionProfile>,
+    /// Activation scales for fp8 profiles.
+    fp8_scales: Option<crate::precision::Fp8Scales>,
 }
 
 impl BundleWriter {
@@ -276,6 +278,15 @@ impl BundleWriter {
     /// bundle's precision.
     pub fn set_precision_profile(&mut self, profile: crate::precision::PrecisionProfile) {
         self.precision_profile = Some(profile);
+    }
+
+    /// Activation scales (`hyvideo-export calibrate`) for profiles with FP8 layers.
+    pub fn set_fp8_scales(&mut self, scales: crate::precision::Fp8Scales) {
+        self.fp8_scales = Some(scales);
+    }
+
+    pub fn fp8_scales(&self) -> Option<&crate::precision::Fp8Scales> {
+        self.fp8_scales.as_ref()
     }
 
     /// The profile graphs of this bundle are written with.
@@ -335,6 +346,7 @@ impl BundleWriter {
             staged: Vec::new(),
             committed: false,
             precision_profile: None,
+            fp8_scales: None,
         })
     }
 

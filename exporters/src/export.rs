@@ -29,6 +29,8 @@ pub struct ExportRequest {
     pub transformer: TransformerSource,
     /// A precision profile YAML replacing `configs/precision/<precision>.yaml`.
     pub precision_profile: Option<PathBuf>,
+    /// Activation scales for FP8 layers (`hyvideo-export calibrate`).
+    pub fp8_scales: Option<PathBuf>,
 }
 
 /// Where the transformer's weights and config come from when not from `--model`.
@@ -136,14 +138,8 @@ fn io_dtype_name(bundle: &BundleWriter) -> Result<&'static str> {
 
 /// Weights are read as f32; the precision pass (`crate::precision`) converts them to each
 /// node's dtype.
-fn weight_dtype(precision: Precision) -> Result<DType> {
-    match precision {
-        Precision::Fp32 | Precision::Fp16 | Precision::Bf16 => Ok(DType::F32),
-        other => Err(ExportError::Model {
-            component: "export",
-            reason: format!("precision {other} is not implemented yet; use --precision fp32"),
-        }),
-    }
+fn weight_dtype(_precision: Precision) -> Result<DType> {
+    Ok(DType::F32)
 }
 
 /// The sub-folder of the model directory a component's weights live in.
@@ -230,6 +226,9 @@ fn write_staged(
     // The bundle's precision profile, written into the graph (fp32 leaves it as built).
     let profile = bundle.precision_profile()?;
     let mut b = net.finish();
+    if let Some(q) = &profile.fp8_quantize {
+        crate::precision::apply_fp8(&mut b, q, bundle.fp8_scales(), profile.compute)?;
+    }
     crate::precision::apply(&mut b, &profile)?;
     let written = write_model(b, bundle.staging_dir(), component.name())?;
     for path in [&written.onnx_path, &written.data_path] {
@@ -585,6 +584,9 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
     let mut bundle = BundleWriter::create(&req.out, req.precision)?;
     if let Some(p) = &req.precision_profile {
         bundle.set_precision_profile(crate::precision::PrecisionProfile::load(p)?);
+    }
+    if let Some(p) = &req.fp8_scales {
+        bundle.set_fp8_scales(crate::precision::Fp8Scales::load(p)?);
     }
     for &c in &req.components {
         on_component(c);

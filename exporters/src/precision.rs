@@ -78,12 +78,20 @@ struct RawRule {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawFp8 {
+    quantize: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawProfile {
     name: String,
     compute: String,
     io: String,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    fp8: Option<RawFp8>,
 }
 
 /// One rule: nodes whose name matches compute in `dtype`.
@@ -100,11 +108,14 @@ pub struct PrecisionProfile {
     pub compute: FloatType,
     pub io: FloatType,
     pub rules: Vec<Rule>,
+    /// Gemm nodes (by name) whose input and weight get FP8 Q/DQ.
+    pub fp8_quantize: Option<Regex>,
 }
 
 const BUILTIN_FP32: &str = include_str!("../../configs/precision/fp32.yaml");
 const BUILTIN_FP16: &str = include_str!("../../configs/precision/fp16.yaml");
 const BUILTIN_BF16: &str = include_str!("../../configs/precision/bf16.yaml");
+const BUILTIN_FP8: &str = include_str!("../../configs/precision/fp8.yaml");
 
 impl PrecisionProfile {
     /// Parse and validate profile YAML; `file` names it in errors (a bad rule is named by its
@@ -122,11 +133,19 @@ impl PrecisionProfile {
             let dtype = FloatType::parse(&r.dtype, &what, file)?;
             rules.push(Rule { pattern, dtype });
         }
+        let fp8_quantize = raw
+            .fp8
+            .map(|f| {
+                Regex::new(&f.quantize)
+                    .map_err(|e| profile_err(file, format!("fp8.quantize: bad regex: {e}")))
+            })
+            .transpose()?;
         Ok(PrecisionProfile {
             name: raw.name,
             compute,
             io,
             rules,
+            fp8_quantize,
         })
     }
 
@@ -138,20 +157,13 @@ impl PrecisionProfile {
         Self::from_yaml(&text, &path.display().to_string())
     }
 
-    /// The profile shipped in `configs/precision/` for `precision` (fp8 is not a dtype profile).
+    /// The profile shipped in `configs/precision/` for `precision`.
     pub fn builtin(precision: Precision) -> Result<PrecisionProfile> {
         let (text, file) = match precision {
             Precision::Fp32 => (BUILTIN_FP32, "configs/precision/fp32.yaml"),
             Precision::Fp16 => (BUILTIN_FP16, "configs/precision/fp16.yaml"),
             Precision::Bf16 => (BUILTIN_BF16, "configs/precision/bf16.yaml"),
-            other => {
-                return Err(ExportError::Model {
-                    component: "export",
-                    reason: format!(
-                        "precision {other} is not implemented yet; use fp32, fp16 or bf16"
-                    ),
-                });
-            }
+            Precision::Fp8 => (BUILTIN_FP8, "configs/precision/fp8.yaml"),
         };
         Self::from_yaml(text, file)
     }
@@ -202,6 +214,7 @@ fn output_type(node: &NodeProto, types: &HashMap<String, i32>) -> i32 {
         }
         "Where" => input(1).unwrap_or(FLOAT),
         "DequantizeLinear" => FLOAT,
+        "QuantizeLinear" => input(2).unwrap_or(DataType::Float8e4m3fn as i32),
         _ => input(0).unwrap_or(FLOAT),
     }
 }
@@ -452,6 +465,286 @@ pub fn apply(b: &mut GraphBuilder, profile: &PrecisionProfile) -> Result<PassRep
     Ok(report)
 }
 
+/// Largest finite FLOAT8E4M3FN value.
+pub const FP8_MAX: f32 = 448.0;
+
+/// Per-layer input amax recorded by `hyvideo-export calibrate` (`--scales FILE`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct Fp8Scales {
+    pub format: String,
+    pub version: u32,
+    /// Gemm node name → max |input| over the calibration runs.
+    pub amax: std::collections::BTreeMap<String, f32>,
+}
+
+impl Fp8Scales {
+    pub const FORMAT: &'static str = "hyvideo-fp8-scales";
+
+    pub fn new(amax: std::collections::BTreeMap<String, f32>) -> Fp8Scales {
+        Fp8Scales {
+            format: Self::FORMAT.into(),
+            version: 1,
+            amax,
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Fp8Scales> {
+        let bad = |reason: String| ExportError::Model {
+            component: "fp8 scales",
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ExportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let s: Fp8Scales = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("not a scales file (hyvideo-export calibrate): {e}")))?;
+        if s.format != Self::FORMAT || s.version != 1 {
+            return Err(bad(format!("format {} v{}", s.format, s.version)));
+        }
+        if let Some((k, v)) = s.amax.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+            return Err(bad(format!("amax of `{k}` is {v}")));
+        }
+        Ok(s)
+    }
+}
+
+/// The per-tensor scale `amax / 448` (1 for an all-zero tensor), rounded to `dtype` — the type
+/// the `DequantizeLinear` reads it in — so quantisation and dequantisation use the same number.
+pub fn fp8_scale(amax: f32, dtype: FloatType) -> f32 {
+    let s = if amax > 0.0 { amax / FP8_MAX } else { 1.0 };
+    match dtype {
+        FloatType::F32 => s,
+        FloatType::F16 => crate::checkpoint::round_through(s, crate::checkpoint::DType::F16),
+        FloatType::BF16 => crate::checkpoint::round_through(s, crate::checkpoint::DType::BF16),
+    }
+}
+
+/// Max |x| of an f32 tensor source, streamed.
+fn source_amax(src: &dyn TensorSource) -> std::io::Result<f32> {
+    struct Amax {
+        max: f32,
+        pending: Vec<u8>,
+    }
+    impl Write for Amax {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.pending.extend_from_slice(data);
+            let whole = self.pending.len() / 4 * 4;
+            for c in self.pending[..whole].chunks_exact(4) {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
+                if v > self.max {
+                    self.max = v;
+                }
+            }
+            self.pending.drain(..whole);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut a = Amax {
+        max: 0.0,
+        pending: vec![],
+    };
+    src.write_to(&mut a)?;
+    Ok(a.max)
+}
+
+/// An f32 weight written as FLOAT8E4M3FN: `fp8(clamp(w / scale, ±448))`, streamed.
+struct Fp8Weight {
+    inner: Box<dyn TensorSource>,
+    scale: f32,
+}
+
+impl TensorSource for Fp8Weight {
+    fn data_type(&self) -> DataType {
+        DataType::Float8e4m3fn
+    }
+    fn dims(&self) -> Vec<i64> {
+        self.inner.dims()
+    }
+    fn byte_len(&self) -> u64 {
+        self.inner.byte_len() / 4
+    }
+    fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        struct Q<'a> {
+            out: &'a mut dyn Write,
+            inv: f32,
+            pending: Vec<u8>,
+            buf: Vec<u8>,
+        }
+        impl Write for Q<'_> {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.pending.extend_from_slice(data);
+                let whole = self.pending.len() / 4 * 4;
+                self.buf.clear();
+                for c in self.pending[..whole].chunks_exact(4) {
+                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * self.inv;
+                    self.buf
+                        .push(crate::checkpoint::f32_to_f8e4m3(v.clamp(-FP8_MAX, FP8_MAX)));
+                }
+                self.out.write_all(&self.buf)?;
+                self.pending.drain(..whole);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.out.flush()
+            }
+        }
+        let mut q = Q {
+            out: w,
+            inv: 1.0 / self.scale,
+            pending: vec![],
+            buf: vec![],
+        };
+        self.inner.write_to(&mut q)
+    }
+}
+
+/// What the FP8 pass quantised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fp8Report {
+    /// Names of the Gemm nodes given input and weight Q/DQ.
+    pub quantized: Vec<String>,
+}
+
+/// Insert FP8 Q/DQ on the input and the weight of every Gemm whose name matches `quantize`,
+/// on the fp32 graph (before [`apply`]): activation scales from `scales` (an error names every
+/// layer without one), weight scales amax/448 of the weight; scales are rounded to `scale_dtype`.
+pub fn apply_fp8(
+    b: &mut GraphBuilder,
+    quantize: &Regex,
+    scales: Option<&Fp8Scales>,
+    scale_dtype: FloatType,
+) -> Result<Fp8Report> {
+    let (_, _, nodes, initializers) = b.precision_parts();
+    let targets: Vec<usize> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op_type == "Gemm" && quantize.is_match(&n.name))
+        .map(|(i, _)| i)
+        .collect();
+    let mut report = Fp8Report::default();
+    if targets.is_empty() {
+        return Ok(report);
+    }
+    let missing: Vec<&str> = targets
+        .iter()
+        .map(|&i| nodes[i].name.as_str())
+        .filter(|n| scales.is_none_or(|s| !s.amax.contains_key(*n)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ExportError::Model {
+            component: "fp8",
+            reason: format!(
+                "{} layer(s) have no activation scale (first: {}); pass --scales FILE made by \
+                 `hyvideo-export calibrate` on the fp32 bundle",
+                missing.len(),
+                missing[..missing.len().min(3)].join(", ")
+            ),
+        });
+    }
+    let mut new_nodes = Vec::with_capacity(nodes.len() + 3 * targets.len());
+    let mut new_inits: Vec<Initializer> = vec![];
+    let zero = OwnedTensor::from_bytes(DataType::Float8e4m3fn, &[], vec![0])?;
+    let index: HashMap<String, usize> = initializers
+        .iter()
+        .enumerate()
+        .map(|(i, init)| match init {
+            Initializer::Inline { name, .. } | Initializer::External { name, .. } => {
+                (name.clone(), i)
+            }
+        })
+        .collect();
+    let mk = |op: &str, name: String, inputs: Vec<String>, out: String| NodeProto {
+        input: inputs,
+        output: vec![out],
+        name,
+        op_type: op.into(),
+        ..Default::default()
+    };
+    for (i, mut n) in std::mem::take(nodes).into_iter().enumerate() {
+        if !targets.contains(&i) {
+            new_nodes.push(n);
+            continue;
+        }
+        let g = n.name.clone();
+        // activation
+        let amax = scales.and_then(|s| s.amax.get(&g)).copied().unwrap_or(0.0);
+        let xs = format!("{g}/x_scale");
+        let xz = format!("{g}/x_zero");
+        new_inits.push(Initializer::Inline {
+            name: xs.clone(),
+            tensor: OwnedTensor::from_f32(&[], &[fp8_scale(amax, scale_dtype)])?,
+        });
+        new_inits.push(Initializer::Inline {
+            name: xz.clone(),
+            tensor: zero.clone(),
+        });
+        let (q, dq) = (format!("{g}/x_quant"), format!("{g}/x_dequant"));
+        new_nodes.push(mk(
+            "QuantizeLinear",
+            q.clone(),
+            vec![n.input[0].clone(), xs.clone(), xz],
+            q.clone(),
+        ));
+        new_nodes.push(mk("DequantizeLinear", dq.clone(), vec![q, xs], dq.clone()));
+        n.input[0] = dq;
+        // weight
+        let w = n.input[1].clone();
+        let Some(&wi) = index.get(&w) else {
+            return Err(ExportError::Model {
+                component: "fp8",
+                reason: format!("{g}: weight `{w}` is not an initializer"),
+            });
+        };
+        let inner = match &mut initializers[wi] {
+            Initializer::External { source, .. } => std::mem::replace(
+                source,
+                Box::new(OwnedTensor::from_f32(&[0], &[])?) as Box<dyn TensorSource>,
+            ),
+            Initializer::Inline { tensor, .. } => Box::new(tensor.clone()) as Box<dyn TensorSource>,
+        };
+        if inner.data_type() != DataType::Float {
+            return Err(ExportError::Model {
+                component: "fp8",
+                reason: format!(
+                    "{g}: weight `{w}` is {:?}, expected float32",
+                    inner.data_type()
+                ),
+            });
+        }
+        let wamax = source_amax(inner.as_ref()).map_err(|e| ExportError::Model {
+            component: "fp8",
+            reason: format!("{g}: reading `{w}`: {e}"),
+        })?;
+        let scale = fp8_scale(wamax, scale_dtype);
+        initializers[wi] = Initializer::External {
+            name: w.clone(),
+            source: Box::new(Fp8Weight { inner, scale }),
+        };
+        let ws = format!("{w}/scale");
+        new_inits.push(Initializer::Inline {
+            name: ws.clone(),
+            tensor: OwnedTensor::from_f32(&[], &[scale])?,
+        });
+        let wdq = format!("{g}/w_dequant");
+        new_nodes.push(mk(
+            "DequantizeLinear",
+            wdq.clone(),
+            vec![w, ws],
+            wdq.clone(),
+        ));
+        n.input[1] = wdq;
+        report.quantized.push(g);
+        new_nodes.push(n);
+    }
+    *nodes = new_nodes;
+    initializers.extend(new_inits);
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,7 +780,15 @@ mod tests {
         );
         let b = PrecisionProfile::builtin(Precision::Bf16).unwrap();
         assert_eq!(b.compute, FloatType::BF16);
-        assert!(PrecisionProfile::builtin(Precision::Fp8).is_err());
+        let f = PrecisionProfile::builtin(Precision::Fp8).unwrap();
+        let q = f.fp8_quantize.unwrap();
+        assert!(q.is_match("transformer_blocks.3.attn.to_qkv/Gemm"));
+        assert!(q.is_match("single_transformer_blocks.0.linear1/Gemm"));
+        assert!(!q.is_match("proj_out/Gemm"));
+        assert!(!q.is_match("time_text_embed.timestep_embedder.linear_1/Gemm"));
+        assert!(!q.is_match("context_embedder.token_refiner.refiner_blocks.0.attn.to_qkv/Gemm"));
+        assert_eq!(fp8_scale(448.0, FloatType::F32), 1.0);
+        assert_eq!(fp8_scale(0.0, FloatType::F16), 1.0);
     }
 
     #[test]

@@ -32,6 +32,10 @@ enum Command {
     /// provider (cuda), into a directory keyed by device, runtime versions, precision and
     /// profile, with `engine.yaml`.
     Build(BuildArgs),
+    /// Record FP8 activation ranges: run an fp32 bundle's transformer over a few denoising
+    /// steps on calibration prompts and write the input amax of every layer the fp8 profile
+    /// quantises (for `onnx --precision fp8 --scales FILE`).
+    Calibrate(CalibrateArgs),
     /// Print a bundle's manifest.
     Inspect {
         /// Bundle directory.
@@ -62,6 +66,9 @@ struct OnnxArgs {
     /// (default: `<stem>_map.safetensors` beside it).
     #[arg(long)]
     fp8_scale_map: Option<PathBuf>,
+    /// Activation scales for `--precision fp8` (made by `hyvideo-export calibrate`).
+    #[arg(long)]
+    scales: Option<PathBuf>,
     /// Precision profile YAML replacing the built-in `configs/precision/<precision>.yaml`
     /// (rules: regex over node names → fp32 / fp16 / bf16).
     #[arg(long)]
@@ -90,12 +97,49 @@ struct BuildArgs {
     runtime: hyvideo::cli::RuntimeArgs,
 }
 
+#[derive(clap::Args)]
+struct CalibrateArgs {
+    /// An fp32 bundle with all four components.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Where to write the scales (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Calibration prompts (repeat the flag); default: four varied prompts.
+    #[arg(long)]
+    prompt: Vec<String>,
+    #[arg(long, num_args = 2, value_names = ["HEIGHT", "WIDTH"], default_values_t = [256, 256])]
+    video_size: Vec<usize>,
+    #[arg(long, default_value_t = 9)]
+    video_length: usize,
+    /// Denoising steps per prompt.
+    #[arg(long, default_value_t = 4)]
+    steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 6.0)]
+    embedded_cfg_scale: f32,
+    #[arg(long, default_value_t = 7.0)]
+    flow_shift: f32,
+    #[command(flatten)]
+    runtime: hyvideo::cli::RuntimeArgs,
+}
+
+/// Prompts used when `calibrate` is given none.
+const CALIBRATION_PROMPTS: [&str; 4] = [
+    "A cat walks on the grass, realistic style.",
+    "A drone shot over a city at night, neon lights reflecting on wet streets.",
+    "Close-up of a chef slicing vegetables in a busy kitchen, warm light.",
+    "Waves crash against a rocky coast under a stormy sky, slow motion.",
+];
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Onnx(args) => onnx(args),
         Command::Inspect { bundle } => inspect(bundle),
         Command::Build(args) => build(args),
+        Command::Calibrate(args) => calibrate(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -118,6 +162,7 @@ fn onnx(args: OnnxArgs) -> Result<()> {
             config: args.config,
         },
         precision_profile: args.precision_profile,
+        fp8_scales: args.scales,
     };
     let t0 = Instant::now();
     let manifest = export(&req, |c| eprintln!("exporting {c} ({})", req.precision))?;
@@ -159,6 +204,50 @@ fn build(args: BuildArgs) -> Result<()> {
             dir.display()
         ),
     }
+    Ok(())
+}
+
+fn calibrate(args: CalibrateArgs) -> Result<()> {
+    use hyvideo::calibrate::{CalibrationRun, calibrate};
+    let [h, w] = <[usize; 2]>::try_from(args.video_size.as_slice())
+        .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
+    let prompts = if args.prompt.is_empty() {
+        CALIBRATION_PROMPTS.iter().map(|p| p.to_string()).collect()
+    } else {
+        args.prompt.clone()
+    };
+    let run = CalibrationRun {
+        prompts,
+        size: hyvideo::pipeline::VideoSize::new(h, w, args.video_length)?,
+        steps: args.steps,
+        seed: args.seed,
+        embedded_guidance: args.embedded_cfg_scale,
+        flow_shift: args.flow_shift,
+    };
+    let dir = match args.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "--out {}: directory {} does not exist",
+            args.out.display(),
+            dir.display()
+        );
+    }
+    let t0 = Instant::now();
+    let scales = calibrate(&args.bundle, &run, &args.runtime.session_config())?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&scales)?)?;
+    tmp.persist(&args.out)?;
+    println!(
+        "calibrated {} layers on {} prompt(s) x {} steps in {:.2} s; wrote {}",
+        scales.amax.len(),
+        run.prompts.len(),
+        run.steps,
+        t0.elapsed().as_secs_f64(),
+        args.out.display()
+    );
     Ok(())
 }
 

@@ -96,6 +96,7 @@ pub fn export_tiny_at(
         components: components.to_vec(),
         transformer,
         precision_profile: None,
+        fp8_scales: None,
     };
     export(&req, |_| {}).unwrap_or_else(|e| panic!("export {components:?}: {e}"));
     out

@@ -241,3 +241,115 @@ fn bf16_graphs_are_valid_and_mirror_fp16() {
         Some(1)
     );
 }
+
+/// `hyvideo-export calibrate` on the fp32 tiny bundle, then the fp8 transformer exported with
+/// its scales: the selected Linear layers carry Q/DQ on input and weight, the excluded ones none,
+/// and the graph runs on ONNX Runtime CPU close to fp32.
+#[test]
+fn fp8_transformer_from_calibrated_scales() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let scales = dir.path().join("scales.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
+        .args(["calibrate", "--bundle"])
+        .arg(crate::generate::full_bundle())
+        .arg("--out")
+        .arg(&scales)
+        .args(["--video-size", "32", "48", "--steps", "2", "--threads", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let export = |extra: &[&std::ffi::OsStr], out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
+            .arg("onnx")
+            .arg("--model")
+            .arg(crate::common::tiny_model())
+            .arg("--out")
+            .arg(out)
+            .args(["--components", "transformer", "--precision", "fp8"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Without scales: refused, naming the missing layers and the calibrate command.
+    let none = dir.path().join("none");
+    let o = export(&[], &none);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("activation scale") && err.contains("calibrate"),
+        "{err}"
+    );
+    assert!(!none.exists());
+    let b = dir.path().join("fp8");
+    let o = export(&["--scales".as_ref(), scales.as_os_str()], &b);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let m = load_graph(&b.join("transformer.onnx"));
+    let g = m.graph.as_ref().unwrap();
+    let producer: BTreeMap<&str, &hyvideo_exporters::onnx::proto::NodeProto> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let init_type: BTreeMap<&str, i32> = g
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t.data_type))
+        .collect();
+    let from = |v: &str, op: &str| producer.get(v).is_some_and(|n| n.op_type == op);
+    let quantize = hyvideo_exporters::precision::PrecisionProfile::builtin(Precision::Fp8)
+        .unwrap()
+        .fp8_quantize
+        .unwrap();
+    let (mut selected, mut excluded) = (0, 0);
+    for n in g.node.iter().filter(|n| n.op_type == "Gemm") {
+        if quantize.is_match(&n.name) {
+            selected += 1;
+            let dq_x = producer[n.input[0].as_str()];
+            assert_eq!(dq_x.op_type, "DequantizeLinear", "{}", n.name);
+            assert!(from(&dq_x.input[0], "QuantizeLinear"), "{}", n.name);
+            let dq_w = producer[n.input[1].as_str()];
+            assert_eq!(dq_w.op_type, "DequantizeLinear", "{}", n.name);
+            assert_eq!(
+                init_type.get(dq_w.input[0].as_str()),
+                Some(&17),
+                "{}: fp8 weight",
+                n.name
+            );
+        } else {
+            excluded += 1;
+            assert!(
+                !from(&n.input[0], "DequantizeLinear") && !from(&n.input[1], "DequantizeLinear"),
+                "{} should not be quantised",
+                n.name
+            );
+        }
+    }
+    // 2 dual blocks x 10 Linear + 2 single blocks x 3; embedders, refiner, norm_out, proj_out
+    assert_eq!(selected, 26);
+    assert!(excluded >= 10, "{excluded}");
+
+    let man = Manifest::load(&b).unwrap();
+    let mut t = Transformer::load(&b, &man, &cfg()).unwrap();
+    let gv = |n: &str| golden("transformer.safetensors", &format!("video.{n}"));
+    let (es, e) = gv("encoder_hidden_states");
+    let (ms, mk) = golden_i64("transformer.safetensors", "video.encoder_attention_mask");
+    let (ps, p) = gv("pooled_projections");
+    let text = TextConditioning::new((&es, e), (&ms, mk), (&ps, p)).unwrap();
+    let out = t
+        .predict(&StepInput {
+            latents: &golden5("transformer.safetensors", "video.hidden_states"),
+            timestep: &gv("timestep").1,
+            text: &text,
+            guidance: Some(&gv("guidance").1),
+        })
+        .unwrap();
+    let err = rel_l2(
+        out.data(),
+        golden("transformer.safetensors", "video.sample")
+            .1
+            .as_slice(),
+    );
+    eprintln!("fp8 (weights + activations, calibrated) vs fp32: relative L2 {err:.3e}");
+    assert!(err <= 0.15 && err > 1e-2, "{err:.3e}");
+}

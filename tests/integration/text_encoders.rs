@@ -233,6 +233,7 @@ fn export_err(model: &Path, component: Component) -> String {
         components: vec![component],
         transformer: Default::default(),
         precision_profile: None,
+        fp8_scales: None,
     };
     let e = export(&req, |_| {}).expect_err("export should fail");
     assert!(!out.exists(), "a failed export left {}", out.display());
@@ -298,6 +299,7 @@ fn export_ok(model: &Path, components: &[Component]) -> PathBuf {
         components: components.to_vec(),
         transformer: Default::default(),
         precision_profile: None,
+        fp8_scales: None,
     };
     export(&req, |_| {}).unwrap_or_else(|e| panic!("export: {e}"));
     out

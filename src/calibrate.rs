@@ -1,0 +1,196 @@
+//! `hyvideo-export calibrate`: per-layer activation ranges for FP8 from an fp32 bundle.
+//!
+//! As NVIDIA's diffusion demos calibrate FP8 (ModelOpt's amax calibration): run the fp32
+//! transformer over a few denoising steps on calibration prompts and record, for every Linear
+//! layer the FP8 profile quantises, the largest |input| seen. The layer inputs are read by
+//! adding them as outputs of a temporary copy of the graph (it shares the bundle's weight file);
+//! `hyvideo-export onnx --precision fp8 --scales FILE` turns amax into scales (amax / 448).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hyvideo_engines::SessionConfig;
+use hyvideo_exporters::bundle::{Component, Manifest, Precision};
+use hyvideo_exporters::onnx::ModelProto;
+use hyvideo_exporters::onnx::proto::{TypeProto, ValueInfoProto, type_proto};
+use hyvideo_exporters::precision::{Fp8Scales, PrecisionProfile};
+use prost::Message;
+
+use crate::denoise::{DenoiseSettings, denoise};
+use crate::pipeline::{PipelineError, TextEncoders, VideoSize};
+use crate::scheduler::FlowDirection;
+use crate::tensor::Tensor5;
+use crate::transformer::{StepInput, Transformer, TransformerError, VelocityModel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    #[error("{0}")]
+    Setting(String),
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Transformer(#[from] TransformerError),
+    #[error(transparent)]
+    Denoise(#[from] crate::denoise::DenoiseError),
+    #[error(transparent)]
+    Manifest(#[from] hyvideo_exporters::bundle::ManifestError),
+    #[error(transparent)]
+    Export(#[from] hyvideo_exporters::error::ExportError),
+}
+
+/// What to run the calibration on.
+#[derive(Debug, Clone)]
+pub struct CalibrationRun {
+    pub prompts: Vec<String>,
+    pub size: VideoSize,
+    pub steps: usize,
+    pub seed: u64,
+    pub embedded_guidance: f32,
+    pub flow_shift: f32,
+}
+
+/// A transformer whose observed outputs update per-layer amax.
+struct Observing<'a> {
+    model: &'a mut Transformer,
+    /// graph output (layer input value) → the layers reading it (adaLN projections share one)
+    layers: &'a BTreeMap<String, Vec<String>>,
+    amax: &'a mut BTreeMap<String, f32>,
+}
+
+impl VelocityModel for Observing<'_> {
+    fn predict(&mut self, input: &StepInput<'_>) -> Result<Tensor5, TransformerError> {
+        let (layers, amax) = (self.layers, &mut *self.amax);
+        self.model.predict_observed(input, &mut |name, data| {
+            if let Some(names) = layers.get(name) {
+                let m = data.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for layer in names {
+                    let e = amax.entry(layer.clone()).or_insert(0.0);
+                    *e = e.max(m);
+                }
+            }
+        })
+    }
+}
+
+/// Record the input amax of every layer the fp8 profile quantises, over `run`.
+pub fn calibrate(
+    bundle: &Path,
+    run: &CalibrationRun,
+    config: &SessionConfig,
+) -> Result<Fp8Scales, CalibrateError> {
+    if run.prompts.is_empty() || run.prompts.iter().any(|p| p.trim().is_empty()) {
+        return Err(CalibrateError::Setting(
+            "--prompt: give at least one non-empty prompt".into(),
+        ));
+    }
+    if run.steps == 0 {
+        return Err(CalibrateError::Setting("--steps must be at least 1".into()));
+    }
+    let manifest = Manifest::load(bundle)?;
+    if manifest.precision != Precision::Fp32 {
+        return Err(CalibrateError::Setting(format!(
+            "{}: calibrate an fp32 bundle (this one is {})",
+            bundle.display(),
+            manifest.precision
+        )));
+    }
+    let quantize = PrecisionProfile::builtin(Precision::Fp8)?
+        .fp8_quantize
+        .ok_or_else(|| CalibrateError::Setting("the fp8 profile quantises nothing".into()))?;
+    let entry = manifest.component(bundle, Component::Transformer)?;
+    let graph_path = bundle.join(&entry.file);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CalibrateError::Io { path, source }
+    };
+    let bytes = std::fs::read(&graph_path).map_err(io(&graph_path))?;
+    let mut model = ModelProto::decode(bytes.as_slice()).map_err(|e| CalibrateError::Io {
+        path: graph_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| CalibrateError::Setting(format!("{}: no graph", graph_path.display())))?;
+    let mut layers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in &graph.node {
+        if n.op_type == "Gemm" && quantize.is_match(&n.name) {
+            layers
+                .entry(n.input[0].clone())
+                .or_default()
+                .push(n.name.clone());
+        }
+    }
+    for value in layers.keys() {
+        graph.output.push(ValueInfoProto {
+            name: value.clone(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: hyvideo_exporters::onnx::DataType::Float as i32,
+                    shape: None,
+                })),
+                denotation: String::new(),
+            }),
+            doc_string: String::new(),
+        });
+    }
+    // Beside the graph, so its external weights resolve; removed when dropped.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".calibrate-")
+        .suffix(".onnx")
+        .tempfile_in(bundle)
+        .map_err(io(bundle))?;
+    std::io::Write::write_all(&mut tmp, &model.encode_to_vec()).map_err(io(tmp.path()))?;
+    let mut transformer = Transformer::load_file(tmp.path(), config)?;
+    let mut text = TextEncoders::load(bundle, &manifest, config)?;
+    let vae = manifest.vae.as_ref();
+    let (sr, tr) = vae.map_or((8, 4), |v| {
+        (v.spatial_compression_ratio, v.temporal_compression_ratio)
+    });
+    let channels = graph_channels(&manifest)?;
+    let shape = run.size.latent_shape(channels, sr, tr);
+    let settings = DenoiseSettings {
+        steps: run.steps,
+        shift: run.flow_shift,
+        direction: FlowDirection::Reverse,
+        embedded_guidance: transformer
+            .takes_guidance()
+            .then_some(run.embedded_guidance),
+        true_cfg: None,
+    };
+    let mut amax = BTreeMap::new();
+    for (i, prompt) in run.prompts.iter().enumerate() {
+        let enc = text.encode(&[prompt.as_str()], || {})?;
+        let init = crate::noise::randn_latents(shape, run.seed + i as u64)
+            .map_err(|e| CalibrateError::Setting(e.to_string()))?;
+        let mut observing = Observing {
+            model: &mut transformer,
+            layers: &layers,
+            amax: &mut amax,
+        };
+        denoise(&mut observing, init, &enc.text, None, &settings, |_, _| {})?;
+    }
+    drop(transformer);
+    drop(tmp);
+    Ok(Fp8Scales::new(amax))
+}
+
+/// Latent channels of the transformer (its `hidden_states` input).
+fn graph_channels(manifest: &Manifest) -> Result<usize, CalibrateError> {
+    manifest
+        .components
+        .get(&Component::Transformer)
+        .and_then(|e| e.inputs.iter().find(|s| s.name == "hidden_states"))
+        .and_then(|s| s.dims.get(1))
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| {
+            CalibrateError::Setting(
+                "manifest: transformer hidden_states has no channel count".into(),
+            )
+        })
+}
