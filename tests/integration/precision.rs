@@ -266,7 +266,12 @@ fn fp8_transformer_from_calibrated_scales() {
             .arg(crate::common::tiny_model())
             .arg("--out")
             .arg(out)
-            .args(["--components", "transformer", "--precision", "fp8"])
+            .args([
+                "--components",
+                "text_encoder,text_encoder_2,transformer,vae_decoder",
+                "--precision",
+                "fp8",
+            ])
             .args(extra)
             .output()
             .unwrap()
@@ -352,4 +357,18 @@ fn fp8_transformer_from_calibrated_scales() {
     );
     eprintln!("fp8 (weights + activations, calibrated) vs fp32: relative L2 {err:.3e}");
     assert!(err <= 0.15 && err > 1e-2, "{err:.3e}");
+
+    // A whole tiny generation on the fp8 bundle (text encoders and VAE run the fp16 rules).
+    let lat = dir.path().join("final.safetensors");
+    let o = crate::generate::generate(
+        &b,
+        &dir.path().join("video.safetensors"),
+        &["--output-latents", lat.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = hyvideo::latents::read_tensor5(&lat, "latents").unwrap();
+    let (_, want) = golden("pipeline.safetensors", "final_latents");
+    let e = rel_l2(got.data(), &want);
+    eprintln!("fp8 generation (4 steps) vs diffusers fp32: final latents relative L2 {e:.2e}");
+    assert!(e <= 0.1, "{e:.2e}");
 }
