@@ -28,6 +28,15 @@ pub struct RuntimeArgs {
     /// when built for another device, runtime version or bundle.
     #[arg(long)]
     pub engines: Option<PathBuf>,
+    /// Execution provider for the transformer only (default: --backend).
+    #[arg(long, value_parser = parse_backend)]
+    pub transformer_backend: Option<BackendKind>,
+    /// Execution provider for the VAE decoder only (default: --backend).
+    #[arg(long, value_parser = parse_backend)]
+    pub vae_backend: Option<BackendKind>,
+    /// Execution provider for the two text encoders (default: --backend).
+    #[arg(long, value_parser = parse_backend)]
+    pub text_backend: Option<BackendKind>,
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
@@ -53,8 +62,24 @@ impl RuntimeArgs {
             .transpose()
     }
 
+    /// The session settings of `component`: its own backend flag, else `--backend`.
+    pub fn config_for(&self, component: hyvideo_exporters::bundle::Component) -> SessionConfig {
+        use hyvideo_exporters::bundle::Component as C;
+        let kind = match component {
+            C::Transformer => self.transformer_backend,
+            C::VaeDecoder => self.vae_backend,
+            C::TextEncoder | C::TextEncoder2 => self.text_backend,
+        }
+        .unwrap_or(self.backend);
+        self.session_config_on(kind)
+    }
+
     pub fn session_config(&self) -> SessionConfig {
-        let backend = match self.backend {
+        self.session_config_on(self.backend)
+    }
+
+    fn session_config_on(&self, kind: BackendKind) -> SessionConfig {
+        let backend = match kind {
             BackendKind::Cpu => Backend::Cpu,
             BackendKind::Cuda => Backend::Cuda {
                 device_id: self.device_id,

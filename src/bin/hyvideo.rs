@@ -255,8 +255,13 @@ fn decode(args: DecodeArgs) -> Result<()> {
         manifest: &manifest,
         engines: engines.as_ref(),
     };
-    let mut vae = VaeDecoder::load_with(&files, &args.runtime.session_config())
-        .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
+    let mut vae = VaeDecoder::load_with(
+        &files,
+        &args
+            .runtime
+            .config_for(hyvideo_exporters::bundle::Component::VaeDecoder),
+    )
+    .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let latents = read_latents_named(
         &args.latents,
@@ -327,8 +332,13 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
         manifest: &manifest,
         engines: engines.as_ref(),
     };
-    let mut model = Transformer::load_with(&files, &args.runtime.session_config())
-        .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
+    let mut model = Transformer::load_with(
+        &files,
+        &args
+            .runtime
+            .config_for(hyvideo_exporters::bundle::Component::Transformer),
+    )
+    .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let settings = args.sampling.settings(model.takes_guidance());
     eprintln!(
@@ -425,7 +435,6 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let manifest = Manifest::load(&args.bundle)?;
     let manifest_sha256 =
         hyvideo_exporters::checkpoint::sha256_file(&args.bundle.join("manifest.yaml"))?;
-    let cfg = args.runtime.session_config();
     let mut stages: Vec<(String, f64)> = vec![];
 
     let t = Instant::now();
@@ -435,11 +444,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
         manifest: &manifest,
         engines: engines.as_ref(),
     };
-    let mut text = TextEncoders::load_with(&files, &cfg)
+    use hyvideo_exporters::bundle::Component as C;
+    let rt = &args.runtime;
+    let mut text = TextEncoders::load_with(&files, &rt.config_for(C::TextEncoder))
         .with_context(|| format!("loading the text encoders of {}", args.bundle.display()))?;
-    let mut model = Transformer::load_with(&files, &cfg)
+    let mut model = Transformer::load_with(&files, &rt.config_for(C::Transformer))
         .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
-    let mut vae = VaeDecoder::load_with(&files, &cfg)
+    let mut vae = VaeDecoder::load_with(&files, &rt.config_for(C::VaeDecoder))
         .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
     stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
 
@@ -711,7 +722,6 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         bail!("steps must be at least 1");
     }
     let manifest = Manifest::load(&args.bundle)?;
-    let cfg = args.runtime.session_config();
     let t = Instant::now();
     let engines = args.runtime.engine_set(&args.bundle)?;
     let files = ModelFiles {
@@ -719,9 +729,11 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         manifest: &manifest,
         engines: engines.as_ref(),
     };
-    let mut text = TextEncoders::load_with(&files, &cfg)?;
-    let mut model = Transformer::load_with(&files, &cfg)?;
-    let mut vae = VaeDecoder::load_with(&files, &cfg)?;
+    use hyvideo_exporters::bundle::Component as C;
+    let rt = &args.runtime;
+    let mut text = TextEncoders::load_with(&files, &rt.config_for(C::TextEncoder))?;
+    let mut model = Transformer::load_with(&files, &rt.config_for(C::Transformer))?;
+    let mut vae = VaeDecoder::load_with(&files, &rt.config_for(C::VaeDecoder))?;
     let load_s = t.elapsed().as_secs_f64();
     let vs = vae.settings().clone();
     let shape = size.latent_shape(

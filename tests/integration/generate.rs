@@ -278,3 +278,23 @@ fn bench_reports_every_stage() {
     assert!(loop_row["hyvideo"]["median"].as_f64().unwrap() > 0.0);
     assert!(loop_row["native"].is_null());
 }
+
+#[test]
+fn a_per_component_provider_that_cannot_run_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("video.mp4");
+    // This test build has no GPU providers compiled in: asking for one for the transformer
+    // alone must fail loudly (never a silent CPU fallback), naming what is missing.
+    if hyvideo_engines::BackendKind::Cuda.compiled_in() {
+        return;
+    }
+    let o = generate(full_bundle(), &save, &["--transformer-backend", "cuda"]);
+    assert_refused(&o, &["cuda", "--features cuda"], dir.path());
+    // ...while per-component flags naming the CPU run as usual.
+    let o = generate(
+        full_bundle(),
+        &dir.path().join("ok.safetensors"),
+        &["--vae-backend", "cpu", "--text-backend", "cpu"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
