@@ -28,6 +28,11 @@ pub struct RuntimeArgs {
     /// when built for another device, runtime version or bundle.
     #[arg(long)]
     pub engines: Option<PathBuf>,
+    /// Rebuild engines: for `hyvideo-export build`, even when matching ones exist; with
+    /// --engines, when they were built for another machine or bundle (from the shape preset
+    /// they record) instead of refusing them.
+    #[arg(long)]
+    pub rebuild: bool,
     /// Execution provider for the transformer only (default: --backend).
     #[arg(long, value_parser = parse_backend)]
     pub transformer_backend: Option<BackendKind>,
@@ -52,11 +57,12 @@ impl RuntimeArgs {
         self.engines
             .as_deref()
             .map(|dir| {
-                crate::engine_set::EngineSet::open(
+                crate::engine_set::EngineSet::open_or_rebuild(
                     dir,
                     bundle,
                     &self.session_config(),
                     self.device_id,
+                    self.rebuild,
                 )
             })
             .transpose()

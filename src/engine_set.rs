@@ -48,7 +48,8 @@ pub enum EngineSetError {
     Record { path: PathBuf, reason: String },
     #[error(
         "{}: these engines were built for another machine or bundle:\n  {}\nrebuild them with \
-         `hyvideo-export build --bundle <bundle> --backend {backend} --shapes <preset> --rebuild`",
+         `hyvideo-export build --bundle <bundle> --backend {backend} --shapes <preset> --rebuild`, \
+         or pass --rebuild to this command",
         .path.display(), .differences.join("\n  ")
     )]
     Mismatch {
@@ -281,6 +282,8 @@ pub struct EngineManifest {
     pub precision: String,
     pub bundle_manifest_sha256: String,
     pub shape_preset: String,
+    /// The preset itself, so the engines can be rebuilt for another machine (`--rebuild`).
+    pub preset: ShapePreset,
     pub profile_sha256: String,
     pub components: BTreeMap<Component, EngineEntry>,
 }
@@ -466,6 +469,7 @@ pub fn build(
         precision,
         bundle_manifest_sha256: bundle_sha,
         shape_preset: preset.name.clone(),
+        preset: preset.clone(),
         profile_sha256: hash,
         components,
     };
@@ -527,6 +531,38 @@ pub struct EngineSet {
 }
 
 impl EngineSet {
+    /// [`open`](Self::open), or — when the engines were built for another machine or bundle
+    /// and `rebuild` is set — build them again here from the recorded shape preset (into a
+    /// sibling directory named for this machine) and open those.
+    pub fn open_or_rebuild(
+        dir: &Path,
+        bundle: &Path,
+        base: &SessionConfig,
+        device_id: i32,
+        rebuild: bool,
+    ) -> Result<EngineSet, EngineSetError> {
+        match Self::open(dir, bundle, base, device_id) {
+            Err(EngineSetError::Mismatch { .. }) if rebuild => {
+                let recorded = EngineManifest::load(dir)?;
+                let root = dir.parent().unwrap_or(Path::new("."));
+                let outcome = build(
+                    bundle,
+                    &recorded.preset,
+                    base,
+                    device_id,
+                    root,
+                    true,
+                    |_| {},
+                )?;
+                let new_dir = match outcome {
+                    BuildOutcome::Built(d) | BuildOutcome::UpToDate(d) => d,
+                };
+                Self::open(&new_dir, bundle, base, device_id)
+            }
+            other => other,
+        }
+    }
+
     /// Open `dir` for `bundle` on `base`'s backend; refuse engines built for another device,
     /// runtime version or bundle, naming every difference.
     pub fn open(
@@ -654,6 +690,12 @@ mod tests {
             precision: "fp16".into(),
             bundle_manifest_sha256: "a".repeat(64),
             shape_preset: "720p".into(),
+            preset: ShapePreset {
+                name: "720p".into(),
+                resolutions: vec![[720, 1280]],
+                frames: Range3([1, 129, 129]),
+                batch: Range3([1, 1, 2]),
+            },
             profile_sha256: "b".repeat(64),
             components: BTreeMap::new(),
         };

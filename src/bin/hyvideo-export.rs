@@ -90,9 +90,7 @@ struct BuildArgs {
     /// Where engine directories go (default: <bundle>/engines).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Rebuild even when matching engines exist.
-    #[arg(long)]
-    rebuild: bool,
+    /// (`--rebuild`: build again even when matching engines exist.)
     #[command(flatten)]
     runtime: hyvideo::cli::RuntimeArgs,
 }
@@ -190,7 +188,7 @@ fn build(args: BuildArgs) -> Result<()> {
         &args.runtime.session_config(),
         args.runtime.device_id,
         &out,
-        args.rebuild,
+        args.runtime.rebuild,
         |c| eprintln!("building {c} ({})", args.runtime.backend),
     )?;
     match outcome {

@@ -110,6 +110,14 @@ fn engines_for_another_machine_or_bundle_are_refused() {
         assert!(!dir.path().join("x/video.mp4").exists());
     };
     refused(&["built for Some Other CPU", "--rebuild"]);
+    // --rebuild builds them again for this machine (from the recorded preset) and runs.
+    let o = generate(
+        &bundle,
+        &dir.path().join("x/rebuilt.safetensors"),
+        &["--engines", engines.to_str().unwrap(), "--rebuild"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&rec).unwrap();
     std::fs::write(&rec, text).unwrap();
     // The bundle changed since (another manifest).
     let m = bundle.join("manifest.yaml");
