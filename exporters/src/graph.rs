@@ -65,6 +65,27 @@ impl TensorSource for ConcatRows {
         }
         Ok(())
     }
+
+    /// fp8 parts sharing one scale (rows of one checkpoint tensor) stay fp8 together.
+    fn fp8_origin(&self) -> Option<(f32, Box<dyn TensorSource>)> {
+        let mut scale = None;
+        let mut raws = Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            let (s, raw) = p.fp8_origin()?;
+            if scale.is_some_and(|x: f32| x != s) {
+                return None;
+            }
+            scale = Some(s);
+            raws.push(raw);
+        }
+        Some((
+            scale?,
+            Box::new(ConcatRows {
+                parts: raws,
+                dims: self.dims.clone(),
+            }),
+        ))
+    }
 }
 
 /// Stack `parts` (each `[rows_k, rest..]`, same dtype and trailing dims) along the first axis.

@@ -715,14 +715,24 @@ pub fn apply_fp8(
                 ),
             });
         }
-        let wamax = source_amax(inner.as_ref()).map_err(|e| ExportError::Model {
-            component: "fp8",
-            reason: format!("{g}: reading `{w}`: {e}"),
-        })?;
-        let scale = fp8_scale(wamax, scale_dtype);
-        initializers[wi] = Initializer::External {
-            name: w.clone(),
-            source: Box::new(Fp8Weight { inner, scale }),
+        let scale = if let Some((official, raw)) = inner.fp8_origin() {
+            // The official fp8 checkpoint: its bytes and per-tensor scale as they are.
+            initializers[wi] = Initializer::External {
+                name: w.clone(),
+                source: raw,
+            };
+            official
+        } else {
+            let wamax = source_amax(inner.as_ref()).map_err(|e| ExportError::Model {
+                component: "fp8",
+                reason: format!("{g}: reading `{w}`: {e}"),
+            })?;
+            let scale = fp8_scale(wamax, scale_dtype);
+            initializers[wi] = Initializer::External {
+                name: w.clone(),
+                source: Box::new(Fp8Weight { inner, scale }),
+            };
+            scale
         };
         let ws = format!("{w}/scale");
         new_inits.push(Initializer::Inline {

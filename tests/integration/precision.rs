@@ -245,20 +245,108 @@ fn bf16_graphs_are_valid_and_mirror_fp16() {
 /// `hyvideo-export calibrate` on the fp32 tiny bundle, then the fp8 transformer exported with
 /// its scales: the selected Linear layers carry Q/DQ on input and weight, the excluded ones none,
 /// and the graph runs on ONNX Runtime CPU close to fp32.
+/// `hyvideo-export calibrate` on the tiny fp32 bundle, once.
+fn calibrated_scales() -> &'static Path {
+    static S: OnceLock<PathBuf> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let scales = dir.join("scales.json");
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
+            .args(["calibrate", "--bundle"])
+            .arg(crate::generate::full_bundle())
+            .arg("--out")
+            .arg(&scales)
+            .args(["--video-size", "32", "48", "--steps", "2", "--threads", "2"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        scales
+    })
+}
+
+/// The Tencent fp8 checkpoint exported at fp8 keeps its weights' bytes and official scales.
+#[test]
+fn fp8_export_of_the_official_fp8_file_keeps_its_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("fp8");
+    let tencent = crate::common::fixtures().join("tencent");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
+        .arg("onnx")
+        .arg("--model")
+        .arg(crate::common::tiny_model())
+        .arg("--out")
+        .arg(&b)
+        .args([
+            "--components",
+            "transformer",
+            "--precision",
+            "fp8",
+            "--transformer",
+        ])
+        .arg(tencent.join("transformer_fp8_e4m3fn.safetensors"))
+        .arg("--scales")
+        .arg(calibrated_scales())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = load_graph(&b.join("transformer.onnx"));
+    let g = m.graph.as_ref().unwrap();
+    let data = std::fs::read(b.join("transformer.onnx.data")).unwrap();
+    let weight = |name: &str| -> Vec<u8> {
+        let t = g.initializer.iter().find(|t| t.name == name).unwrap();
+        assert_eq!(t.data_type, 17, "{name}");
+        let field = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.parse::<usize>().unwrap())
+                .unwrap()
+        };
+        let (off, len) = (field("offset"), field("length"));
+        data[off..off + len].to_vec()
+    };
+    let file = std::fs::read(tencent.join("transformer_fp8_e4m3fn.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let map = std::fs::read(tencent.join("transformer_fp8_e4m3fn_map.safetensors")).unwrap();
+    let map = safetensors::SafeTensors::deserialize(&map).unwrap();
+    for (ours, theirs) in [
+        (
+            "transformer_blocks.0.attn.to_qkv.weight",
+            "double_blocks.0.img_attn_qkv",
+        ),
+        (
+            "single_transformer_blocks.1.linear1.weight",
+            "single_blocks.1.linear1",
+        ),
+        (
+            "transformer_blocks.1.ff.net.2.weight",
+            "double_blocks.1.img_mlp.fc2",
+        ),
+    ] {
+        let raw = st.tensor(&format!("{theirs}.weight")).unwrap();
+        assert_eq!(weight(ours), raw.data(), "{ours}: fp8 bytes as stored");
+        let s = map.tensor(theirs).unwrap().data().to_vec();
+        let official = f32::from_le_bytes(s[..4].try_into().unwrap());
+        let scale = g
+            .initializer
+            .iter()
+            .find(|t| t.name == format!("{ours}/scale"))
+            .unwrap();
+        assert_eq!(scale.data_type, 10, "fp16 scale");
+        let bits = u16::from_le_bytes([scale.raw_data[0], scale.raw_data[1]]);
+        let got = half::f16::from_bits(bits).to_f32();
+        assert!(
+            ((got - official) / official).abs() < 1e-3,
+            "{ours}: scale {got} vs official {official}"
+        );
+    }
+}
+
 #[test]
 fn fp8_transformer_from_calibrated_scales() {
     use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
-    let scales = dir.path().join("scales.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
-        .args(["calibrate", "--bundle"])
-        .arg(crate::generate::full_bundle())
-        .arg("--out")
-        .arg(&scales)
-        .args(["--video-size", "32", "48", "--steps", "2", "--threads", "2"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let scales = calibrated_scales().to_path_buf();
     let export = |extra: &[&std::ffi::OsStr], out: &Path| {
         Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
             .arg("onnx")

@@ -265,6 +265,14 @@ impl crate::onnx::TensorSource for TensorStream {
     fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
         TensorStream::write_to(self, w)
     }
+
+    fn fp8_origin(&self) -> Option<(f32, Box<dyn crate::onnx::TensorSource>)> {
+        let d = self.dequant?;
+        let mut raw = self.clone();
+        raw.dequant = None;
+        raw.target = DType::F8E4M3;
+        Some((d.scale, Box::new(raw)))
+    }
 }
 
 #[cfg(test)]

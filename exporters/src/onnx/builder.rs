@@ -36,6 +36,12 @@ pub trait TensorSource: Send {
     fn byte_len(&self) -> u64;
     /// Write the tensor's bytes.
     fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()>;
+    /// For a tensor dequantised from FLOAT8E4M3FN with one per-tensor scale (the official fp8
+    /// checkpoint): that scale and the stored fp8 bytes, so an FP8 graph can use them as they
+    /// are. `None` for everything else.
+    fn fp8_origin(&self) -> Option<(f32, Box<dyn TensorSource>)> {
+        None
+    }
 }
 
 /// One dimension of a graph input or output shape.
