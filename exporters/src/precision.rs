@@ -225,37 +225,52 @@ struct Converted {
     to: FloatType,
 }
 
-struct ConvertingWriter<'a> {
-    out: &'a mut dyn Write,
-    to: FloatType,
+/// A `Write` that hands the complete little-endian f32 values it receives to `f`, chunk by
+/// chunk (a value split across writes is completed first): the one adapter behind streaming
+/// conversion, amax and quantisation of f32 tensor sources.
+struct F32Sink<F: FnMut(&[f32]) -> std::io::Result<()>> {
+    f: F,
     pending: Vec<u8>,
-    buf: Vec<u8>,
+    values: Vec<f32>,
 }
 
-impl Write for ConvertingWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.to == FloatType::F32 {
-            self.out.write_all(data)?;
-            return Ok(data.len());
+impl<F: FnMut(&[f32]) -> std::io::Result<()>> F32Sink<F> {
+    fn new(f: F) -> Self {
+        F32Sink {
+            f,
+            pending: Vec::new(),
+            values: Vec::new(),
         }
+    }
+
+    /// Stream `src` through `f`; a trailing partial value is an error.
+    fn run(src: &dyn TensorSource, f: F) -> std::io::Result<()> {
+        let mut sink = Self::new(f);
+        src.write_to(&mut sink)?;
+        if sink.pending.is_empty() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("float32 tensor of a partial element"))
+        }
+    }
+}
+
+impl<F: FnMut(&[f32]) -> std::io::Result<()>> Write for F32Sink<F> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.pending.extend_from_slice(data);
         let whole = self.pending.len() / 4 * 4;
-        self.buf.clear();
-        for c in self.pending[..whole].chunks_exact(4) {
-            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            let bits = if self.to == FloatType::F16 {
-                f32_to_f16(v)
-            } else {
-                f32_to_bf16(v)
-            };
-            self.buf.extend_from_slice(&bits.to_le_bytes());
-        }
-        self.out.write_all(&self.buf)?;
+        self.values.clear();
+        self.values.extend(
+            self.pending[..whole]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        (self.f)(&self.values)?;
         self.pending.drain(..whole);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        Ok(())
     }
 }
 
@@ -273,17 +288,23 @@ impl TensorSource for Converted {
         }
     }
     fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
-        let mut cw = ConvertingWriter {
-            out: w,
-            to: self.to,
-            pending: Vec::new(),
-            buf: Vec::new(),
-        };
-        self.inner.write_to(&mut cw)?;
-        if !cw.pending.is_empty() {
-            return Err(std::io::Error::other("float32 tensor of a partial element"));
+        if self.to == FloatType::F32 {
+            return self.inner.write_to(w);
         }
-        Ok(())
+        let to = self.to;
+        let mut buf = Vec::new();
+        F32Sink::run(self.inner.as_ref(), |vals| {
+            buf.clear();
+            for &v in vals {
+                let bits = if to == FloatType::F16 {
+                    f32_to_f16(v)
+                } else {
+                    f32_to_bf16(v)
+                };
+                buf.extend_from_slice(&bits.to_le_bytes());
+            }
+            w.write_all(&buf)
+        })
     }
 }
 
@@ -522,33 +543,12 @@ pub fn fp8_scale(amax: f32, dtype: FloatType) -> f32 {
 
 /// Max |x| of an f32 tensor source, streamed.
 fn source_amax(src: &dyn TensorSource) -> std::io::Result<f32> {
-    struct Amax {
-        max: f32,
-        pending: Vec<u8>,
-    }
-    impl Write for Amax {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            self.pending.extend_from_slice(data);
-            let whole = self.pending.len() / 4 * 4;
-            for c in self.pending[..whole].chunks_exact(4) {
-                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs();
-                if v > self.max {
-                    self.max = v;
-                }
-            }
-            self.pending.drain(..whole);
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut a = Amax {
-        max: 0.0,
-        pending: vec![],
-    };
-    src.write_to(&mut a)?;
-    Ok(a.max)
+    let mut max = 0f32;
+    F32Sink::run(src, |vals| {
+        max = vals.iter().fold(max, |m, v| m.max(v.abs()));
+        Ok(())
+    })?;
+    Ok(max)
 }
 
 /// An f32 weight written as FLOAT8E4M3FN: `fp8(clamp(w / scale, ±448))`, streamed.
@@ -568,37 +568,16 @@ impl TensorSource for Fp8Weight {
         self.inner.byte_len() / 4
     }
     fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
-        struct Q<'a> {
-            out: &'a mut dyn Write,
-            inv: f32,
-            pending: Vec<u8>,
-            buf: Vec<u8>,
-        }
-        impl Write for Q<'_> {
-            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-                self.pending.extend_from_slice(data);
-                let whole = self.pending.len() / 4 * 4;
-                self.buf.clear();
-                for c in self.pending[..whole].chunks_exact(4) {
-                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * self.inv;
-                    self.buf
-                        .push(crate::checkpoint::f32_to_f8e4m3(v.clamp(-FP8_MAX, FP8_MAX)));
-                }
-                self.out.write_all(&self.buf)?;
-                self.pending.drain(..whole);
-                Ok(data.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                self.out.flush()
-            }
-        }
-        let mut q = Q {
-            out: w,
-            inv: 1.0 / self.scale,
-            pending: vec![],
-            buf: vec![],
-        };
-        self.inner.write_to(&mut q)
+        let inv = 1.0 / self.scale;
+        let mut buf = Vec::new();
+        F32Sink::run(self.inner.as_ref(), |vals| {
+            buf.clear();
+            buf.extend(
+                vals.iter()
+                    .map(|v| crate::checkpoint::f32_to_f8e4m3((v * inv).clamp(-FP8_MAX, FP8_MAX))),
+            );
+            w.write_all(&buf)
+        })
     }
 }
 

@@ -49,12 +49,9 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-#[test]
-fn fp16_graphs_stay_close_to_fp32() {
-    let b = bundle(Precision::Fp16);
+/// Relative L2 error of the bundle's transformer on the golden `video` case.
+fn transformer_video_error(b: &Path) -> f64 {
     let m = Manifest::load(b).unwrap();
-    assert_eq!(m.precision, Precision::Fp16);
-    // transformer, golden `video` case
     let mut t = Transformer::load(b, &m, &cfg()).unwrap();
     let g = |n: &str| golden("transformer.safetensors", &format!("video.{n}"));
     let (es, e) = g("encoder_hidden_states");
@@ -69,12 +66,16 @@ fn fp16_graphs_stay_close_to_fp32() {
             guidance: Some(&g("guidance").1),
         })
         .unwrap();
-    let e_t = rel_l2(
-        out.data(),
-        golden("transformer.safetensors", "video.sample")
-            .1
-            .as_slice(),
-    );
+    rel_l2(out.data(), &g("sample").1)
+}
+
+#[test]
+fn fp16_graphs_stay_close_to_fp32() {
+    let b = bundle(Precision::Fp16);
+    let m = Manifest::load(b).unwrap();
+    assert_eq!(m.precision, Precision::Fp16);
+    // transformer, golden `video` case
+    let e_t = transformer_video_error(b);
     // VAE decoder, golden `small` case
     let mut vae = VaeDecoder::load(b, &m, &cfg()).unwrap();
     let z = golden5("vae_decode.safetensors", "small.latents");
@@ -422,27 +423,7 @@ fn fp8_transformer_from_calibrated_scales() {
     assert_eq!(selected, 26);
     assert!(excluded >= 10, "{excluded}");
 
-    let man = Manifest::load(&b).unwrap();
-    let mut t = Transformer::load(&b, &man, &cfg()).unwrap();
-    let gv = |n: &str| golden("transformer.safetensors", &format!("video.{n}"));
-    let (es, e) = gv("encoder_hidden_states");
-    let (ms, mk) = golden_i64("transformer.safetensors", "video.encoder_attention_mask");
-    let (ps, p) = gv("pooled_projections");
-    let text = TextConditioning::new((&es, e), (&ms, mk), (&ps, p)).unwrap();
-    let out = t
-        .predict(&StepInput {
-            latents: &golden5("transformer.safetensors", "video.hidden_states"),
-            timestep: &gv("timestep").1,
-            text: &text,
-            guidance: Some(&gv("guidance").1),
-        })
-        .unwrap();
-    let err = rel_l2(
-        out.data(),
-        golden("transformer.safetensors", "video.sample")
-            .1
-            .as_slice(),
-    );
+    let err = transformer_video_error(&b);
     eprintln!("fp8 (weights + activations, calibrated) vs fp32: relative L2 {err:.3e}");
     assert!(err <= 0.15 && err > 1e-2, "{err:.3e}");
 
