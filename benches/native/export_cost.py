@@ -24,9 +24,11 @@ shared pages), and /proc/<pid>/status is sampled every `--sample-ms` to split th
 anonymous (RssAnon) and file-backed (RssFile, e.g. mmapped checkpoint pages). Wall time is from
 spawn to exit. The bundle is deleted after each run.
 
-Run (needs a release build: `cargo build --release --bin hyvideo-export`):
+Run from the repo root (needs a release build: `cargo build --release --bin hyvideo-export`,
+and the bench venv: `./benches/native/setup.sh`):
 
-    /work/venv/bin/python benches/native/export_cost.py --sizes small,large --json cost.json
+    ./benches/native/setup.sh
+    .venv-bench/bin/python benches/native/export_cost.py --sizes small,large --json cost.json
 
 Check the generator alone (no exporter): `--sizes tiny --generate-only --verify`.
 Exit status: 0 if every export ran, 1 if one failed, 2 on a usage error or too little disk.
@@ -350,7 +352,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run: /work/venv/bin/python benches/native/export_cost.py --sizes small,large --json cost.json",
+        epilog="Run (repo root): ./benches/native/setup.sh; "
+               ".venv-bench/bin/python benches/native/export_cost.py --sizes small,large --json cost.json",
     )
     ap.add_argument("--sizes", default="small,large",
                     help=f"comma-separated presets ({', '.join(PRESETS)}) or HEADSxDUALxSINGLE "

@@ -27,9 +27,10 @@ built, parameter counts, seeds, versions).
 
 Deterministic: a rerun writes byte-identical files. Offline: no hub, no network. The folder is
 built as `.<name>.partial` beside DIR and renamed into place at the end; an existing DIR is
-replaced only if it is empty or holds a model_index.json.
+replaced only if it is empty or holds a model_index.json. From the repo root:
 
-    /work/venv/bin/python benches/native/make_bench_model.py --out /tmp/benchmodel
+    ./benches/native/setup.sh   # once: the bench venv .venv-bench/
+    .venv-bench/bin/python benches/native/make_bench_model.py --out /tmp/benchmodel
 """
 
 from __future__ import annotations

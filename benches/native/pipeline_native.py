@@ -18,9 +18,10 @@ with `HunyuanVideoPipeline.from_pretrained(dtype=torch.float32)` and runs the ge
 
 Writes `--out` (safetensors, the stage outputs) and `--json` (timings, peak RSS, settings,
 versions); prints a min/median/max table. The output contract is in benches/native/README.md
-("pipeline_native.py"); `hyvideo bench --native` reads both files.
+("pipeline_native.py"); `hyvideo bench --native` reads both files. From the repo root:
 
-    /work/venv/bin/python benches/native/pipeline_native.py --model /tmp/benchmodel --threads 2 \\
+    ./benches/native/setup.sh   # once: the bench venv .venv-bench/
+    .venv-bench/bin/python benches/native/pipeline_native.py --model /tmp/benchmodel --threads 2 \\
         --out native.safetensors --json native.json
 
 Exit status: 0 on success, 1 if a stage failed or produced non-finite values, 2 on a usage error

@@ -19,9 +19,11 @@ the first 48 are valid (right-padded), timestep 500, guidance 6000, pooled [1,76
 It also checks the two ONNX outputs against PyTorch (max |diff| / max |torch output|; ours must
 be ≤ 1e-4) and prints the issue's goal: ours ≤ 0.8× PyTorch and ours < torch-export.
 
-Run (from anywhere; needs a release build: `cargo build --release --bin hyvideo-export`):
+Run from the repo root (needs a release build: `cargo build --release --bin hyvideo-export`,
+and the bench venv: `./benches/native/setup.sh`):
 
-    /work/venv/bin/python benches/native/transformer_forward.py --threads 2 --json out.json
+    ./benches/native/setup.sh
+    .venv-bench/bin/python benches/native/transformer_forward.py --threads 2 --json out.json
 
 Exit status: 0 if everything ran (whatever the PASS/FAIL lines say), 1 if a path failed (the
 remaining paths are still timed and reported), 2 on a usage error.
@@ -374,7 +376,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run: /work/venv/bin/python benches/native/transformer_forward.py --threads 2 --json out.json",
+        epilog="Run (repo root): ./benches/native/setup.sh; "
+               ".venv-bench/bin/python benches/native/transformer_forward.py --threads 2 --json out.json",
     )
     ap.add_argument("--threads", type=int, default=2, help="threads for every path (default 2)")
     ap.add_argument("--runs", type=int, default=7, help="timed runs per path (default 7)")
