@@ -40,6 +40,19 @@ pub enum TextError {
     EmptyPrompt,
     #[error("prompt template must contain one `{{}}` placeholder: {0:?}")]
     Template(String),
+    /// Every token of `prompt` lies in the first `crop_start` positions that are dropped after
+    /// encoding: the text encoder would see no prompt at all (NaN in the transformer's text
+    /// attention at step 1).
+    #[error(
+        "prompt {prompt:?}: no token of it is left after dropping the first {crop_start} \
+         (template) positions; {} encodes the prompt template to an unexpected length",
+        .path.display()
+    )]
+    CroppedAway {
+        prompt: String,
+        path: PathBuf,
+        crop_start: usize,
+    },
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> TextError {
@@ -63,7 +76,14 @@ pub struct Tokens {
 /// `tokenizer.json` (+ the pad token named in `tokenizer_config.json`) of a tokenizer folder.
 fn load_tokenizer(dir: &Path) -> Result<(Tokenizer, u32, String), TextError> {
     let file = dir.join("tokenizer.json");
-    let tokenizer = Tokenizer::from_file(&file).map_err(|e| tok_err(&file, e))?;
+    let mut tokenizer = Tokenizer::from_file(&file).map_err(|e| tok_err(&file, e))?;
+    // transformers saves the last padding / truncation state into tokenizer.json (e.g. after a
+    // pipeline ran before `save_pretrained`); encoding must not depend on it: drop it, and let
+    // [`fixed_length`] set ours.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| tok_err(&file, e))?;
     let cfg_file = dir.join("tokenizer_config.json");
     let cfg: serde_json::Value = std::fs::read_to_string(&cfg_file)
         .map_err(|e| tok_err(&cfg_file, e))
@@ -110,12 +130,14 @@ fn fixed_length(
     Ok(t)
 }
 
-/// Encode `texts` with a [`fixed_length`] tokenizer of `len` tokens.
+/// Encode `texts` with a [`fixed_length`] tokenizer of `len` tokens; `check` sees each row's
+/// encoding first.
 fn encode_fixed(
     t: &Tokenizer,
     path: &Path,
     texts: &[String],
     len: usize,
+    mut check: impl FnMut(usize, &tokenizers::Encoding) -> Result<(), TextError>,
 ) -> Result<Tokens, TextError> {
     let mut out = Tokens {
         batch: texts.len(),
@@ -128,6 +150,13 @@ fn encode_fixed(
         let enc = t
             .encode(text.as_str(), true)
             .map_err(|e| tok_err(path, e))?;
+        if enc.len() != len {
+            return Err(tok_err(
+                path,
+                format!("encoded to {} tokens instead of {len}", enc.len()),
+            ));
+        }
+        check(row, &enc)?;
         if !enc.get_overflowing().is_empty() {
             out.truncated.push(row);
         }
@@ -179,12 +208,32 @@ impl LlamaPrompts {
             .len();
         // diffusers: the template's length minus the `{}` placeholder and `<|eot_id|>`.
         let crop_start = n.saturating_sub(2);
+        Self::new(
+            tokenizer,
+            path,
+            template,
+            crop_start,
+            max_sequence_length,
+            pad_id,
+            &pad,
+        )
+    }
+
+    fn new(
+        tokenizer: Tokenizer,
+        path: PathBuf,
+        template: &str,
+        crop_start: usize,
+        max_sequence_length: usize,
+        pad_id: u32,
+        pad: &str,
+    ) -> Result<LlamaPrompts, TextError> {
         let tokenizer = fixed_length(
             &tokenizer,
             &path,
             crop_start + max_sequence_length,
             pad_id,
-            &pad,
+            pad,
         )?;
         Ok(LlamaPrompts {
             tokenizer,
@@ -216,7 +265,33 @@ impl LlamaPrompts {
             .iter()
             .map(|p| self.template.replacen("{}", p, 1))
             .collect();
-        encode_fixed(&self.tokenizer, &self.path, &texts, self.encoder_len())
+        // The prompt's bytes in each text; a row none of whose kept tokens (past `crop_start`,
+        // not padding) covers them lost the whole prompt to the crop.
+        let start = self.template.find("{}").unwrap_or(0);
+        encode_fixed(
+            &self.tokenizer,
+            &self.path,
+            &texts,
+            self.encoder_len(),
+            |row, enc| {
+                let end = start + prompts[row].len();
+                let kept = enc
+                    .get_offsets()
+                    .iter()
+                    .zip(enc.get_attention_mask())
+                    .skip(self.crop_start)
+                    .any(|(&(a, b), &m)| m == 1 && a < end && b > start);
+                if kept {
+                    Ok(())
+                } else {
+                    Err(TextError::CroppedAway {
+                        prompt: prompts[row].to_owned(),
+                        path: self.path.clone(),
+                        crop_start: self.crop_start,
+                    })
+                }
+            },
+        )
     }
 }
 
@@ -239,7 +314,13 @@ impl ClipPrompts {
     pub fn encode(&self, prompts: &[&str]) -> Result<Tokens, TextError> {
         check_prompts(prompts)?;
         let texts: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
-        encode_fixed(&self.tokenizer, &self.path, &texts, CLIP_MAX_LENGTH)
+        encode_fixed(
+            &self.tokenizer,
+            &self.path,
+            &texts,
+            CLIP_MAX_LENGTH,
+            |_, _| Ok(()),
+        )
     }
 }
 
@@ -301,6 +382,85 @@ mod tests {
         assert_eq!(t.truncated, vec![3]);
         // Truncation keeps the end-of-text token last.
         assert_eq!(t.input_ids[4 * 77 - 1], 49407);
+    }
+
+    /// A copy of the tiny `tokenizer/` (or `tokenizer_2/`) folder whose `tokenizer.json` stores
+    /// the padding and truncation state transformers saves after a pipeline ran: padded and cut
+    /// to `len` tokens (Llama: 95 + 256).
+    fn with_stored_state(folder: &str, len: usize) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = fixtures().join("tiny").join(folder);
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+        }
+        let file = tmp.path().join("tokenizer.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let (_, pad_id, pad) = load_tokenizer(&src).unwrap();
+        json["padding"] = serde_json::json!({
+            "strategy": {"Fixed": len},
+            "direction": "Right",
+            "pad_to_multiple_of": null,
+            "pad_id": pad_id,
+            "pad_type_id": 0,
+            "pad_token": pad,
+        });
+        json["truncation"] = serde_json::json!({
+            "direction": "Right",
+            "max_length": len,
+            "strategy": "LongestFirst",
+            "stride": 0,
+        });
+        std::fs::write(&file, serde_json::to_string(&json).unwrap()).unwrap();
+        tmp
+    }
+
+    #[test]
+    fn padding_and_truncation_stored_in_tokenizer_json_change_nothing() {
+        let p = prompts();
+        let refs: Vec<&str> = p.iter().map(String::as_str).collect();
+        let clean = LlamaPrompts::load(&fixtures().join("tiny/tokenizer")).unwrap();
+        for len in [351, 64] {
+            let dir = with_stored_state("tokenizer", len);
+            let stored = LlamaPrompts::load(dir.path()).unwrap();
+            assert_eq!(stored.crop_start(), 95, "stored state of {len} tokens");
+            assert_eq!(stored.encode(&refs).unwrap(), clean.encode(&refs).unwrap());
+        }
+        let clean = ClipPrompts::load(&fixtures().join("tiny/tokenizer_2")).unwrap();
+        for len in [77, 20] {
+            let dir = with_stored_state("tokenizer_2", len);
+            let stored = ClipPrompts::load(dir.path()).unwrap();
+            assert_eq!(stored.encode(&refs).unwrap(), clean.encode(&refs).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_prompt_cropped_away_is_an_error_naming_it_and_the_tokenizer() {
+        let dir = fixtures().join("tiny/tokenizer");
+        // A template with more after `{}` than diffusers' `crop_start` rule assumes (one
+        // `<|eot_id|>`): the crop starts past the prompt.
+        let template = format!("{PROMPT_TEMPLATE}{}", "<|eot_id|>".repeat(20));
+        let llama = LlamaPrompts::with_template(&dir, &template, 256).unwrap();
+        let e = llama.encode(&["A cat walks."]).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, TextError::CroppedAway { .. }), "{msg}");
+        assert!(
+            msg.contains("A cat walks.") && msg.contains("tokenizer/tokenizer.json"),
+            "{msg}"
+        );
+        // The issue's case: a template encoded padded (crop_start 349) crops every prompt
+        // token away, in every row that has one.
+        let (tokenizer, pad_id, pad) = load_tokenizer(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        let llama =
+            LlamaPrompts::new(tokenizer, path, PROMPT_TEMPLATE, 349, 256, pad_id, &pad).unwrap();
+        match llama.encode(&["fine", "A dog."]) {
+            Err(TextError::CroppedAway { prompt, path, .. }) => {
+                assert_eq!(prompt, "fine");
+                assert!(path.ends_with("tokenizer/tokenizer.json"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

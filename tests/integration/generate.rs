@@ -201,6 +201,27 @@ fn bundles_missing_parts_or_from_another_exporter_are_refused() {
 }
 
 #[test]
+fn tokenizer_json_with_a_stored_padding_state_generates_the_same_video() {
+    // Bundles exported from a folder saved after a pipeline ran carry its tokenizer.json
+    // padding / truncation state; before, crop_start came out 349 and step 1 gave NaN.
+    let (dir, b) = edited_bundle(|b| {
+        crate::text_encoders::store_tokenizer_state(&b.join("tokenizer"), 351);
+        crate::text_encoders::store_tokenizer_state(&b.join("tokenizer_2"), 77);
+    });
+    let lat = dir.path().join("final.safetensors");
+    let o = generate(
+        &b,
+        &dir.path().join("video.safetensors"),
+        &["--output-latents", lat.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let latents = hyvideo::latents::read_tensor5(&lat, "latents").unwrap();
+    let (_, want) = golden(PIPE, "final_latents");
+    let err = rel_max_err(latents.data(), &want);
+    assert!(err <= 1e-3, "final latents: {err:.3e}");
+}
+
+#[test]
 fn saved_latents_replace_the_seed_and_must_fit_the_size() {
     let dir = tempfile::tempdir().unwrap();
     let (shape, init) = golden(PIPE, "init_latents");

@@ -359,3 +359,62 @@ fn checkpoint_without_a_token_embedding_is_refused() {
         "{e}"
     );
 }
+
+/// Write into `<dir>/tokenizer.json` the padding and truncation state transformers saves there
+/// when a pipeline ran before `save_pretrained`: pad (right, with the folder's pad token) and
+/// cut to `len` tokens.
+pub fn store_tokenizer_state(dir: &Path, len: usize) {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let pad = cfg["pad_token"].as_str().unwrap().to_owned();
+    let file = dir.join("tokenizer.json");
+    let pad_id = tokenizers::Tokenizer::from_file(&file)
+        .unwrap()
+        .token_to_id(&pad)
+        .unwrap();
+    edit_json(&file, |v| {
+        v["padding"] = serde_json::json!({
+            "strategy": {"Fixed": len},
+            "direction": "Right",
+            "pad_to_multiple_of": null,
+            "pad_id": pad_id,
+            "pad_type_id": 0,
+            "pad_token": pad,
+        });
+        v["truncation"] = serde_json::json!({
+            "direction": "Right",
+            "max_length": len,
+            "strategy": "LongestFirst",
+            "stride": 0,
+        });
+    });
+}
+
+#[test]
+fn tokenizer_state_stored_in_the_model_folder_changes_no_embedding() {
+    // A diffusers folder saved after a pipeline ran: both tokenizer.json files remember
+    // padding / truncation to the encoder lengths (Llama 95 + 256, CLIP 77).
+    let tmp = model_copy();
+    let model = tmp.path();
+    store_tokenizer_state(&model.join("tokenizer"), 351);
+    store_tokenizer_state(&model.join("tokenizer_2"), 77);
+    let bundle = export_ok(model, &[Component::TextEncoder, Component::TextEncoder2]);
+    let llama = hyvideo::text::LlamaPrompts::load(&bundle.join("tokenizer")).unwrap();
+    assert_eq!(llama.crop_start(), 95);
+
+    let clean = text_encoders_bundle();
+    let config = SessionConfig::default().with_intra_threads(Some(2));
+    let load = |b: &Path| {
+        hyvideo::pipeline::TextEncoders::load(b, &Manifest::load(b).unwrap(), &config).unwrap()
+    };
+    let (mut stored, mut clean) = (load(&bundle), load(clean));
+    let prompts = ["A cat walks on the grass, realistic style.", "A dog."];
+    let a = stored.encode(&prompts, || {}).unwrap();
+    let b = clean.encode(&prompts, || {}).unwrap();
+    assert!(a.text.embeds().iter().all(|v| v.is_finite()));
+    assert_eq!(a.text.mask(), b.text.mask());
+    assert_eq!(a.text.embeds(), b.text.embeds());
+    assert_eq!(a.text.pooled(), b.text.pooled());
+    assert!(a.text.mask().contains(&1));
+}
