@@ -142,14 +142,52 @@ fn weight_dtype(_precision: Precision) -> Result<DType> {
     Ok(DType::F32)
 }
 
-/// The sub-folder of the model directory a component's weights live in.
-fn subfolder(model: &Path, component: Component) -> Result<PathBuf> {
-    let name = match component {
+/// The name of the model-folder sub-folder a component's weights live in.
+pub fn folder_name(component: Component) -> &'static str {
+    match component {
         Component::VaeDecoder => "vae",
         Component::Transformer => "transformer",
         Component::TextEncoder => "text_encoder",
         Component::TextEncoder2 => "text_encoder_2",
+    }
+}
+
+/// Which components a model folder has, for `hyvideo-export onnx` without `--components`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentScan {
+    /// Those whose sub-folder exists (the transformer also when `--transformer FILE` is given),
+    /// in [`Component::ALL`] order.
+    pub present: Vec<Component>,
+    /// The others, with the sub-folder each lacks.
+    pub missing: Vec<(Component, PathBuf)>,
+}
+
+/// Scan `model` for the sub-folders of [`Component::ALL`].
+pub fn scan_components(model: &Path, transformer: &TransformerSource) -> Result<ComponentScan> {
+    if !model.is_dir() {
+        return Err(ExportError::Model {
+            component: "export",
+            reason: format!("--model {} is not a directory", model.display()),
+        });
+    }
+    let mut scan = ComponentScan {
+        present: vec![],
+        missing: vec![],
     };
+    for c in Component::ALL {
+        let dir = model.join(folder_name(c));
+        if dir.is_dir() || (c == Component::Transformer && transformer.file.is_some()) {
+            scan.present.push(c);
+        } else {
+            scan.missing.push((c, dir));
+        }
+    }
+    Ok(scan)
+}
+
+/// The sub-folder of the model directory a component's weights live in.
+fn subfolder(model: &Path, component: Component) -> Result<PathBuf> {
+    let name = folder_name(component);
     let dir = model.join(name);
     if !dir.is_dir() {
         return Err(ExportError::Model {

@@ -3,13 +3,13 @@
 //! `onnx` exports components of a diffusers-format folder; `inspect` prints a bundle's
 //! manifest (precision, exporter version, graph I/O, source checkpoints).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use hyvideo_exporters::bundle::{Component, Manifest, Precision};
-use hyvideo_exporters::export::{ExportRequest, TransformerSource, export};
+use hyvideo_exporters::export::{ExportRequest, TransformerSource, export, scan_components};
 
 #[derive(Parser)]
 #[command(
@@ -55,9 +55,11 @@ struct OnnxArgs {
     /// Precision profile written into the graphs.
     #[arg(long, default_value = "fp32", value_parser = |s: &str| s.parse::<Precision>())]
     precision: Precision,
-    /// Components to export, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "vae_decoder", value_parser = |s: &str| s.parse::<Component>())]
-    components: Vec<Component>,
+    /// Components to export, comma-separated: transformer, vae_decoder, text_encoder,
+    /// text_encoder_2 (default: every one whose sub-folder the model folder has — transformer/,
+    /// vae/, text_encoder/, text_encoder_2/ — the transformer also with --transformer FILE).
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Component>())]
+    components: Option<Vec<Component>>,
     /// A single-file transformer checkpoint (diffusers or Tencent key layout, bf16/fp16/fp32 or
     /// fp8_e4m3fn) replacing the weights in `<model>/transformer/`.
     #[arg(long)]
@@ -146,19 +148,22 @@ fn main() {
 }
 
 fn onnx(args: OnnxArgs) -> Result<()> {
-    if args.components.is_empty() {
-        bail!("--components: give at least one component");
-    }
+    let transformer = TransformerSource {
+        file: args.transformer,
+        fp8_scale_map: args.fp8_scale_map,
+        config: args.config,
+    };
+    let components = match args.components {
+        Some(c) if c.is_empty() => bail!("--components: give at least one component"),
+        Some(c) => c,
+        None => default_components(&args.model, &transformer)?,
+    };
     let req = ExportRequest {
         model: args.model,
         out: args.out,
         precision: args.precision,
-        components: args.components,
-        transformer: TransformerSource {
-            file: args.transformer,
-            fp8_scale_map: args.fp8_scale_map,
-            config: args.config,
-        },
+        components,
+        transformer,
         precision_profile: args.precision_profile,
         fp8_scales: args.scales,
     };
@@ -175,6 +180,29 @@ fn onnx(args: OnnxArgs) -> Result<()> {
     }
     println!("export took {:.3} s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Without `--components`: every component `model` has, naming what was found and skipped.
+fn default_components(model: &Path, transformer: &TransformerSource) -> Result<Vec<Component>> {
+    let scan = scan_components(model, transformer)?;
+    let names = |v: &[Component]| v.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ");
+    if scan.present.is_empty() {
+        bail!(
+            "--model {} has none of the sub-folders transformer/, vae/, text_encoder/, \
+             text_encoder_2/: nothing to export (a diffusers-format HunyuanVideo folder has them; \
+             --transformer FILE supplies the transformer)",
+            model.display()
+        );
+    }
+    eprintln!(
+        "components found in {}: {}",
+        model.display(),
+        names(&scan.present)
+    );
+    for (c, dir) in &scan.missing {
+        eprintln!("skipping {c}: {} does not exist", dir.display());
+    }
+    Ok(scan.present)
 }
 
 fn build(args: BuildArgs) -> Result<()> {

@@ -174,9 +174,109 @@ fn missing_vae_folder() {
     )
     .unwrap();
     let out = dir.path().join("bundle");
-    let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
+    let o = run(
+        export_bin(),
+        &[
+            &"onnx",
+            &"--model",
+            &model,
+            &"--out",
+            &out,
+            &"--components",
+            &"vae_decoder",
+        ],
+    );
     assert_fails(&o, &["vae", "does not exist"]);
     assert!(!out.exists(), "bundle directory left behind");
+    // Without --components: no component folder at all is an error naming them.
+    let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
+    assert_fails(&o, &["none of the sub-folders", "vae/", "text_encoder_2/"]);
+    assert!(!out.exists(), "bundle directory left behind");
+}
+
+/// Components of the bundle at `out`, in manifest order.
+fn bundle_components(out: &Path) -> Vec<hyvideo_exporters::bundle::Component> {
+    let m = hyvideo_exporters::bundle::Manifest::load(out).unwrap();
+    m.components.keys().copied().collect()
+}
+
+#[test]
+fn export_without_components_takes_every_component_the_model_has() {
+    use hyvideo_exporters::bundle::Component as C;
+    let dir = tempfile::tempdir().unwrap();
+    // The whole tiny pipeline: all four.
+    let out = dir.path().join("all");
+    let o = run(
+        export_bin(),
+        &[&"onnx", &"--model", &tiny_model(), &"--out", &out],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("found in")
+            && stderr(&o).contains("transformer, vae_decoder, text_encoder, text_encoder_2"),
+        "{}",
+        stderr(&o)
+    );
+    let mut all = C::ALL.to_vec();
+    all.sort();
+    assert_eq!(bundle_components(&out), all);
+    for f in ["transformer.onnx", "vae_decoder.onnx", "text_encoder.onnx"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(out.join("text_encoder_2.onnx").is_file());
+
+    // A copy without text_encoder_2/: the other three, and the skipped one named.
+    let model = dir.path().join("model");
+    crate::generate::copy_dir(&tiny_model(), &model);
+    std::fs::remove_dir_all(model.join("text_encoder_2")).unwrap();
+    let out = dir.path().join("three");
+    let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipping text_encoder_2")
+            && stderr(&o).contains("text_encoder_2 does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    let mut three = vec![C::Transformer, C::VaeDecoder, C::TextEncoder];
+    three.sort();
+    assert_eq!(bundle_components(&out), three);
+
+    // Without transformer/ too, `--transformer FILE` (and a preset for its config) counts
+    // as the transformer.
+    std::fs::remove_dir_all(model.join("transformer")).unwrap();
+    let out = dir.path().join("single-file");
+    let o = run(export_bin(), &[&"onnx", &"--model", &model, &"--out", &out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipping transformer"),
+        "{}",
+        stderr(&o)
+    );
+    let mut two = vec![C::VaeDecoder, C::TextEncoder];
+    two.sort();
+    assert_eq!(bundle_components(&out), two);
+    let tiny = std::fs::read_to_string(tiny_model().join("transformer/config.json")).unwrap();
+    let preset = dir.path().join("tiny.yaml");
+    std::fs::write(&preset, format!("name: tiny\ntransformer: {tiny}\n")).unwrap();
+    let file = crate::common::fixtures().join("tencent/transformer.safetensors");
+    let out = dir.path().join("single-file-2");
+    let o = run(
+        export_bin(),
+        &[
+            &"onnx",
+            &"--model",
+            &model,
+            &"--out",
+            &out,
+            &"--transformer",
+            &file,
+            &"--config",
+            &preset,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(bundle_components(&out), three);
 }
 
 #[test]
