@@ -6,10 +6,14 @@
 //! (device, ONNX Runtime / TensorRT versions, precision, profile hash), with `engine.yaml`
 //! recording that plus the source graphs' hashes; a run refuses engines whose record does not
 //! match the machine or the bundle. Backends:
-//! - `cpu`: ONNX Runtime's offline-optimised graph for this CPU (`optimized_model_filepath`);
+//! - `cpu`: ONNX Runtime's offline-optimised graph for this CPU (`optimized_model_filepath`),
+//!   with attention fused into `com.microsoft.MultiHeadAttention` ([`crate::graph_load`]);
 //! - `tensorrt`: ONNX Runtime's TensorRT provider with the explicit profile, engine and timing
 //!   caches and an EP-context model, so loading never rebuilds;
-//! - `cuda`: the graphs linked in as they are (the CUDA provider compiles nothing ahead).
+//! - `cuda`: the graphs rewritten to the CUDA provider's fused attention, weights linked in
+//!   (the CUDA provider compiles nothing ahead).
+//!
+//! `engine.yaml` records each component's attention implementation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,9 +23,11 @@ use hyvideo_engines::profile::profile_hash;
 use hyvideo_engines::{
     Backend, BackendKind, Engine, EngineError, InputProfile, SessionConfig, TensorRtOptions,
 };
+use hyvideo_exporters::attention::AttentionKernel;
 use hyvideo_exporters::bundle::{Component, Manifest, ManifestError, TensorSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::graph_load;
 use crate::text::{LlamaPrompts, TextError};
 use crate::vae_tiling;
 
@@ -267,6 +273,11 @@ pub struct EngineEntry {
     /// sha256 of the bundle graph it was built from.
     pub source_sha256: String,
     pub profiles: Vec<InputProfile>,
+    /// The attention the engine runs: `multi_head_attention` (ONNX Runtime's fused operator,
+    /// CPU / CUDA builds) or `standard` (TensorRT fuses the bundle's pattern itself; records
+    /// written before this field was kept are standard too).
+    #[serde(default)]
+    pub attention: AttentionKernel,
 }
 
 /// `engine.yaml`.
@@ -417,19 +428,29 @@ pub fn build(
         let src = bundle.join(&entry.file);
         let name = component.name();
         let input_profiles = &profiles[&component];
+        let mut attention = AttentionKernel::Standard;
         let file = match kind {
             BackendKind::Cpu => {
+                // The optimised graph keeps the fused attention the load put in.
                 let out = staging.path().join(format!("{name}.onnx"));
                 let cfg = base.clone().with_save_optimized(Some(out));
-                Engine::load(&src, &cfg)?;
+                attention = graph_load::load(&src, &cfg)?.kernel();
                 format!("{name}.onnx")
             }
             BackendKind::Cuda => {
-                for f in std::iter::once(&entry.file).chain(entry.data_file.iter()) {
+                // The bundle's weights linked in; the graph rewritten to the CUDA attention.
+                let rewritten = graph_load::rewrite(&src, base)?;
+                let files = std::iter::once(&entry.file).chain(entry.data_file.iter());
+                for f in files.skip(usize::from(rewritten.is_some())) {
                     let (from, to) = (bundle.join(f), staging.path().join(f));
                     if std::fs::hard_link(&from, &to).is_err() {
                         std::fs::copy(&from, &to).map_err(io(&from))?;
                     }
+                }
+                if let Some((bytes, report)) = rewritten {
+                    let to = staging.path().join(&entry.file);
+                    std::fs::write(&to, bytes).map_err(io(&to))?;
+                    attention = report.kernel();
                 }
                 entry.file.clone()
             }
@@ -455,6 +476,7 @@ pub fn build(
                 file,
                 source_sha256: entry.sha256.clone(),
                 profiles: input_profiles.clone(),
+                attention,
             },
         );
     }

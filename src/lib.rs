@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod denoise;
 pub mod engine_set;
+pub mod graph_load;
 pub mod latents;
 pub mod memory;
 pub mod noise;

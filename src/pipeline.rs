@@ -138,8 +138,8 @@ impl TextEncoders {
         let llama_tokens = LlamaPrompts::load(&files.bundle.join("tokenizer"))?;
         let clip_tokens = ClipPrompts::load(&files.bundle.join("tokenizer_2"))?;
         Ok(TextEncoders {
-            llama: Engine::load(&llama, config)?,
-            clip: Engine::load(&clip, config)?,
+            llama: crate::graph_load::load_engine(&llama, config)?,
+            clip: crate::graph_load::load_engine(&clip, config)?,
             llama_tokens,
             clip_tokens,
         })

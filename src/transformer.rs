@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
+use hyvideo_exporters::attention::AttentionKernel;
 use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
 use crate::engine_set::ModelFiles;
@@ -164,6 +165,33 @@ impl TextConditioning {
         }
     }
 
+    /// Valid tokens of row `b`: Σ mask (diffusers' rule: token j is valid iff j < Σ mask).
+    pub fn valid_len(&self, b: usize) -> usize {
+        self.mask[b * self.len..(b + 1) * self.len]
+            .iter()
+            .filter(|&&m| m != 0)
+            .count()
+    }
+
+    /// Rows `rows` with their first `keep` tokens, all marked valid.
+    fn rows_cropped(&self, rows: std::ops::Range<usize>, keep: usize) -> TextConditioning {
+        let n = rows.len();
+        let mut embeds = Vec::with_capacity(n * keep * self.dim);
+        for b in rows.clone() {
+            let e = b * self.len * self.dim;
+            embeds.extend_from_slice(&self.embeds[e..e + keep * self.dim]);
+        }
+        TextConditioning {
+            batch: n,
+            len: keep,
+            dim: self.dim,
+            pooled_dim: self.pooled_dim,
+            embeds,
+            mask: vec![1; n * keep],
+            pooled: self.pooled[rows.start * self.pooled_dim..rows.end * self.pooled_dim].to_vec(),
+        }
+    }
+
     /// Rows of `self` followed by rows of `other` (the B = 2 batch of true CFG).
     pub fn stack(&self, other: &TextConditioning) -> Result<TextConditioning, TransformerError> {
         if (self.len, self.dim, self.pooled_dim) != (other.len, other.dim, other.pooled_dim) {
@@ -205,6 +233,9 @@ pub trait VelocityModel {
 pub struct Transformer {
     engine: Engine,
     guidance: bool,
+    /// The graph takes `encoder_attention_mask` (bundles exported before it was dropped).
+    mask: bool,
+    attention: AttentionKernel,
 }
 
 impl Transformer {
@@ -222,20 +253,33 @@ impl Transformer {
         files: &ModelFiles<'_>,
         config: &SessionConfig,
     ) -> Result<Transformer, TransformerError> {
-        let engine = Engine::load(&files.path(Component::Transformer)?, config)?;
-        let guidance = engine.input_names().iter().any(|n| n == GUIDANCE);
-        Ok(Transformer { engine, guidance })
+        Self::load_file(&files.path(Component::Transformer)?, config)
     }
 
     /// Load a transformer graph file directly (e.g. a calibration variant with extra outputs).
     pub fn load_file(path: &Path, config: &SessionConfig) -> Result<Transformer, TransformerError> {
-        let engine = Engine::load(path, config)?;
+        let loaded = crate::graph_load::load(path, config)?;
+        let engine = loaded.engine;
         let guidance = engine.input_names().iter().any(|n| n == GUIDANCE);
-        Ok(Transformer { engine, guidance })
+        let mask = engine
+            .input_names()
+            .iter()
+            .any(|n| n == ENCODER_ATTENTION_MASK);
+        Ok(Transformer {
+            engine,
+            guidance,
+            mask,
+            attention: loaded.attention.kernel(),
+        })
     }
 
     pub fn provider(&self) -> BackendKind {
         self.engine.provider()
+    }
+
+    /// The attention implementation this session runs.
+    pub fn attention(&self) -> AttentionKernel {
+        self.attention
     }
 
     /// Whether the model takes embedded guidance (`guidance_embeds`).
@@ -253,6 +297,12 @@ impl VelocityModel for Transformer {
 impl Transformer {
     /// [`VelocityModel::predict`], also handing every other graph output (by name) to
     /// `observe` — how calibration reads layer inputs it added as outputs.
+    ///
+    /// The graph attends over every text token it is given (no mask: see the exporter's
+    /// `transformer` module), so each row's text is cropped to its valid tokens first. Rows
+    /// with equally many valid tokens share one call; otherwise (true CFG with a prompt and a
+    /// negative prompt of different lengths) each row is its own batch-1 call. Exact: diffusers
+    /// masks padded text as keys everywhere and discards its outputs.
     pub fn predict_observed(
         &mut self,
         input: &StepInput<'_>,
@@ -271,6 +321,66 @@ impl Transformer {
                 ),
             ));
         }
+        if self.mask {
+            return self.call(input, observe);
+        }
+        let lens: Vec<usize> = (0..b).map(|r| text.valid_len(r)).collect();
+        if let Some(r) = lens.iter().position(|&n| n == 0) {
+            return Err(input_err(
+                "prompt attention mask",
+                format!("row {r} has no valid token"),
+            ));
+        }
+        if lens.iter().all(|&n| n == lens[0]) {
+            let cropped = text.rows_cropped(0..b, lens[0]);
+            return self.call(
+                &StepInput {
+                    text: &cropped,
+                    ..*input
+                },
+                observe,
+            );
+        }
+        if let Some(g) = input.guidance.filter(|g| g.len() != b) {
+            return Err(input_err(
+                "guidance",
+                format!("{} values for batch {b}", g.len()),
+            ));
+        }
+        let per = input.latents.data().len() / b.max(1);
+        let mut data = Vec::with_capacity(input.latents.data().len());
+        let mut row_shape = shape;
+        row_shape[0] = 1;
+        for (r, &len) in lens.iter().enumerate() {
+            let latents = Tensor5::from_vec(
+                row_shape,
+                input.latents.data()[r * per..(r + 1) * per].to_vec(),
+            )
+            .map_err(|e| input_err("latents", e.to_string()))?;
+            let cropped = text.rows_cropped(r..r + 1, len);
+            let out = self.call(
+                &StepInput {
+                    latents: &latents,
+                    timestep: &input.timestep[r..r + 1],
+                    text: &cropped,
+                    guidance: input.guidance.and_then(|g| g.get(r..r + 1)),
+                },
+                observe,
+            )?;
+            data.extend_from_slice(out.data());
+        }
+        Tensor5::from_vec(shape, data).map_err(|e| input_err("transformer output", e.to_string()))
+    }
+
+    /// One graph call on `input` as it is.
+    fn call(
+        &mut self,
+        input: &StepInput<'_>,
+        observe: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<Tensor5, TransformerError> {
+        let shape = input.latents.shape();
+        let b = shape[0];
+        let text = input.text;
         let text_shape = [b, text.len, text.dim];
         let mask_shape = [b, text.len];
         let pooled_shape = [b, text.pooled_dim];
@@ -298,13 +408,6 @@ impl Transformer {
                 },
             ),
             (
-                ENCODER_ATTENTION_MASK,
-                Input::I64 {
-                    shape: &mask_shape,
-                    data: &text.mask,
-                },
-            ),
-            (
                 POOLED_PROJECTIONS,
                 Input::F32 {
                     shape: &pooled_shape,
@@ -312,6 +415,15 @@ impl Transformer {
                 },
             ),
         ];
+        if self.mask {
+            inputs.push((
+                ENCODER_ATTENTION_MASK,
+                Input::I64 {
+                    shape: &mask_shape,
+                    data: &text.mask,
+                },
+            ));
+        }
         if self.guidance {
             let g = input.guidance.ok_or_else(|| {
                 input_err(

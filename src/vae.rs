@@ -59,7 +59,7 @@ impl VaeDecoder {
             .vae
             .clone()
             .ok_or_else(|| VaeError::NoSettings(files.bundle.into()))?;
-        let engine = Engine::load(&path, config)?;
+        let engine = crate::graph_load::load_engine(&path, config)?;
         Ok(VaeDecoder { engine, settings })
     }
 

@@ -15,4 +15,4 @@ pub use error::{EngineError, Result};
 pub use identity::DeviceIdentity;
 pub use profile::{InputProfile, ProfilePoint};
 pub use provider::{Backend, BackendKind, TensorRtOptions};
-pub use session::{Engine, Input, Optimization, SessionConfig, Tensor};
+pub use session::{AttentionPolicy, Engine, Input, Optimization, SessionConfig, Tensor};

@@ -33,6 +33,18 @@ impl Optimization {
     }
 }
 
+/// Which attention a bundle graph runs as when loaded (the rewrite itself is the runtime's,
+/// `hyvideo::graph_load`; these sessions only carry the choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionPolicy {
+    /// The backend's fused kernel where it has one: ONNX Runtime's `MultiHeadAttention` on the
+    /// CPU and CUDA providers; TensorRT fuses the standard form itself.
+    #[default]
+    BackendFused,
+    /// The graph's standard `MatMul → Softmax → MatMul` form, as the bundle stores it.
+    Standard,
+}
+
 /// Everything needed to create a session besides the model path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionConfig {
@@ -45,6 +57,7 @@ pub struct SessionConfig {
     /// Write the graph as optimised for this machine here (weights in `<file>.data`): the CPU
     /// "engine" of `hyvideo-export build`.
     pub save_optimized: Option<PathBuf>,
+    pub attention: AttentionPolicy,
 }
 
 impl Default for SessionConfig {
@@ -55,6 +68,7 @@ impl Default for SessionConfig {
             optimization: Optimization::All,
             ort_lib: None,
             save_optimized: None,
+            attention: AttentionPolicy::BackendFused,
         }
     }
 }
@@ -78,6 +92,11 @@ impl SessionConfig {
     #[must_use]
     pub fn with_ort_lib(mut self, lib: Option<PathBuf>) -> Self {
         self.ort_lib = lib;
+        self
+    }
+    #[must_use]
+    pub fn with_attention(mut self, attention: AttentionPolicy) -> Self {
+        self.attention = attention;
         self
     }
     #[must_use]
@@ -148,6 +167,16 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Load `model` on the configured backend. A provider that cannot be used is an error.
     pub fn load(model: &Path, config: &SessionConfig) -> Result<Engine> {
+        Self::load_source(model, None, config)
+    }
+
+    /// Load the model `bytes` (a rewritten copy of the file `model`), resolving its external
+    /// data files in `model`'s folder, on the configured backend.
+    pub fn load_from_memory(model: &Path, bytes: &[u8], config: &SessionConfig) -> Result<Engine> {
+        Self::load_source(model, Some(bytes), config)
+    }
+
+    fn load_source(model: &Path, bytes: Option<&[u8]>, config: &SessionConfig) -> Result<Engine> {
         if !model.is_file() {
             return Err(EngineError::ModelMissing(model.to_path_buf()));
         }
@@ -201,9 +230,23 @@ impl Engine {
                 reason: e.to_string(),
             }
         })?;
-        let session = builder
-            .commit_from_file(model)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session = match bytes {
+            None => builder.commit_from_file(model),
+            Some(bytes) => {
+                let dir = match model.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                builder = builder
+                    .with_config_entry(
+                        "session.model_external_initializers_file_folder_path",
+                        dir.to_string_lossy(),
+                    )
+                    .map_err(|e| load_err(e.to_string()))?;
+                builder.commit_from_memory(bytes)
+            }
+        }
+        .map_err(|e| load_err(e.to_string()))?;
         let inputs = session
             .inputs()
             .iter()

@@ -14,11 +14,12 @@
 //! transformers casts.
 //!
 //! Graph choices: every `nn.Linear` a 2-D `Gemm` (`transB = 1`) with `q|k|v` fused, attention
-//! `MatMul → Add(causal bias) → Softmax → MatMul`, quick-GELU as `x · sigmoid(1.702 x)`.
+//! [`crate::attention`]'s builder with the causal bias as an additive mask, quick-GELU as `x · sigmoid(1.702 x)`.
 //!
 //! Input `input_ids` i64[B, max_position_embeddings] (77); output `pooler_output`
 //! f32[B, hidden_size]. B dynamic.
 
+use crate::attention::{AttentionMask, Heads, attention};
 use crate::checkpoint::{Checkpoint, ClipTextConfig};
 use crate::error::{ExportError, Result};
 use crate::graph::{Affine, Net};
@@ -105,15 +106,6 @@ impl Clip<'_, '_> {
         self.op("Reshape", prefix, &[x, shape], &[])
     }
 
-    fn transpose(&mut self, prefix: &str, x: &Value, perm: &[i64]) -> Result<Value> {
-        self.op(
-            "Transpose",
-            prefix,
-            &[x],
-            &[Attr::ints("perm", perm.to_vec())],
-        )
-    }
-
     /// `nn.LayerNorm` of `x` [B, L, hidden] as token rows [B·L, hidden].
     fn norm_rows(&mut self, prefix: &str, x: &Value) -> Result<Value> {
         let Dims { hidden, eps, .. } = self.dims;
@@ -148,19 +140,21 @@ impl Clip<'_, '_> {
         let parts = self.net.split(prefix, &qkv, 2, &[h, h, h])?;
         let [q, k, v] = <[Value; 3]>::try_from(parts)
             .map_err(|_| model_err("Split returned the wrong number of outputs".into()))?;
-        let scale = self
-            .net
-            .f32_scalar(prefix, 1.0 / (head_dim as f32).sqrt())?;
-        let q = self.op("Mul", prefix, &[&q, &scale], &[])?;
-        let qt = self.transpose(prefix, &q, &[0, 2, 1, 3])?;
-        let kt = self.transpose(prefix, &k, &[0, 2, 3, 1])?;
-        let vt = self.transpose(prefix, &v, &[0, 2, 1, 3])?;
-        let scores = self.op("MatMul", prefix, &[&qt, &kt], &[])?;
         let bias = self.bias.clone();
-        let scores = self.op("Add", prefix, &[&scores, &bias], &[])?;
-        let probs = self.op("Softmax", prefix, &[&scores], &[Attr::int("axis", -1)])?;
-        let ctx = self.op("MatMul", prefix, &[&probs, &vt], &[])?;
-        let ctx = self.transpose(prefix, &ctx, &[0, 2, 1, 3])?;
+        let layout = Heads {
+            heads,
+            kv_heads: heads,
+            head_dim,
+        };
+        let ctx = attention(
+            self.net,
+            prefix,
+            &q,
+            &k,
+            &v,
+            layout,
+            AttentionMask::Additive(&bias),
+        )?;
         let shape = self.net.i64s(prefix, &[-1, hidden as i64])?;
         let ctx = self.reshape(prefix, &ctx, &shape)?;
         let out = self

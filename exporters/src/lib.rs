@@ -4,6 +4,7 @@
 //! weights, [`graph`] has the shared layers, one module per subnetwork builds its graph, and
 //! [`export`] / [`bundle`] put the results into a self-contained bundle.
 
+pub mod attention;
 pub mod bundle;
 pub mod checkpoint;
 pub mod clip;

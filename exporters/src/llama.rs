@@ -17,7 +17,7 @@
 //! - RoPE cos/sin are computed in the graph from the sequence length (positions `0..L`, as
 //!   `LlamaModel` uses without a cache), `rotate_half` as Split → Neg → Concat;
 //! - key/value heads are repeated to the query heads (`repeat_kv`) by Expand → Reshape, and
-//!   attention is `MatMul → Add(bias) → Softmax → MatMul`;
+//!   attention is [`crate::attention`]'s builder with the bias as an additive mask;
 //! - the mask is transformers' causal mask combined with the padding mask: query `i` attends key
 //!   `j` iff `j <= i` and `attention_mask[j] != 0` (an `[B, 1, L, L]` bias; L ≤ a few hundred
 //!   for text). Masked scores get `f32::MIN` (as transformers' eager mask) rather than `-inf`,
@@ -27,6 +27,7 @@
 //! Inputs `input_ids` i64[B, L], `attention_mask` i64[B, L] (1 = token); output
 //! `hidden_states` f32[B, L, hidden_size]. B and L dynamic.
 
+use crate::attention::{AttentionMask, Heads, attention};
 use crate::checkpoint::{Checkpoint, LlamaConfig};
 use crate::error::{ExportError, Result};
 use crate::graph::Net;
@@ -154,15 +155,6 @@ impl Llama<'_, '_> {
         self.op("Reshape", prefix, &[x, shape], &[])
     }
 
-    fn transpose(&mut self, prefix: &str, x: &Value, perm: &[i64]) -> Result<Value> {
-        self.op(
-            "Transpose",
-            prefix,
-            &[x],
-            &[Attr::ints("perm", perm.to_vec())],
-        )
-    }
-
     /// `Linear`s (all with or all without bias) fused into one `Gemm` on token rows.
     fn linear(
         &mut self,
@@ -208,25 +200,6 @@ impl Llama<'_, '_> {
         self.op("Add", prefix, &[&xc, &xs], &[])
     }
 
-    /// `repeat_kv`: [B, kv_heads, a, b] → [B, heads, a, b], each kv head serving
-    /// `heads / kv_heads` consecutive query heads; `tail` is `[a, b]` for Reshape (one may be
-    /// -1).
-    fn repeat_kv(&mut self, prefix: &str, x: &Value, tail: [i64; 2]) -> Result<Value> {
-        let Dims {
-            heads, kv_heads, ..
-        } = self.dims;
-        let n_rep = heads / kv_heads;
-        if n_rep == 1 {
-            return Ok(x.clone());
-        }
-        let ax = self.i64s(prefix, &[2])?;
-        let x = self.op("Unsqueeze", prefix, &[x, &ax], &[])?;
-        let reps = self.i64s(prefix, &[1, 1, n_rep as i64, 1, 1])?;
-        let x = self.op("Expand", prefix, &[&x, &reps], &[])?;
-        let shape = self.i64s(prefix, &[0, heads as i64, tail[0], tail[1]])?;
-        self.reshape(prefix, &x, &shape)
-    }
-
     /// Grouped-query scaled dot-product attention of q [B, L, heads, d], k, v
     /// [B, L, kv_heads, d] with `bias` [B, 1, L, L]; result as token rows [B·L, heads·d].
     fn attention(
@@ -238,23 +211,25 @@ impl Llama<'_, '_> {
         bias: &Value,
     ) -> Result<Value> {
         let Dims {
-            heads, head_dim, ..
+            heads,
+            kv_heads,
+            head_dim,
+            ..
         } = self.dims;
-        let scale = self
-            .net
-            .f32_scalar(prefix, 1.0 / (head_dim as f32).sqrt())?;
-        let q = self.op("Mul", prefix, &[q, &scale], &[])?;
-        let qt = self.transpose(prefix, &q, &[0, 2, 1, 3])?;
-        let kt = self.transpose(prefix, k, &[0, 2, 3, 1])?;
-        let vt = self.transpose(prefix, v, &[0, 2, 1, 3])?;
-        let d = head_dim as i64;
-        let kt = self.repeat_kv(prefix, &kt, [d, -1])?;
-        let vt = self.repeat_kv(prefix, &vt, [-1, d])?;
-        let scores = self.op("MatMul", prefix, &[&qt, &kt], &[])?;
-        let scores = self.op("Add", prefix, &[&scores, bias], &[])?;
-        let probs = self.op("Softmax", prefix, &[&scores], &[Attr::int("axis", -1)])?;
-        let ctx = self.op("MatMul", prefix, &[&probs, &vt], &[])?;
-        let ctx = self.transpose(prefix, &ctx, &[0, 2, 1, 3])?;
+        let layout = Heads {
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let ctx = attention(
+            self.net,
+            prefix,
+            q,
+            k,
+            v,
+            layout,
+            AttentionMask::Additive(bias),
+        )?;
         let rows = self.i64s(prefix, &[-1, (heads * head_dim) as i64])?;
         self.reshape(prefix, &ctx, &rows)
     }

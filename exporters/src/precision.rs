@@ -5,7 +5,8 @@
 //! carries, not builder flags. A profile (`configs/precision/*.yaml`, in the habit of
 //! mistral.rs' per-layer rules: read raw, then validated into types) gives a default compute
 //! dtype, the graph I/O dtype and regex rules over node names (module path + `/OpType`) for
-//! float32 islands, as NVIDIA's demoDiffusion keeps norms, softmax and RoPE in fp32. The pass runs
+//! float32 islands, as NVIDIA's demoDiffusion keeps norms and RoPE in fp32 (attention softmax
+//! stays in the MatMuls' dtype: see [`crate::attention`]). The pass runs
 //! on a finished fp32 graph: it infers every value's element type, assigns each float node its
 //! dtype, inserts `Cast`s where a value crosses dtypes, and converts float initializers (external
 //! weights stream through a converting writer, so memory stays bounded).
@@ -181,7 +182,7 @@ fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == name)?.i
 }
 
-fn elem_type(v: &crate::onnx::proto::ValueInfoProto) -> Option<i32> {
+pub(crate) fn elem_type(v: &crate::onnx::proto::ValueInfoProto) -> Option<i32> {
     use crate::onnx::proto::type_proto::Value;
     match v.r#type.as_ref()?.value.as_ref()? {
         Value::TensorType(t) => Some(t.elem_type),
@@ -198,7 +199,7 @@ fn set_elem_type(v: &mut crate::onnx::proto::ValueInfoProto, dt: DataType) {
 const FLOAT: i32 = DataType::Float as i32;
 
 /// Element type of a node's outputs, from its op and input types.
-fn output_type(node: &NodeProto, types: &HashMap<String, i32>) -> i32 {
+pub(crate) fn output_type(node: &NodeProto, types: &HashMap<String, i32>) -> i32 {
     let input = |i: usize| {
         node.input
             .get(i)
@@ -213,7 +214,7 @@ fn output_type(node: &NodeProto, types: &HashMap<String, i32>) -> i32 {
             DataType::Bool as i32
         }
         "Where" => input(1).unwrap_or(FLOAT),
-        "DequantizeLinear" => FLOAT,
+        "DequantizeLinear" => input(1).unwrap_or(FLOAT),
         "QuantizeLinear" => input(2).unwrap_or(DataType::Float8e4m3fn as i32),
         _ => input(0).unwrap_or(FLOAT),
     }
@@ -742,8 +743,13 @@ mod tests {
     fn builtin_profiles_parse_and_match_names() {
         let p = PrecisionProfile::builtin(Precision::Fp16).unwrap();
         assert_eq!((p.compute, p.io), (FloatType::F16, FloatType::F16));
+        // Attention softmax in the MatMuls' dtype (TensorRT's fusion pattern) except the VAE's.
         assert_eq!(
             p.dtype_for("transformer_blocks.0.attn/Softmax"),
+            FloatType::F16
+        );
+        assert_eq!(
+            p.dtype_for("decoder.mid_block.attentions.0/Softmax"),
             FloatType::F32
         );
         assert_eq!(

@@ -12,14 +12,18 @@
 //!   (`to_q|to_k|to_v`, and `to_q|to_k|to_v|proj_mlp` in single blocks — Tencent's `linear1`);
 //! - the video and text tokens live in one `[img; txt]` sequence; RoPE (computed here from the
 //!   latent shape) is applied to the whole sequence with cos = 1, sin = 0 on text tokens;
-//! - attention is `MatMul → Add(key-padding bias [B,1,1,S]) → Softmax → MatMul`, the pattern
-//!   TensorRT fuses; no S×S mask is built.
+//! - attention is [`crate::attention`]'s builder with no mask: every text token the graph is
+//!   given is a real one. The runtime crops each prompt to its valid tokens before the call
+//!   (exact: diffusers masks padded text as keys everywhere and discards its outputs), so the
+//!   attention is the plain pattern TensorRT fuses and ONNX Runtime's flash kernels accept,
+//!   and the token refiner's masked mean is a plain mean.
 //!
 //! Inputs (names as diffusers' forward arguments): `hidden_states` f32[B,C,T,H,W], `timestep`
-//! f32[B] (σ·1000), `encoder_hidden_states` f32[B,L,D_text], `encoder_attention_mask` i64[B,L],
+//! f32[B] (σ·1000), `encoder_hidden_states` f32[B,L,D_text] (valid tokens only),
 //! `pooled_projections` f32[B,P], `guidance` f32[B] (scale·1000, only with `guidance_embeds`).
-//! Output `sample` f32[B,C_out,T,H,W].
+//! Output `sample` f32[B,C_out,T,H,W]. diffusers' `encoder_attention_mask` is not an input.
 
+use crate::attention::{AttentionMask, Heads, attention};
 use crate::checkpoint::TransformerConfig;
 use crate::error::{ExportError, Result};
 use crate::graph::{Affine, Net};
@@ -28,6 +32,8 @@ use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 pub const HIDDEN_STATES: &str = "hidden_states";
 pub const TIMESTEP: &str = "timestep";
 pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+/// diffusers' mask argument: not a graph input (see the module doc); graphs exported before
+/// it was dropped still take it, and the runtime feeds them all ones.
 pub const ENCODER_ATTENTION_MASK: &str = "encoder_attention_mask";
 pub const POOLED_PROJECTIONS: &str = "pooled_projections";
 pub const GUIDANCE: &str = "guidance";
@@ -91,8 +97,6 @@ struct Shared {
     /// RoPE cos / sin over the joint `[img; txt]` sequence, `[S, 1, head_dim]`.
     cos: Value,
     sin: Value,
-    /// Key-padding bias of the joint attention, `[B, 1, 1, S]` (0 or -inf).
-    bias: Value,
     /// The pair rotation as a `[head_dim, head_dim]` signed permutation:
     /// `(x R)[2k] = -x[2k+1]`, `(x R)[2k+1] = x[2k]`.
     rotate: Value,
@@ -255,48 +259,15 @@ impl Dit<'_, '_> {
         self.op("Add", prefix, &[&xc, &xs], &[])
     }
 
-    /// Scaled dot-product attention of q, k, v [B, S, heads, head_dim] with a key bias
-    /// [B, 1, 1, S]; result as token rows [B·S, D].
-    fn attention(
-        &mut self,
-        prefix: &str,
-        q: &Value,
-        k: &Value,
-        v: &Value,
-        bias: &Value,
-    ) -> Result<Value> {
-        let scale = self
-            .net
-            .f32_scalar(prefix, 1.0 / (self.dims.head_dim as f32).sqrt())?;
-        let q = self.op("Mul", prefix, &[q, &scale], &[])?;
-        let qt = self.op(
-            "Transpose",
-            prefix,
-            &[&q],
-            &[Attr::ints("perm", vec![0, 2, 1, 3])],
-        )?;
-        let kt = self.op(
-            "Transpose",
-            prefix,
-            &[k],
-            &[Attr::ints("perm", vec![0, 2, 3, 1])],
-        )?;
-        let vt = self.op(
-            "Transpose",
-            prefix,
-            &[v],
-            &[Attr::ints("perm", vec![0, 2, 1, 3])],
-        )?;
-        let scores = self.op("MatMul", prefix, &[&qt, &kt], &[])?;
-        let scores = self.op("Add", prefix, &[&scores, bias], &[])?;
-        let probs = self.op("Softmax", prefix, &[&scores], &[Attr::int("axis", -1)])?;
-        let ctx = self.op("MatMul", prefix, &[&probs, &vt], &[])?;
-        let ctx = self.op(
-            "Transpose",
-            prefix,
-            &[&ctx],
-            &[Attr::ints("perm", vec![0, 2, 1, 3])],
-        )?;
+    /// Scaled dot-product attention of q, k, v [B, S, heads, head_dim] (no mask); result as
+    /// token rows [B·S, D].
+    fn attention(&mut self, prefix: &str, q: &Value, k: &Value, v: &Value) -> Result<Value> {
+        let heads = Heads {
+            heads: self.dims.heads,
+            kv_heads: self.dims.heads,
+            head_dim: self.dims.head_dim,
+        };
+        let ctx = attention(self.net, prefix, q, k, v, heads, AttentionMask::None)?;
         self.rows(prefix, &ctx, self.dims.d)
     }
 
@@ -367,7 +338,7 @@ impl Dit<'_, '_> {
         let v = cat(self, &iv, &tv)?;
         let q = self.rope(prefix, sh, &q)?;
         let k = self.rope(prefix, sh, &k)?;
-        let ctx = self.attention(&p("attn"), &q, &k, &v, &sh.bias)?;
+        let ctx = self.attention(&p("attn"), &q, &k, &v)?;
         let ctx = self.reshape(prefix, &ctx, &sh.seq_shape)?;
         let zero = self.i64s(prefix, &[0])?;
         let end = self.i64s(prefix, &[i64::MAX])?;
@@ -448,7 +419,7 @@ impl Dit<'_, '_> {
         let [q, k] = self.qk_norm(&q, &k, &p("attn.norm_q"), &p("attn.norm_k"))?;
         let q = self.rope(prefix, sh, &q)?;
         let k = self.rope(prefix, sh, &k)?;
-        let ctx = self.attention(&p("attn"), &q, &k, &v, &sh.bias)?;
+        let ctx = self.attention(&p("attn"), &q, &k, &v)?;
         let mlp_act = self.activation(prefix, &outs[1], Activation::GeluTanh)?;
         let cat = self.op("Concat", prefix, &[&ctx, &mlp_act], &[Attr::int("axis", 1)])?;
         let out = self
@@ -464,36 +435,20 @@ impl Dit<'_, '_> {
         sh: &Shared,
         cfg: &TransformerConfig,
         text: &Value,
-        mask: &Value,
         timestep: &Value,
     ) -> Result<Value> {
         let d = self.dims.d;
         let dt = cfg.text_embed_dim;
         let pre = "context_embedder";
-        // Masked mean of the (unrefined) text as the pooled projection.
-        let mask_f = self.op(
-            "Cast",
-            pre,
-            &[mask],
-            &[Attr::int("to", DataType::Float as i64)],
-        )?;
-        let ax2 = self.i64s(pre, &[2])?;
+        // Mean of the (unrefined) text as the pooled projection (diffusers' masked mean over
+        // valid tokens, which are all the graph gets).
         let ax1 = self.i64s(pre, &[1])?;
-        let mask3 = self.op("Unsqueeze", pre, &[&mask_f, &ax2], &[])?;
-        let masked = self.op("Mul", pre, &[text, &mask3], &[])?;
-        let sum = self.op(
-            "ReduceSum",
+        let pooled = self.op(
+            "ReduceMean",
             pre,
-            &[&masked, &ax1],
+            &[text, &ax1],
             &[Attr::int("keepdims", 0)],
         )?;
-        let count = self.op(
-            "ReduceSum",
-            pre,
-            &[&mask_f, &ax1],
-            &[Attr::int("keepdims", 1)],
-        )?;
-        let pooled = self.op("Div", pre, &[&sum, &count], &[])?;
         let t_emb = self.timestep_embedding(
             &format!("{pre}.time_text_embed.timestep_embedder"),
             timestep,
@@ -503,33 +458,8 @@ impl Dit<'_, '_> {
         let temb_act = self.net.silu(pre, &temb)?;
         let mut h = self.linear_seq(sh, &format!("{pre}.proj_in"), text, dt, d)?;
 
-        // Key bias: padded keys masked, key 0 always visible (`self_attn_mask[:, :, :, 0] = True`).
-        // Rows of padded queries differ from diffusers' mask, but those tokens never reach the
-        // output: the joint attention masks them as keys and drops them at the end.
-        let mask_b = self.op(
-            "Cast",
-            pre,
-            &[mask],
-            &[Attr::int("to", DataType::Bool as i64)],
-        )?;
-        let l = self.shape_slice(pre, mask, 1, 2)?;
-        let l0 = self.op("Squeeze", pre, &[&l], &[])?;
-        let zero = self
-            .net
-            .b
-            .const_i64(auto(format!("{pre}/zero")), &[0], &[])?;
-        let one = self
-            .net
-            .b
-            .const_i64(auto(format!("{pre}/one")), &[1], &[])?;
-        let idx = self.op("Range", pre, &[&zero, &l0, &one], &[])?;
-        let first = self.op("Equal", pre, &[&idx, &zero], &[])?;
-        let valid = self.op("Or", pre, &[&mask_b, &first], &[])?;
-        let bias = self.key_bias(pre, &valid)?;
-
         let rsh = Shared {
             temb_act,
-            bias,
             ..sh.clone()
         };
         let blocks = cfg.num_refiner_layers;
@@ -552,7 +482,7 @@ impl Dit<'_, '_> {
                 ],
             )?;
             let [q, k, v] = self.split_qkv(&p("attn"), &rsh, &qkv)?;
-            let ctx = self.attention(&p("attn"), &q, &k, &v, &rsh.bias)?;
+            let ctx = self.attention(&p("attn"), &q, &k, &v)?;
             let out = self
                 .net
                 .gemm(&p("attn.to_out.0"), &ctx, d, &[(&p("attn.to_out.0"), d)])?;
@@ -566,15 +496,6 @@ impl Dit<'_, '_> {
             h = self.gated_residual(&prefix, &h, &gates[1], &ff)?;
         }
         Ok(h)
-    }
-
-    /// `[B, 1, 1, S]` additive bias: 0 where `valid` [B, S] (bool), -inf elsewhere.
-    fn key_bias(&mut self, prefix: &str, valid: &Value) -> Result<Value> {
-        let zero = self.net.f32_scalar(prefix, 0.0)?;
-        let ninf = self.net.f32_scalar(prefix, f32::NEG_INFINITY)?;
-        let bias = self.op("Where", prefix, &[valid, &zero, &ninf], &[])?;
-        let ax = self.i64s(prefix, &[1, 2])?;
-        self.op("Unsqueeze", prefix, &[&bias, &ax], &[])
     }
 }
 
@@ -618,11 +539,6 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
             "text_len".into(),
             Dim::Fixed(cfg.text_embed_dim as i64),
         ],
-    )?;
-    let mask = b.input(
-        ENCODER_ATTENTION_MASK,
-        DataType::Int64,
-        &["batch".into(), "text_len".into()],
     )?;
     let pooled = b.input(
         POOLED_PROJECTIONS,
@@ -690,34 +606,7 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     }
     let temb_act = g.net.silu(pre, &temb)?;
 
-    // Joint key bias: every video token valid, text token j valid iff j < Σ mask.
     let n_img = g.op("ReduceProd", pre, &[&grid], &[Attr::int("keepdims", 1)])?;
-    let ax1 = g.i64s(pre, &[1])?;
-    let count = g.op(
-        "ReduceSum",
-        pre,
-        &[&mask, &ax1],
-        &[Attr::int("keepdims", 1)],
-    )?;
-    let l = g.shape_slice(pre, &mask, 1, 2)?;
-    let l0 = g.op("Squeeze", pre, &[&l], &[])?;
-    let zero = g.net.b.const_i64(auto(format!("{pre}/zero")), &[0], &[])?;
-    let one = g.net.b.const_i64(auto(format!("{pre}/one")), &[1], &[])?;
-    let idx = g.op("Range", pre, &[&zero, &l0, &one], &[])?;
-    let txt_valid = g.op("Less", pre, &[&idx, &count], &[])?; // [B, L]
-    let img_shape = g.op("Concat", pre, &[&batch, &n_img], &[Attr::int("axis", 0)])?;
-    let yes = g.net.b.const_tensor(
-        auto(format!("{pre}/true")),
-        &crate::onnx::OwnedTensor::from_bytes(DataType::Bool, &[1, 1], vec![1])?,
-    )?;
-    let img_valid = g.op("Expand", pre, &[&yes, &img_shape], &[])?;
-    let valid = g.op(
-        "Concat",
-        pre,
-        &[&img_valid, &txt_valid],
-        &[Attr::int("axis", 1)],
-    )?;
-    let bias = g.key_bias(pre, &valid)?;
 
     let sh = Shared {
         batch,
@@ -725,13 +614,12 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         qkv_shape,
         cos,
         sin,
-        bias,
         rotate,
         temb_act,
         n_img,
     };
 
-    let mut txt = g.token_refiner(&sh, cfg, &text, &mask, &timestep)?;
+    let mut txt = g.token_refiner(&sh, cfg, &text, &timestep)?;
     let mut img = img;
     for i in 0..cfg.num_layers {
         let (ni, nt) = g.dual_block(&format!("transformer_blocks.{i}"), &sh, &img, &txt)?;

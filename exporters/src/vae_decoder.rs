@@ -7,6 +7,7 @@
 //! `HunyuanVideoDecoder3D`. Input `latent_sample` [B, Cz, t, h, w] (already divided by the
 //! scaling factor), output `sample` [B, 3, 1 + 4(t-1), 8h, 8w]; B, t, h, w dynamic.
 
+use crate::attention::{AttentionMask, Heads, attention};
 use crate::checkpoint::VaeConfig;
 use crate::error::{ExportError, Result};
 use crate::graph::Net;
@@ -125,15 +126,6 @@ impl Decoder<'_, '_> {
         let q = n.linear(&format!("{prefix}.to_q"), &h, c, c, true)?;
         let k = n.linear(&format!("{prefix}.to_k"), &h, c, c, true)?;
         let v = n.linear(&format!("{prefix}.to_v"), &h, c, c, true)?;
-        let kt = n.op(
-            "Transpose",
-            prefix,
-            &[&k],
-            &[Attr::ints("perm", vec![0, 2, 1])],
-        )?;
-        let scores = n.op("MatMul", prefix, &[&q, &kt], &[])?;
-        let scale = n.f32_scalar(prefix, 1.0 / (c as f32).sqrt())?;
-        let scores = n.op("Mul", prefix, &[&scores, &scale], &[])?;
         // Frame index of every token: token j may attend to token i when frame(i) <= frame(j).
         let t_dim = n.op(
             "Shape",
@@ -164,11 +156,26 @@ impl Decoder<'_, '_> {
         let qi = n.op("Unsqueeze", prefix, &[&flat, &ax1], &[])?;
         let kj = n.op("Unsqueeze", prefix, &[&flat, &ax0], &[])?;
         let allowed = n.op("LessOrEqual", prefix, &[&kj, &qi], &[])?;
-        // Masked scores straight from Where: no separate S×S bias tensor.
-        let ninf = n.f32_scalar(prefix, f32::NEG_INFINITY)?;
-        let scores = n.op("Where", prefix, &[&allowed, &scores, &ninf], &[])?;
-        let probs = n.op("Softmax", prefix, &[&scores], &[Attr::int("axis", -1)])?;
-        let ctx = n.op("MatMul", prefix, &[&probs, &v], &[])?;
+        // One head of width c: q, k, v as [B, S, 1, C].
+        let ax2 = n.i64s(prefix, &[2])?;
+        let q = n.op("Unsqueeze", prefix, &[&q, &ax2], &[])?;
+        let k = n.op("Unsqueeze", prefix, &[&k, &ax2], &[])?;
+        let v = n.op("Unsqueeze", prefix, &[&v, &ax2], &[])?;
+        let one_head = Heads {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: c,
+        };
+        let ctx = attention(
+            n,
+            prefix,
+            &q,
+            &k,
+            &v,
+            one_head,
+            AttentionMask::Allowed(&allowed),
+        )?;
+        let ctx = n.op("Reshape", prefix, &[&ctx, &to_seq], &[])?;
         let out = n.linear(&format!("{prefix}.to_out.0"), &ctx, c, c, true)?;
         let out = n.op("Add", prefix, &[&out, &residual], &[])?;
         // [B, S, C] -> [B, T, H, W, C] -> [B, C, T, H, W]

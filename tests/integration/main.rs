@@ -4,6 +4,7 @@
 //! ONNX Runtime library (`scripts/setup.sh` fetches it) and compare with diffusers' goldens in
 //! `tests/fixtures/goldens/` (made by `tests/fixtures/make_fixtures.py`).
 
+mod attention;
 mod cli;
 mod common;
 mod engines;

@@ -9,7 +9,8 @@ use hyvideo::denoise::{DenoiseSettings, TrueCfg, denoise};
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::tensor::Tensor5;
 use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
-use hyvideo_engines::SessionConfig;
+use hyvideo_engines::{AttentionPolicy, SessionConfig};
+use hyvideo_exporters::attention::AttentionKernel;
 use hyvideo_exporters::bundle::{Component, Manifest};
 use hyvideo_exporters::export::TransformerSource;
 
@@ -21,11 +22,19 @@ const FILE: &str = "transformer.safetensors";
 const PIPE: &str = "pipeline.safetensors";
 
 fn load(bundle: &Path) -> Transformer {
+    load_as(bundle, AttentionPolicy::BackendFused)
+}
+
+/// The transformer of `bundle` on CPU with `attention` (fused: ONNX Runtime's
+/// MultiHeadAttention; standard: the bundle's MatMul → Softmax → MatMul, TensorRT's input).
+fn load_as(bundle: &Path, attention: AttentionPolicy) -> Transformer {
     let manifest = Manifest::load(bundle).unwrap();
     Transformer::load(
         bundle,
         &manifest,
-        &SessionConfig::default().with_intra_threads(Some(2)),
+        &SessionConfig::default()
+            .with_intra_threads(Some(2))
+            .with_attention(attention),
     )
     .unwrap()
 }
@@ -50,14 +59,27 @@ fn run_case(model: &mut Transformer, case: &str) -> Tensor5 {
         .unwrap()
 }
 
+/// Case `case` against diffusers on both attention forms.
 fn check_case(case: &str) {
-    let mut model = load(transformer_bundle());
-    let out = run_case(&mut model, case);
-    let want = golden5(FILE, &format!("{case}.sample"));
-    assert_eq!(out.shape(), want.shape(), "{case}");
-    let err = rel_max_err(out.data(), want.data());
-    eprintln!("{case}: relative max error {err:.3e}");
-    assert!(err <= 1e-4, "{case}: relative max error {err:.3e}");
+    for (attention, kernel) in [
+        (
+            AttentionPolicy::BackendFused,
+            AttentionKernel::MultiHeadAttention,
+        ),
+        (AttentionPolicy::Standard, AttentionKernel::Standard),
+    ] {
+        let mut model = load_as(transformer_bundle(), attention);
+        assert_eq!(model.attention(), kernel);
+        let out = run_case(&mut model, case);
+        let want = golden5(FILE, &format!("{case}.sample"));
+        assert_eq!(out.shape(), want.shape(), "{case}");
+        let err = rel_max_err(out.data(), want.data());
+        eprintln!("{case} ({kernel}): relative max error {err:.3e}");
+        assert!(
+            err <= 1e-4,
+            "{case} ({kernel}): relative max error {err:.3e}"
+        );
+    }
 }
 
 #[test]

@@ -284,7 +284,7 @@ impl Attr {
         &self.name
     }
 
-    fn to_proto(&self) -> AttributeProto {
+    pub(crate) fn to_proto(&self) -> AttributeProto {
         let mut a = AttributeProto {
             name: self.name.clone(),
             ..Default::default()
@@ -746,6 +746,21 @@ impl GraphBuilder {
         };
         self.output(&out, data_type, dims)?;
         Ok(out)
+    }
+
+    /// Set the doc string of the node that produced `value` (a record later passes read, such
+    /// as an attention site's description). Unknown values are an error.
+    pub fn annotate(&mut self, value: &Value, doc: impl Into<String>) -> Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.output.iter().any(|o| o == value.name()))
+            .ok_or_else(|| OnnxError::UnknownValue {
+                node: "<annotation>".into(),
+                value: value.name().to_owned(),
+            })?;
+        node.doc_string = doc.into();
+        Ok(())
     }
 
     /// Inputs, outputs, nodes and initializers, for whole-graph rewrites (the precision pass).
