@@ -204,3 +204,43 @@ fn masked_text_encoder_attention_stays_standard() {
         assert_eq!(count(&m, "Softmax"), sites, "{file}");
     }
 }
+
+/// Dtypes the CUDA rewrite gives `MultiHeadAttention`: fp16 sites stay fp16 (flash attention),
+/// bf16 ones are cast to fp32 (the CUDA kernel has no bf16); on CPU everything runs fp32.
+#[test]
+fn fused_sites_take_the_kernel_dtypes_of_each_provider() {
+    use hyvideo_exporters::attention::{MhaPrecision, fuse};
+    const FLOAT: i32 = 1;
+    const FLOAT16: i32 = 10;
+    let bf16 = export_tiny_at(
+        &[Component::Transformer],
+        TransformerSource::default(),
+        Precision::Bf16,
+    );
+    for (bundle, precision, want) in [
+        (fp16_transformer(), MhaPrecision::Fp16OrFp32, FLOAT16),
+        (fp16_transformer(), MhaPrecision::Fp32, FLOAT),
+        (bf16.as_path(), MhaPrecision::Fp16OrFp32, FLOAT),
+        (transformer_bundle(), MhaPrecision::Fp16OrFp32, FLOAT),
+    ] {
+        let mut m = decode(&bundle.join("transformer.onnx"));
+        let report = fuse(&mut m, precision).unwrap();
+        assert_eq!((report.fused, report.kept), (5, 0));
+        let types = value_types(&m);
+        let g = m.graph.as_ref().unwrap();
+        let mha: Vec<_> = g
+            .node
+            .iter()
+            .filter(|n| n.op_type == "MultiHeadAttention")
+            .collect();
+        assert_eq!(mha.len(), 5);
+        for n in mha {
+            assert_eq!(n.domain, "com.microsoft");
+            for i in &n.input {
+                assert_eq!(types[i.as_str()], want, "{}: {i} ({precision:?})", n.name);
+            }
+        }
+        // Nothing of the standard form is left.
+        assert_eq!(count(&m, "Softmax"), 0);
+    }
+}

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hyvideo_exporters::attention::AttentionKernel;
+use hyvideo_exporters::bundle::Component;
+use prost::Message;
+
 use crate::common::{golden, rel_max_err, root};
 use crate::generate::{copy_dir, full_bundle, generate};
 
@@ -68,6 +72,30 @@ fn cpu_engines_reproduce_the_bundle() {
     assert!(err <= 1e-5, "{err:.3e}");
     let (_, want) = golden("pipeline.safetensors", "final_latents");
     assert!(rel_max_err(&b, &want) <= 1e-3);
+    // engine.yaml records each component's attention: the transformer's is fused, the masked
+    // text encoders and VAE keep the standard form.
+    let record = hyvideo::engine_set::EngineManifest::load(&engines).unwrap();
+    for (component, kernel) in [
+        (Component::Transformer, AttentionKernel::MultiHeadAttention),
+        (Component::TextEncoder, AttentionKernel::Standard),
+        (Component::TextEncoder2, AttentionKernel::Standard),
+        (Component::VaeDecoder, AttentionKernel::Standard),
+    ] {
+        assert_eq!(
+            record.components[&component].attention, kernel,
+            "{component:?}"
+        );
+    }
+    let optimised = std::fs::read(engines.join("transformer.onnx")).unwrap();
+    let optimised = hyvideo_exporters::onnx::ModelProto::decode(optimised.as_slice()).unwrap();
+    let mha = optimised
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MultiHeadAttention")
+        .count();
+    assert_eq!(mha, 5);
     // Building again is a no-op; --rebuild rebuilds in place.
     let again = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
         .args(["build", "--backend", "cpu", "--bundle"])
