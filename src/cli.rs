@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use hyvideo_engines::{Backend, BackendKind, SessionConfig};
 
+use crate::scheduler::FlowDirection;
 use crate::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -152,9 +153,14 @@ pub struct SamplingArgs {
     /// Flow-matching time shift s in σ' = s·σ / (1 + (s−1)·σ).
     #[arg(long, default_value_t = 7.0)]
     pub flow_shift: f32,
-    /// Sample from t = 1 (noise) to t = 0 as every published HunyuanVideo command does.
-    /// Without it the schedule runs 0 → 1, as Tencent's `sample_video.py` does by default.
-    #[arg(long)]
+    /// Direction of the flow-matching schedule: `reverse` samples t = 1 (noise) → 0 (data), as
+    /// diffusers and every published HunyuanVideo command do; `forward` runs t = 0 → 1, what
+    /// Tencent's `sample_video.py` does without --flow-reverse.
+    #[arg(long, value_enum, default_value_t = FlowDirection::Reverse)]
+    pub flow_direction: FlowDirection,
+    /// Accepted so commands copied from Tencent's `sample_video.py` run; changes nothing, since
+    /// t = 1 → 0 is already the default (the other direction is --flow-direction forward).
+    #[arg(long, conflicts_with = "flow_direction")]
     pub flow_reverse: bool,
     /// True classifier-free guidance scale; > 1 runs the negative prompt too (one B = 2 call).
     #[arg(long, default_value_t = 1.0)]
@@ -163,15 +169,10 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn settings(&self, guidance_embeds: bool) -> crate::denoise::DenoiseSettings {
-        use crate::scheduler::FlowDirection;
         crate::denoise::DenoiseSettings {
             steps: self.infer_steps,
             shift: self.flow_shift,
-            direction: if self.flow_reverse {
-                FlowDirection::Reverse
-            } else {
-                FlowDirection::Forward
-            },
+            direction: self.flow_direction,
             embedded_guidance: guidance_embeds.then_some(self.embedded_cfg_scale),
             true_cfg: (self.cfg_scale > 1.0).then_some(crate::denoise::TrueCfg {
                 scale: self.cfg_scale,

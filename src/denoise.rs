@@ -48,7 +48,7 @@ pub struct DenoiseSettings {
     pub steps: usize,
     /// `--flow-shift`.
     pub shift: f32,
-    /// `--flow-reverse`.
+    /// `--flow-direction` (default reverse, t = 1 → 0).
     pub direction: FlowDirection,
     /// `--embedded-cfg-scale` (passed to the transformer as scale·1000); `None` for models
     /// without guidance embedding.

@@ -3,10 +3,10 @@
 //! shifted σ' = s·σ / (1 + (s−1)·σ) in float32, a final 0 appended, timestep = σ'·1000, and the
 //! Euler step x ← x + (σ'[i+1] − σ'[i])·v in float32. Pure functions; no state.
 //!
-//! [`FlowDirection`] adds the `--flow-reverse` switch of Tencent's `sample_video.py`
-//! (`FlowMatchDiscreteScheduler(reverse=...)`): with it, σ runs 1 → 0 as above (diffusers' only
-//! mode, and what every published HunyuanVideo command uses); without it, Tencent's scheduler
-//! uses σ = 1 − σ', running 0 → 1.
+//! [`FlowDirection`] is the `--flow-reverse` switch of Tencent's `sample_video.py`
+//! (`FlowMatchDiscreteScheduler(reverse=...)`) made explicit: `reverse`, the default, runs σ
+//! 1 → 0 as above (diffusers' only mode, and what every published HunyuanVideo command uses);
+//! `forward` is Tencent's default without the flag, σ = 1 − σ', running 0 → 1.
 
 /// diffusers' default `num_train_timesteps`.
 pub const NUM_TRAIN_TIMESTEPS: f32 = 1000.0;
@@ -24,13 +24,35 @@ pub fn sigmas(steps: usize, shift: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Direction of the flow-matching integration (Tencent's `--flow-reverse`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Direction of the flow-matching integration (`--flow-direction`; Tencent's `--flow-reverse`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum FlowDirection {
-    /// `--flow-reverse`: σ from 1 (noise) to 0 (data), as the diffusers pipeline.
+    /// t = 1 (noise) → 0 (data): diffusers' pipeline and every published HunyuanVideo command
+    /// (Tencent's `--flow-reverse`).
+    #[default]
     Reverse,
-    /// Tencent's default without the flag: σ = 1 − σ', from 0 to 1.
+    /// t = 0 → 1, σ = 1 − σ': Tencent's `sample_video.py` without `--flow-reverse`.
     Forward,
+}
+
+impl std::fmt::Display for FlowDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlowDirection::Reverse => "reverse (t = 1 -> 0)",
+            FlowDirection::Forward => "forward (t = 0 -> 1)",
+        })
+    }
 }
 
 /// [`sigmas`] in the given direction.
@@ -110,6 +132,8 @@ mod tests {
         }
         assert!(f.windows(2).all(|w| w[1] > w[0]));
         assert_eq!(timesteps(&f)[0], 0.0);
+        // 1 -> 0 is the default direction.
+        assert_eq!(FlowDirection::default(), FlowDirection::Reverse);
     }
 
     #[test]

@@ -318,12 +318,6 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
         None
     };
     let latents = TensorFile::open(&args.latents)?.tensor5(hyvideo::latents::LATENTS_TENSOR)?;
-    if !args.sampling.flow_reverse {
-        eprintln!(
-            "note: without --flow-reverse the schedule runs t = 0 -> 1 (Tencent's default); \
-             HunyuanVideo's published commands all pass --flow-reverse"
-        );
-    }
     let manifest = Manifest::load(&args.bundle)?;
     let t0 = Instant::now();
     let engines = args.runtime.engine_set(&args.bundle)?;
@@ -342,7 +336,7 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let settings = args.sampling.settings(model.takes_guidance());
     eprintln!(
-        "denoising latents {:?}, {} steps, shift {}, {:?} on {}",
+        "denoising latents {:?}, {} steps, shift {}, {} on {}",
         latents.shape(),
         settings.steps,
         settings.shift,
@@ -393,7 +387,7 @@ struct RunRecord<'a> {
     infer_steps: usize,
     embedded_cfg_scale: f32,
     flow_shift: f32,
-    flow_reverse: bool,
+    flow_direction: hyvideo::scheduler::FlowDirection,
     cfg_scale: f32,
     fps: u32,
     tiling: String,
@@ -425,12 +419,6 @@ fn generate(args: GenerateArgs) -> Result<()> {
     check_output_dir("--save-path", &args.save_path)?;
     if let Some(p) = &args.output_latents {
         check_output_dir("--output-latents", p)?;
-    }
-    if !args.sampling.flow_reverse {
-        eprintln!(
-            "note: without --flow-reverse the schedule runs t = 0 -> 1 (Tencent's default); \
-             HunyuanVideo's published commands all pass --flow-reverse"
-        );
     }
     let manifest = Manifest::load(&args.bundle)?;
     let manifest_sha256 =
@@ -569,7 +557,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         infer_steps: sampling.steps,
         embedded_cfg_scale: args.sampling.embedded_cfg_scale,
         flow_shift: sampling.shift,
-        flow_reverse: args.sampling.flow_reverse,
+        flow_direction: sampling.direction,
         cfg_scale: args.sampling.cfg_scale,
         fps: args.fps,
         tiling: format!("{:?}", args.tiling.config()),

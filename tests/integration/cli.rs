@@ -641,7 +641,8 @@ fn write_prompt_embeds(path: &Path) {
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
-/// `hyvideo denoise` on the shared transformer bundle with 4 steps, t = 1 -> 0.
+/// `hyvideo denoise` on the shared transformer bundle with 4 steps (default direction,
+/// t = 1 -> 0).
 fn run_denoise(
     embeds: &Path,
     init: &Path,
@@ -661,7 +662,6 @@ fn run_denoise(
         &out,
         &"--infer-steps",
         &"4",
-        &"--flow-reverse",
     ];
     args.extend_from_slice(extra);
     run(hyvideo_bin(), &args)
@@ -748,5 +748,74 @@ fn a_bad_precision_rule_is_named_and_nothing_is_written() {
     assert_eq!(
         e.inputs[0].dtype, "float32",
         "io: fp32 in the custom profile"
+    );
+}
+
+#[test]
+fn flow_direction_defaults_to_one_to_zero_and_forward_is_explicit() {
+    use hyvideo::denoise::{DenoiseSettings, denoise};
+    use hyvideo::scheduler::FlowDirection;
+    let dir = tempfile::tempdir().unwrap();
+    let embeds = dir.path().join("embeds.safetensors");
+    write_prompt_embeds(&embeds);
+    let (shape, init) = golden("pipeline.safetensors", "init_latents");
+    let init_path = dir.path().join("init.safetensors");
+    write_tensor(&init_path, "latents", &shape, &init);
+    let latents = |name: &str, extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let out = dir.path().join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--threads", &"2"];
+        args.extend_from_slice(extra);
+        let o = run_denoise(&embeds, &init_path, &out, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("note:"), "{}", stderr(&o));
+        hyvideo::latents::read_tensor5(&out, "latents").unwrap()
+    };
+    // No flag: t = 1 -> 0, diffusers' pipeline (what --flow-reverse ran before).
+    let default = latents("default.safetensors", &[]);
+    let (_, want) = golden("pipeline.safetensors", "final_latents");
+    let err = rel_max_err(default.data(), &want);
+    assert!(err <= 1e-3, "default direction vs diffusers: {err:.3e}");
+    // --flow-reverse is still accepted and changes nothing; so is the explicit name.
+    let reverse = latents("reverse.safetensors", &[&"--flow-reverse"]);
+    assert_eq!(reverse.data(), default.data());
+    let named = latents("named.safetensors", &[&"--flow-direction", &"reverse"]);
+    assert_eq!(named.data(), default.data());
+    // --flow-direction forward: t = 0 -> 1, the old default without the flag.
+    let forward = latents("forward.safetensors", &[&"--flow-direction", &"forward"]);
+    let bundle = crate::common::transformer_bundle();
+    let manifest = hyvideo_exporters::bundle::Manifest::load(bundle).unwrap();
+    let config = hyvideo_engines::SessionConfig::default().with_intra_threads(Some(2));
+    let mut model = hyvideo::transformer::Transformer::load(bundle, &manifest, &config).unwrap();
+    let file = hyvideo::latents::TensorFile::open(&embeds).unwrap();
+    let (es, e) = file.f32("prompt_embeds").unwrap();
+    let (ms, m) = file.i64("prompt_attention_mask").unwrap();
+    let (ps, p) = file.f32("pooled_prompt_embeds").unwrap();
+    let text = hyvideo::transformer::TextConditioning::new((&es, e), (&ms, m), (&ps, p)).unwrap();
+    let settings = DenoiseSettings {
+        steps: 4,
+        shift: 7.0,
+        direction: FlowDirection::Forward,
+        embedded_guidance: model.takes_guidance().then_some(6.0),
+        true_cfg: None,
+    };
+    let init5 = hyvideo::latents::read_tensor5(&init_path, "latents").unwrap();
+    let old_default = denoise(&mut model, init5, &text, None, &settings, |_, _| {}).unwrap();
+    let err = rel_max_err(forward.data(), old_default.data());
+    assert!(err <= 1e-6, "forward vs the 0 -> 1 loop: {err:.3e}");
+    assert!(rel_max_err(forward.data(), default.data()) > 0.1);
+    // The two names of a direction are alternatives.
+    let o = run_denoise(
+        &embeds,
+        &init_path,
+        &dir.path().join("never.safetensors"),
+        &[&"--flow-reverse", &"--flow-direction", &"forward"],
+    );
+    assert_fails(&o, &["--flow-reverse", "--flow-direction"]);
+    // --help says what --flow-reverse does now.
+    let o = run(hyvideo_bin(), &[&"denoise", &"--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("--flow-direction") && help.contains("changes nothing"),
+        "{help}"
     );
 }

@@ -33,7 +33,8 @@ pub fn full_bundle() -> &'static Path {
 /// `hyvideo generate` with the pipeline golden's settings; a flag in `extra` replaces the
 /// default of the same name (with all its values).
 pub fn generate(bundle: &Path, save: &Path, extra: &[&str]) -> Output {
-    let defaults: [&[&str]; 9] = [
+    // No direction flag: the default is t = 1 -> 0, as diffusers' pipeline.
+    let defaults: [&[&str]; 8] = [
         &["--prompt", PROMPT],
         &["--video-size", "32", "48"],
         &["--video-length", "9"],
@@ -41,7 +42,6 @@ pub fn generate(bundle: &Path, save: &Path, extra: &[&str]) -> Output {
         &["--seed", "42"],
         &["--embedded-cfg-scale", "6.0"],
         &["--flow-shift", "7.0"],
-        &["--flow-reverse"],
         &["--threads", "2"],
     ];
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hyvideo"));
@@ -105,6 +105,7 @@ fn check_run(extra: &[&str], prefix: &str) {
             .as_array()
             .is_some_and(|s| s.len() >= 4)
     );
+    assert_eq!(json["flow_direction"], "reverse");
 }
 
 #[test]
