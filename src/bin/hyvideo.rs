@@ -375,6 +375,57 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
     Ok(())
 }
 
+/// The VAE decode tiling of a run record: each axis `{"mode": "tiled", ...}` or
+/// `{"mode": "disabled"}`.
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct TilingRecord {
+    /// Spatial tiles, in output pixels (`--vae-tile-size`, `--vae-tile-stride`).
+    spatial: SpatialRecord,
+    /// Frame-wise (temporal) tiles, in frames (`--vae-tile-frames`, `--vae-tile-stride-frames`).
+    frame_wise: FrameWiseRecord,
+}
+
+#[derive(Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+enum SpatialRecord {
+    Tiled {
+        tile_pixels: usize,
+        stride_pixels: usize,
+    },
+    /// `--no-vae-tiling`.
+    Disabled,
+}
+
+#[derive(Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+enum FrameWiseRecord {
+    Tiled {
+        tile_frames: usize,
+        stride_frames: usize,
+    },
+    /// `--no-vae-framewise`.
+    Disabled,
+}
+
+impl From<&hyvideo::vae_tiling::TilingConfig> for TilingRecord {
+    fn from(c: &hyvideo::vae_tiling::TilingConfig) -> Self {
+        TilingRecord {
+            spatial: c
+                .spatial
+                .map_or(SpatialRecord::Disabled, |s| SpatialRecord::Tiled {
+                    tile_pixels: s.tile,
+                    stride_pixels: s.stride,
+                }),
+            frame_wise: c
+                .temporal
+                .map_or(FrameWiseRecord::Disabled, |t| FrameWiseRecord::Tiled {
+                    tile_frames: t.tile,
+                    stride_frames: t.stride,
+                }),
+        }
+    }
+}
+
 /// Everything a generated video was made with, written beside it as JSON.
 #[derive(serde::Serialize)]
 struct RunRecord<'a> {
@@ -390,7 +441,7 @@ struct RunRecord<'a> {
     flow_direction: hyvideo::scheduler::FlowDirection,
     cfg_scale: f32,
     fps: u32,
-    tiling: String,
+    tiling: TilingRecord,
     bundle: String,
     manifest_sha256: String,
     exporter_version: String,
@@ -560,7 +611,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         flow_direction: sampling.direction,
         cfg_scale: args.sampling.cfg_scale,
         fps: args.fps,
-        tiling: format!("{:?}", args.tiling.config()),
+        tiling: TilingRecord::from(&args.tiling.config()),
         bundle: args.bundle.display().to_string(),
         manifest_sha256,
         exporter_version: manifest.exporter_version.clone(),

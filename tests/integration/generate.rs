@@ -106,6 +106,76 @@ fn check_run(extra: &[&str], prefix: &str) {
             .is_some_and(|s| s.len() >= 4)
     );
     assert_eq!(json["flow_direction"], "reverse");
+    assert_eq!(
+        json["tiling"],
+        serde_json::json!({
+            "spatial": {"mode": "tiled", "tile_pixels": 256, "stride_pixels": 192},
+            "frame_wise": {"mode": "tiled", "tile_frames": 16, "stride_frames": 12},
+        })
+    );
+}
+
+/// The run record `generate` writes beside `save`, parsed.
+fn run_record(save: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(save.with_extension("json")).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("run record: {e}: {text}"))
+}
+
+#[test]
+fn run_record_stores_tiling_and_flow_direction_as_json_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("a.safetensors");
+    let o = generate(
+        full_bundle(),
+        &save,
+        &[
+            "--no-vae-tiling",
+            "--vae-tile-frames",
+            "8",
+            "--vae-tile-stride-frames",
+            "4",
+            "--flow-direction",
+            "forward",
+            "--infer-steps",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = run_record(&save);
+    assert_eq!(
+        r["tiling"]["spatial"],
+        serde_json::json!({"mode": "disabled"})
+    );
+    assert_eq!(r["tiling"]["frame_wise"]["mode"], "tiled");
+    assert_eq!(r["tiling"]["frame_wise"]["tile_frames"], 8);
+    assert_eq!(r["tiling"]["frame_wise"]["stride_frames"], 4);
+    assert_eq!(r["flow_direction"], "forward");
+
+    let save = dir.path().join("b.safetensors");
+    let o = generate(
+        full_bundle(),
+        &save,
+        &[
+            "--no-vae-framewise",
+            "--vae-tile-size",
+            "128",
+            "--vae-tile-stride",
+            "96",
+            "--flow-reverse",
+            "--infer-steps",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = run_record(&save);
+    assert_eq!(
+        r["tiling"],
+        serde_json::json!({
+            "spatial": {"mode": "tiled", "tile_pixels": 128, "stride_pixels": 96},
+            "frame_wise": {"mode": "disabled"},
+        })
+    );
+    assert_eq!(r["flow_direction"], "reverse");
 }
 
 #[test]
