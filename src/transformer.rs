@@ -4,7 +4,9 @@
 //! Mirrors the transformer call inside diffusers `HunyuanVideoPipeline.__call__`:
 //! `transformer(hidden_states=latents, timestep=t.expand(B), encoder_hidden_states=prompt_embeds,
 //! encoder_attention_mask=prompt_attention_mask, pooled_projections=pooled_prompt_embeds,
-//! guidance=guidance)`.
+//! guidance=guidance)`, except that the mask is applied by cropping: each row's text is cut to
+//! its valid tokens before the graph sees it (the graph has no mask input; see
+//! [`Transformer::predict_observed`]).
 
 use std::path::Path;
 

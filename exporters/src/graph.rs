@@ -1,9 +1,9 @@
 //! Neural-network layers written as standard ONNX operators, shared by every component graph.
 //!
 //! Each helper mirrors one PyTorch module the diffusers models use (`nn.Conv3d`, `nn.GroupNorm`,
-//! `nn.Linear`, `nn.SiLU`, the `Attention` of diffusers' `attention_processor.py` in its
-//! MatMul → Softmax → MatMul form) and reads its weights under the module's checkpoint name,
-//! like candle's `VarBuilder` prefixes. Only operators TensorRT's ONNX parser reads are used.
+//! `nn.Linear`, `nn.SiLU`, RMS / layer norms) and reads its weights under the module's
+//! checkpoint name, like candle's `VarBuilder` prefixes; attention has its own module,
+//! [`crate::attention`]. Only operators TensorRT's ONNX parser reads are used.
 
 use crate::error::Result;
 use crate::onnx::{Attr, DataType, GraphBuilder, TensorSource, Value, auto};
