@@ -43,14 +43,16 @@ side; the JSON keeps every PyTorch step and the table below the main one shows P
 step against the rest. Peak RSS is the whole process's (libraries, weights, activations),
 ru_maxrss of the child.
 
-Memory guard (the machine has no swap to spare: today's hyvideo graphs materialise the
-[B, heads, S, S] attention scores, ~25 GB per layer at 32k tokens): the hyvideo child runs under
-`RLIMIT_AS` = --mem-limit-gib (an allocation beyond it fails inside the child instead of pushing
-the machine into the OOM killer), and both children are watched every 50 ms: one whose RSS passes
---mem-limit-gib, or that leaves less than --min-free-gib of MemAvailable on the machine, is
-killed (SIGKILL) and its size reported as "OOM" / "killed" in the table; the script goes on with
-the next measurement. PyTorch gets the watchdog only (a CUDA build of torch maps ~3.5 GB of
-address space at import, so an address-space limit would not mean the same thing for it).
+Memory guard (the machine has no swap: today's hyvideo graphs materialise the [B, heads, S, S]
+attention scores, ~25 GB per layer at 32k tokens): both children are watched every 50 ms, and
+one whose RSS passes --mem-limit-gib (default 75 % of MemAvailable at start), or while the
+machine's MemAvailable falls below --min-free-gib, is killed (SIGKILL) and its size reported as
+"OOM" in the table; the script goes on with the next measurement. The hyvideo child also runs
+under `RLIMIT_AS` = --as-limit-gib (default MemTotal), so a single allocation larger than the
+RAM fails at once inside the child (reported as "OOM") instead of being touched page by page.
+The address-space limit is not set lower because ONNX Runtime's arena reserves far more address
+space than it touches (at 12k tokens an RLIMIT_AS of 17 GiB failed at 7.3 GiB RSS). PyTorch gets
+the watchdog only (a CUDA build of torch maps ~3.5 GB of address space at import).
 
 Run (after `./scripts/setup.sh`, `./benches/native/setup.sh` and `cargo build --release`):
 
@@ -316,6 +318,9 @@ def run_guarded(cmd: list[str], log_dir: Path, *, as_limit: int, rss_limit: int,
 def last_error_line(stderr: str) -> str:
     lines = [l.strip() for l in stderr.splitlines() if l.strip()]
     for l in reversed(lines):
+        if l.startswith("error:"):  # hyvideo's own message (anyhow's chain follows it)
+            return l[:400]
+    for l in reversed(lines):
         if "error" in l.lower() or "memory" in l.lower() or "alloc" in l.lower():
             return l[:400]
     return lines[-1][:400] if lines else "(no output)"
@@ -510,8 +515,11 @@ def main(argv=None) -> int:
     ap.add_argument("--flow-shift", type=float, default=7.0, help="(default 7.0)")
     ap.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale (default 6.0)")
     ap.add_argument("--mem-limit-gib", type=float,
-                    help="per-child memory limit: RLIMIT_AS of the hyvideo child and the RSS watchdog "
-                         "of both (default 75%% of MemAvailable at start)")
+                    help="per-child RSS limit of the watchdog (both sides; default 75%% of "
+                         "MemAvailable at start)")
+    ap.add_argument("--as-limit-gib", type=float,
+                    help="RLIMIT_AS (address space) of the hyvideo child, 0 = none (default: the "
+                         "machine's MemTotal: one allocation larger than the RAM fails at once)")
     ap.add_argument("--min-free-gib", type=float, default=1.0,
                     help="kill the child when the machine's MemAvailable falls below this (default 1.0)")
     ap.add_argument("--timeout-s", type=float, default=3600.0, help="per child (default 3600)")
@@ -560,6 +568,8 @@ def main(argv=None) -> int:
     avail = (meminfo_kib("MemAvailable") or 0) * 1024
     mem_limit = int(args.mem_limit_gib * GIB) if args.mem_limit_gib else int(0.75 * avail)
     min_free = int(args.min_free_gib * GIB)
+    as_limit = (int(args.as_limit_gib * GIB) if args.as_limit_gib is not None
+                else (meminfo_kib("MemTotal") or 0) * 1024)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -575,15 +585,16 @@ def main(argv=None) -> int:
         "seeds": {"model": MODEL_SEED, "embeds": EMBEDS_SEED, "latents": LATENTS_SEED},
         "steps": args.steps, "threads": args.threads, "text_len": args.text_len,
         "text_valid": args.text_valid, "flow_shift": args.flow_shift, "guidance": args.guidance,
-        "mem_limit_bytes": mem_limit, "min_free_bytes": min_free,
+        "mem_limit_bytes": mem_limit, "as_limit_bytes": as_limit, "min_free_bytes": min_free,
         "time_per_step": "denoising loop time / steps, excluding load (hyvideo: its 'denoise (N s)' line; "
                          "PyTorch: sum of per-step perf_counter times)",
         "peak_rss": "ru_maxrss of the child process (os.wait4), whole process",
         "sizes": [],
     }
     print(f"work dir: {work}")
-    print(f"memory guard: {mem_limit / GIB:.1f} GiB per child (RLIMIT_AS for hyvideo, RSS watchdog for both), "
-          f"kill below {min_free / GIB:.1f} GiB MemAvailable")
+    print(f"memory guard: RSS watchdog {mem_limit / GIB:.1f} GiB per child (both sides), kill below "
+          f"{min_free / GIB:.1f} GiB MemAvailable; hyvideo under RLIMIT_AS "
+          + (f"{as_limit / GIB:.1f} GiB" if as_limit else "none"))
     try:
         # ---- prepare: model, embeddings, noise (a child, so this process stays small)
         shapes = ",".join(f"{t}x{h}x{w}" for _, (t, h, w) in sizes)
@@ -661,7 +672,7 @@ def main(argv=None) -> int:
                        "--output-latents", str(out), "--infer-steps", str(args.steps),
                        "--embedded-cfg-scale", str(args.guidance), "--flow-shift", str(args.flow_shift),
                        "--flow-reverse", "--threads", str(args.threads)]
-                res = run_guarded(cmd, work / "logs" / f"hyvideo_{tag}", as_limit=mem_limit, rss_limit=mem_limit,
+                res = run_guarded(cmd, work / "logs" / f"hyvideo_{tag}", as_limit=as_limit, rss_limit=mem_limit,
                                   min_free=min_free, timeout_s=args.timeout_s, env=env, cwd=C.REPO_ROOT)
                 if res["status"] == "ok":
                     res.update(parse_hyvideo(res["stdout_tail"]))
