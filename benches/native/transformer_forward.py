@@ -3,8 +3,12 @@
 
   1. diffusers / PyTorch eager (`HunyuanVideoTransformer3DModel`, torch.inference_mode());
   2. `torch.onnx.export`'s graph of the same model, run by ONNX Runtime (CPU);
-  3. our graph (`hyvideo-export onnx --components transformer`), run by the same ONNX Runtime
-     with identical SessionOptions;
+  3. ours as `hyvideo --backend cpu` runs it: the CPU engine of `hyvideo-export build --backend
+     cpu` (attention fused into `com.microsoft.MultiHeadAttention`), run by the same ONNX
+     Runtime with identical SessionOptions, given the valid text tokens only (as the runtime
+     crops them: our graph has no mask input);
+  4. ("ours-standard") the bundle's own graph, attention as standard MatMul → Softmax → MatMul
+     (the form TensorRT reads), same inputs, for reference;
 
 plus a plain fp32 GEMM (torch.mm) measured in the same run, so each path's achieved GFLOP/s can
 be read against what the CPU does on a GEMM (the headroom).
@@ -16,10 +20,11 @@ rounded through bf16 and saved in bf16 as a diffusers folder `<work>/small/trans
 Inputs: latent [1,16,5,32,32] (1280 image tokens after 2×2 patching), 64 text tokens of which
 the first 48 are valid (right-padded), timestep 500, guidance 6000, pooled [1,768].
 
-It also checks the two ONNX outputs against PyTorch (max |diff| / max |torch output|; ours must
+It also checks the ONNX outputs against PyTorch (max |diff| / max |torch output|; ours must
 be ≤ 1e-4) and prints the issue's goal: ours ≤ 0.8× PyTorch and ours < torch-export.
 
-Run from the repo root (needs a release build: `cargo build --release --bin hyvideo-export`,
+Run from the repo root (needs a release build: `cargo build --release --bin hyvideo-export`, which finds
+the ONNX Runtime library that `scripts/setup.sh` fetches,
 and the bench venv: `./benches/native/setup.sh`):
 
     ./benches/native/setup.sh
@@ -342,6 +347,18 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
+def valid_text_only(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs as `hyvideo` gives our graph: the text cropped to its valid tokens (our graph
+    has no mask input; diffusers masks padded text everywhere and discards its outputs, so this
+    is exact). Batch 1 here."""
+    mask = inputs["encoder_attention_mask"]
+    valid = int(mask[0].sum())
+    out = dict(inputs)
+    out["encoder_hidden_states"] = inputs["encoder_hidden_states"][:, :valid]
+    out["encoder_attention_mask"] = mask[:, :valid]
+    return out
+
+
 def ort_feeds(sess, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Feed each declared input the named array, cast to the dtype the graph declares. Inputs
     the graph dropped (unused) are simply not fed."""
@@ -388,7 +405,7 @@ def parse_args(argv=None):
     ap.add_argument("--hyvideo-export", default=None,
                     help="exporter binary (default target/release/hyvideo-export under the repo root)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
-    ap.add_argument("--paths", default="pytorch,torch-export,ours",
+    ap.add_argument("--paths", default="pytorch,torch-export,ours,ours-standard",
                     help="comma-separated subset of pytorch,torch-export,ours (default all three)")
     ap.add_argument("--torch-export-mode", choices=["auto", "dynamo", "torchscript"], default="auto",
                     help="auto = dynamo=True, falling back to dynamo=False (default)")
@@ -408,7 +425,7 @@ def parse_args(argv=None):
                          "threads stop spinning (default 0.5)")
     args = ap.parse_args(argv)
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    bad = set(args.paths) - {"pytorch", "torch-export", "ours"}
+    bad = set(args.paths) - {"pytorch", "torch-export", "ours", "ours-standard"}
     if bad or not args.paths:
         ap.error(f"--paths: unknown {sorted(bad)}")
     if not (0 < args.text_valid <= args.text_len):
@@ -519,7 +536,8 @@ def main(argv=None) -> int:
                 report["paths"]["torch-export"] = {"error": str(e)}
 
         ours_path = bundle_dir / "transformer.onnx"
-        if "ours" in args.paths:
+        fused_path = None
+        if "ours" in args.paths or "ours-standard" in args.paths:
             if bundle_dir.exists():
                 shutil.rmtree(bundle_dir)
             cmd = C.run_exporter(exporter, model_dir, bundle_dir)
@@ -537,6 +555,21 @@ def main(argv=None) -> int:
                 else:
                     report["ours_export"] = {"export_s": dt, "graph": describe_onnx(ours_path)}
                     print(f"hyvideo-export: {dt:.1f} s, {report['ours_export']['graph']['nodes']} nodes")
+                    # What `hyvideo --backend cpu` runs: the CPU engine, attention fused into
+                    # com.microsoft.MultiHeadAttention (the bundle graph keeps the standard form).
+                    build = [str(exporter), "build", "--bundle", str(bundle_dir), "--backend", "cpu",
+                             "--threads", str(threads),
+                             "--shapes", str(C.REPO_ROOT / "configs/shapes/720p.yaml")]
+                    print("$ " + " ".join(build))
+                    r = subprocess.run(build, capture_output=True, text=True)
+                    found = sorted((bundle_dir / "engines").glob("cpu-*/transformer.onnx"))
+                    if r.returncode != 0 or not found:
+                        sys.stderr.write(r.stderr)
+                        failures.append(f"ours: engine build failed (exit {r.returncode})")
+                        report["paths"]["ours"] = {"error": "engine build failed", "stderr": r.stderr[-4000:]}
+                    else:
+                        fused_path = found[0]
+                        report["ours_engine"] = {"graph": describe_onnx(fused_path)}
             except OSError as e:
                 failures.append(f"ours: cannot run {exporter}: {e}")
                 report["paths"]["ours"] = {"error": str(e)}
@@ -570,7 +603,7 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 sess = ort_session(path, threads)
                 load_s = time.perf_counter() - t0
-                feeds = ort_feeds(sess, inputs)
+                feeds = ort_feeds(sess, valid_text_only(inputs) if key.startswith("ours") else inputs)
                 out_name = sess.get_outputs()[0].name
                 if key == "ours" and out_name != "sample":
                     print(f"warning: our graph's first output is {out_name!r}, DESIGN.md says 'sample'")
@@ -589,8 +622,10 @@ def main(argv=None) -> int:
 
         if "torch-export" in args.paths and te_path.exists() and "error" not in report["paths"].get("torch-export", {}):
             time_ort("torch-export", te_path)
-        if "ours" in args.paths and "error" not in report["paths"].get("ours", {}):
-            time_ort("ours", ours_path)
+        if "ours" in args.paths and fused_path is not None:
+            time_ort("ours", fused_path)
+        if "ours-standard" in args.paths and "error" not in report["paths"].get("ours", {}):
+            time_ort("ours-standard", ours_path)
 
         # ---------------- parity ----------------
         for key, out in outputs.items():
@@ -625,8 +660,9 @@ def print_report(report: dict, failures: list[str]) -> None:
           + (f"{gflop:.2f} GFLOP (analytic GEMM-like work)" if gflop else ""))
     rows = []
     labels = {"pytorch": "PyTorch eager (diffusers)", "torch-export": "torch.onnx.export + ORT",
-              "ours": "ours (hyvideo-export) + ORT"}
-    for key in ("pytorch", "torch-export", "ours"):
+              "ours": "ours, CPU engine (fused MultiHeadAttention) + ORT",
+              "ours-standard": "ours, bundle graph (standard attention) + ORT"}
+    for key in ("pytorch", "torch-export", "ours", "ours-standard"):
         r = paths.get(key)
         if r is None:
             continue
