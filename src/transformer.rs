@@ -231,12 +231,34 @@ pub trait VelocityModel {
     fn predict(&mut self, input: &StepInput<'_>) -> Result<Tensor5, TransformerError>;
 }
 
+/// How rows of a batch (true CFG's prompt and negative prompt) go to the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowBatching {
+    /// One batch-1 call per row. On ONNX Runtime CPU this is faster than a batch-2 call even
+    /// when both rows have as many tokens (7.5 s vs 7.8 s for 6 CFG steps of the bench model,
+    /// 2 threads; README "Measured").
+    PerRow,
+    /// Rows with equally many valid tokens share one call (GPUs run larger GEMMs at higher
+    /// utilisation; not measured here); others still go one by one.
+    SharedWhenEqual,
+}
+
+impl RowBatching {
+    pub fn for_provider(provider: BackendKind) -> RowBatching {
+        match provider {
+            BackendKind::Cpu => RowBatching::PerRow,
+            BackendKind::Cuda | BackendKind::TensorRt => RowBatching::SharedWhenEqual,
+        }
+    }
+}
+
 /// The bundle's transformer graph on one engine.
 pub struct Transformer {
     engine: Engine,
     guidance: bool,
     /// The graph takes `encoder_attention_mask` (bundles exported before it was dropped).
     mask: bool,
+    batching: RowBatching,
     attention: AttentionKernel,
 }
 
@@ -267,10 +289,12 @@ impl Transformer {
             .input_names()
             .iter()
             .any(|n| n == ENCODER_ATTENTION_MASK);
+        let batching = RowBatching::for_provider(engine.provider());
         Ok(Transformer {
             engine,
             guidance,
             mask,
+            batching,
             attention: loaded.attention.kernel(),
         })
     }
@@ -282,6 +306,13 @@ impl Transformer {
     /// The attention implementation this session runs.
     pub fn attention(&self) -> AttentionKernel {
         self.attention
+    }
+
+    /// Send rows as `batching` says instead of the provider's default.
+    #[must_use]
+    pub fn with_row_batching(mut self, batching: RowBatching) -> Self {
+        self.batching = batching;
+        self
     }
 
     /// Whether the model takes embedded guidance (`guidance_embeds`).
@@ -301,10 +332,10 @@ impl Transformer {
     /// `observe` — how calibration reads layer inputs it added as outputs.
     ///
     /// The graph attends over every text token it is given (no mask: see the exporter's
-    /// `transformer` module), so each row's text is cropped to its valid tokens first. Rows
-    /// with equally many valid tokens share one call; otherwise (true CFG with a prompt and a
-    /// negative prompt of different lengths) each row is its own batch-1 call. Exact: diffusers
-    /// masks padded text as keys everywhere and discards its outputs.
+    /// `transformer` module), so each row's text is cropped to its valid tokens first, and rows
+    /// go to the graph one by one, or — on GPUs, when they have equally many valid tokens — in
+    /// one call ([`RowBatching`]). Exact: diffusers masks padded text as keys everywhere and
+    /// discards its outputs.
     pub fn predict_observed(
         &mut self,
         input: &StepInput<'_>,
@@ -333,7 +364,9 @@ impl Transformer {
                 format!("row {r} has no valid token"),
             ));
         }
-        if lens.iter().all(|&n| n == lens[0]) {
+        if b == 1
+            || (self.batching == RowBatching::SharedWhenEqual && lens.iter().all(|&n| n == lens[0]))
+        {
             let cropped = text.rows_cropped(0..b, lens[0]);
             return self.call(
                 &StepInput {

@@ -123,9 +123,11 @@ struct BenchArgs {
     /// The diffusers-format folder for --native.
     #[arg(long)]
     native_model: Option<PathBuf>,
-    /// Python with benches/native/requirements.txt installed.
-    #[arg(long, default_value = "python3")]
-    python: PathBuf,
+    /// Python with benches/native/requirements.txt installed (default: the `.venv-bench/`
+    /// that `benches/native/setup.sh` makes beside the native script's source tree, else
+    /// `python3`).
+    #[arg(long)]
+    python: Option<PathBuf>,
     /// The native script (default: benches/native/pipeline_native.py of this source tree).
     #[arg(long)]
     native_script: Option<PathBuf>,
@@ -737,6 +739,20 @@ fn find_native_script(explicit: Option<&Path>) -> Result<PathBuf> {
     })
 }
 
+/// `--python`, else the bench venv of the tree `script` is in (`benches/native/setup.sh`
+/// makes it), else `python3` from PATH.
+fn native_python(explicit: Option<&Path>, script: &Path) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    script
+        .ancestors()
+        .nth(3)
+        .map(|root| root.join(".venv-bench/bin/python"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
 fn bench_cmd(args: BenchArgs) -> Result<()> {
     use hyvideo::bench::{max_abs_diff, rows, table};
     use hyvideo::pipeline::{TextEncoders, VideoSize, initial_latents};
@@ -860,8 +876,9 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             .native_model
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("--native needs --native-model"))?;
-        eprintln!("native: {} {}", args.python.display(), script.display());
-        let status = std::process::Command::new(&args.python)
+        let python = native_python(args.python.as_deref(), &script);
+        eprintln!("native: {} {}", python.display(), script.display());
+        let status = std::process::Command::new(&python)
             .arg(&script)
             .arg("--model")
             .arg(model_dir)
@@ -875,9 +892,14 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             .arg("--json")
             .arg(&json)
             .status()
-            .with_context(|| format!("running {}", args.python.display()))?;
+            .with_context(|| format!("running {}", python.display()))?;
         if !status.success() {
-            bail!("the native script {} failed ({status})", script.display());
+            bail!(
+                "the native script {} failed ({status}) under {}; its environment comes from \
+                 ./benches/native/setup.sh (or pass --python)",
+                script.display(),
+                python.display()
+            );
         }
         let nj: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
         if let Some(stages) = nj.get("stages").and_then(|v| v.as_object()) {

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use hyvideo::denoise::{DenoiseSettings, TrueCfg, denoise};
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::tensor::Tensor5;
-use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
+use hyvideo::transformer::{RowBatching, StepInput, TextConditioning, Transformer, VelocityModel};
 use hyvideo_engines::{AttentionPolicy, SessionConfig};
 use hyvideo_exporters::attention::AttentionKernel;
 use hyvideo_exporters::bundle::{Component, Manifest};
@@ -95,6 +95,44 @@ fn several_frames_with_h_ne_w_match_diffusers() {
 #[test]
 fn batch_of_two_with_different_padding_matches_diffusers() {
     check_case("batch2");
+}
+
+/// True CFG's two rows with equally many valid tokens: one shared call (GPU default) and two
+/// batch-1 calls (CPU default) give the same velocities, and each row the batch-1 result.
+#[test]
+fn rows_shared_or_one_by_one_agree() {
+    let g = |n: &str| golden(FILE, &format!("video.{n}"));
+    let hs = golden5(FILE, "video.hidden_states");
+    let (es, e) = g("encoder_hidden_states");
+    let (ms, m) = golden_i64(FILE, "video.encoder_attention_mask");
+    let (ps, p) = g("pooled_projections");
+    let one = TextConditioning::new((&es, e), (&ms, m), (&ps, p)).unwrap();
+    let two = one.stack(&one).unwrap();
+    let mut shape = hs.shape();
+    shape[0] = 2;
+    let hs2 = Tensor5::from_vec(shape, [hs.data(), hs.data()].concat()).unwrap();
+    let (_, t) = g("timestep");
+    let (_, guidance) = g("guidance");
+    let run = |model: &mut Transformer, x: &Tensor5, text: &TextConditioning, n: usize| {
+        model
+            .predict(&StepInput {
+                latents: x,
+                timestep: &t.repeat(n),
+                text,
+                guidance: Some(&guidance.repeat(n)),
+            })
+            .unwrap()
+    };
+    let mut model = load(transformer_bundle());
+    let single = run(&mut model, &hs, &one, 1);
+    let per_row = run(&mut model, &hs2, &two, 2);
+    let mut model = load(transformer_bundle()).with_row_batching(RowBatching::SharedWhenEqual);
+    let shared = run(&mut model, &hs2, &two, 2);
+    let half = single.data().len();
+    assert_eq!(&per_row.data()[..half], single.data());
+    assert_eq!(&per_row.data()[half..], single.data());
+    let err = rel_max_err(shared.data(), per_row.data());
+    assert!(err <= 1e-5, "shared vs per-row: {err:.3e}");
 }
 
 #[test]
