@@ -17,6 +17,7 @@ use hyvideo::transformer::{TextConditioning, Transformer};
 use hyvideo::vae::VaeDecoder;
 use hyvideo::video::{Video, VideoFormat, save_video};
 use hyvideo_engines::BackendKind;
+use hyvideo_exporters::attention::AttentionKernel;
 use hyvideo_exporters::bundle::Manifest;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -449,6 +450,8 @@ struct RunRecord<'a> {
     exporter_version: String,
     precision: String,
     provider: String,
+    /// The transformer's attention: `multi_head_attention` (fused) or `standard`.
+    transformer_attention: AttentionKernel,
     stages_seconds: Vec<(String, f64)>,
     peak_rss_mib: Option<f64>,
     outputs: Vec<String>,
@@ -619,6 +622,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         exporter_version: manifest.exporter_version.clone(),
         precision: manifest.precision.to_string(),
         provider: model.provider().to_string(),
+        transformer_attention: model.attention(),
         stages_seconds: stages.clone(),
         peak_rss_mib: hyvideo::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         outputs: outputs.clone(),

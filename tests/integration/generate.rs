@@ -150,6 +150,8 @@ fn run_record_stores_tiling_and_flow_direction_as_json_fields() {
     assert_eq!(r["tiling"]["frame_wise"]["tile_frames"], 8);
     assert_eq!(r["tiling"]["frame_wise"]["stride_frames"], 4);
     assert_eq!(r["flow_direction"], "forward");
+    // The CPU runs the transformer's attention fused.
+    assert_eq!(r["transformer_attention"], "multi_head_attention");
 
     let save = dir.path().join("b.safetensors");
     let o = generate(
