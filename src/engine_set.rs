@@ -155,10 +155,13 @@ fn spec<'a>(inputs: &'a [TensorSpec], name: &str) -> Option<&'a TensorSpec> {
     inputs.iter().find(|s| s.name == name)
 }
 
+/// Prompt tokens the transformer's engine profile is tuned for (its optimum shape).
+pub const TEXT_OPT_TOKENS: usize = 128;
+
 /// min / opt / max shapes of every input of every component of `manifest` for `preset`.
 /// Text encoders and the VAE run one prompt / one tile at a time (batch 1); the transformer
-/// takes the preset's batch (2 with true CFG) and 1 ..= 256 prompt tokens (the loop drops
-/// padding); the VAE decoder sees tiles of at most diffusers' default tile (32 × 32 latents,
+/// takes the preset's batch (2 with true CFG) and 1 ..= 256 prompt tokens, tuned for
+/// [`TEXT_OPT_TOKENS`] (it gets only a prompt's valid tokens); the VAE decoder sees tiles of at most diffusers' default tile (32 × 32 latents,
 /// 5 latent frames).
 pub fn component_profiles(
     bundle: &Path,
@@ -185,6 +188,8 @@ pub fn component_profiles(
     let [f0, f1, f2] = preset.frames.0;
     let [b0, b1, b2] = preset.batch.0;
     let text_max = crate::text::MAX_SEQUENCE_LENGTH;
+    // The transformer sees a prompt's valid tokens only: typical prompts are tens to ~100.
+    let text_opt = TEXT_OPT_TOKENS.min(text_max);
     let mut out = BTreeMap::new();
     for (&component, entry) in &manifest.components {
         let dims = |name: &str, i: usize| -> Result<usize, EngineSetError> {
@@ -214,14 +219,8 @@ pub fn component_profiles(
                     p(
                         "encoder_hidden_states",
                         vec![b0, 1, d],
-                        vec![b1, text_max, d],
+                        vec![b1, text_opt, d],
                         vec![b2, text_max, d],
-                    )?,
-                    p(
-                        "encoder_attention_mask",
-                        vec![b0, 1],
-                        vec![b1, text_max],
-                        vec![b2, text_max],
                     )?,
                     p(
                         "pooled_projections",
@@ -230,6 +229,15 @@ pub fn component_profiles(
                         vec![b2, pd],
                     )?,
                 ];
+                // Bundles exported before the graph dropped its mask input.
+                if spec(&entry.inputs, "encoder_attention_mask").is_some() {
+                    v.push(p(
+                        "encoder_attention_mask",
+                        vec![b0, 1],
+                        vec![b1, text_opt],
+                        vec![b2, text_max],
+                    )?);
+                }
                 if spec(&entry.inputs, "guidance").is_some() {
                     v.push(p("guidance", vec![b0], vec![b1], vec![b2])?);
                 }
@@ -439,7 +447,8 @@ pub fn build(
             }
             BackendKind::Cuda => {
                 // The bundle's weights linked in; the graph rewritten to the CUDA attention.
-                let rewritten = graph_load::rewrite(&src, base)?;
+                let (rewritten, report) = graph_load::rewrite(&src, base)?;
+                attention = report.kernel();
                 let files = std::iter::once(&entry.file).chain(entry.data_file.iter());
                 for f in files.skip(usize::from(rewritten.is_some())) {
                     let (from, to) = (bundle.join(f), staging.path().join(f));
@@ -447,10 +456,9 @@ pub fn build(
                         std::fs::copy(&from, &to).map_err(io(&from))?;
                     }
                 }
-                if let Some((bytes, report)) = rewritten {
+                if let Some(bytes) = rewritten {
                     let to = staging.path().join(&entry.file);
                     std::fs::write(&to, bytes).map_err(io(&to))?;
-                    attention = report.kernel();
                 }
                 entry.file.clone()
             }

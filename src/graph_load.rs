@@ -41,14 +41,14 @@ impl LoadedGraph {
     }
 }
 
-/// The graph `model` rewritten for `config`'s backend: the encoded model and what was fused
-/// (`None` when it loads unchanged).
+/// The graph `model` rewritten for `config`'s backend: the encoded model when anything was
+/// fused (`None`: it loads unchanged), and the attention it runs.
 pub fn rewrite(
     model: &Path,
     config: &SessionConfig,
-) -> Result<Option<(Vec<u8>, FuseReport)>, EngineError> {
+) -> Result<(Option<Vec<u8>>, FuseReport), EngineError> {
     let Some(precision) = fused_precision(config.backend.kind(), config.attention) else {
-        return Ok(None);
+        return Ok((None, FuseReport::default()));
     };
     let load_err = |reason: String| EngineError::ModelLoad {
         model: model.to_path_buf(),
@@ -61,24 +61,18 @@ pub fn rewrite(
     let mut proto =
         ModelProto::decode(bytes.as_slice()).map_err(|e| load_err(format!("not ONNX: {e}")))?;
     let report = fuse(&mut proto, precision).map_err(|e| load_err(e.to_string()))?;
-    if report.fused == 0 {
-        return Ok(None);
-    }
-    Ok(Some((proto.encode_to_vec(), report)))
+    let bytes = (report.fused > 0).then(|| proto.encode_to_vec());
+    Ok((bytes, report))
 }
 
 /// Load `model` on `config`'s backend with that backend's attention.
 pub fn load(model: &Path, config: &SessionConfig) -> Result<LoadedGraph, EngineError> {
-    match rewrite(model, config)? {
-        None => Ok(LoadedGraph {
-            engine: Engine::load(model, config)?,
-            attention: FuseReport::default(),
-        }),
-        Some((bytes, report)) => Ok(LoadedGraph {
-            engine: Engine::load_from_memory(model, &bytes, config)?,
-            attention: report,
-        }),
-    }
+    let (bytes, attention) = rewrite(model, config)?;
+    let engine = match bytes {
+        None => Engine::load(model, config)?,
+        Some(bytes) => Engine::load_from_memory(model, &bytes, config)?,
+    };
+    Ok(LoadedGraph { engine, attention })
 }
 
 /// [`load`], keeping only the engine.

@@ -167,12 +167,35 @@ impl TextConditioning {
         }
     }
 
-    /// Valid tokens of row `b`: Σ mask (diffusers' rule: token j is valid iff j < Σ mask).
-    pub fn valid_len(&self, b: usize) -> usize {
-        self.mask[b * self.len..(b + 1) * self.len]
-            .iter()
-            .filter(|&&m| m != 0)
-            .count()
+    /// Valid tokens of every row, for a graph that takes no mask: each row's mask must be
+    /// right-padded 0/1 (1 … 1 0 … 0, at least one 1), the only masks for which keeping the
+    /// first Σ mask tokens is exactly diffusers' masking. Anything else is refused, naming
+    /// the row.
+    pub fn valid_lens(&self) -> Result<Vec<usize>, TransformerError> {
+        (0..self.batch)
+            .map(|b| {
+                let row = &self.mask[b * self.len..(b + 1) * self.len];
+                let n = row.iter().take_while(|&&m| m == 1).count();
+                if n == 0 {
+                    return Err(input_err(
+                        "prompt attention mask",
+                        format!("row {b} has no valid token"),
+                    ));
+                }
+                if let Some(j) = row[n..].iter().position(|&m| m != 0) {
+                    return Err(input_err(
+                        "prompt attention mask",
+                        format!(
+                            "row {b} is not right-padded 0/1 (value {} at token {} after {n} \
+                             valid ones): text must be 1 … 1 then 0 … 0",
+                            row[n + j],
+                            n + j
+                        ),
+                    ));
+                }
+                Ok(n)
+            })
+            .collect()
     }
 
     /// Rows `rows` with their first `keep` tokens, all marked valid.
@@ -357,13 +380,10 @@ impl Transformer {
         if self.mask {
             return self.call(input, observe);
         }
-        let lens: Vec<usize> = (0..b).map(|r| text.valid_len(r)).collect();
-        if let Some(r) = lens.iter().position(|&n| n == 0) {
-            return Err(input_err(
-                "prompt attention mask",
-                format!("row {r} has no valid token"),
-            ));
+        if b == 0 {
+            return Err(input_err("latents", "batch of 0".into()));
         }
+        let lens = text.valid_lens()?;
         if b == 1
             || (self.batching == RowBatching::SharedWhenEqual && lens.iter().all(|&n| n == lens[0]))
         {
@@ -382,8 +402,9 @@ impl Transformer {
                 format!("{} values for batch {b}", g.len()),
             ));
         }
-        let per = input.latents.data().len() / b.max(1);
+        let per = input.latents.data().len() / b;
         let mut data = Vec::with_capacity(input.latents.data().len());
+        let mut out_shape = shape;
         let mut row_shape = shape;
         row_shape[0] = 1;
         for (r, &len) in lens.iter().enumerate() {
@@ -402,9 +423,12 @@ impl Transformer {
                 },
                 observe,
             )?;
+            out_shape = out.shape();
             data.extend_from_slice(out.data());
         }
-        Tensor5::from_vec(shape, data).map_err(|e| input_err("transformer output", e.to_string()))
+        out_shape[0] = b;
+        Tensor5::from_vec(out_shape, data)
+            .map_err(|e| input_err("transformer output", e.to_string()))
     }
 
     /// One graph call on `input` as it is.
@@ -502,5 +526,57 @@ impl Transformer {
         };
         Tensor5::from_vec(dims, out.data)
             .map_err(|e| input_err("transformer output", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(mask: Vec<i64>, batch: usize) -> TextConditioning {
+        let len = mask.len() / batch;
+        TextConditioning::new(
+            (&[batch, len, 2], vec![0.5; batch * len * 2]),
+            (&[batch, len], mask),
+            (&[batch, 3], vec![0.0; batch * 3]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn right_padded_masks_give_each_rows_length() {
+        let t = text(vec![1, 1, 1, 0, 0, 1, 0, 0, 0, 0], 2);
+        assert_eq!(t.valid_lens().unwrap(), [3, 1]);
+        assert_eq!(text(vec![1, 1, 1], 1).valid_lens().unwrap(), [3]);
+    }
+
+    #[test]
+    fn masks_cropping_cannot_reproduce_are_refused_naming_the_row() {
+        for (mask, needle) in [
+            (vec![1, 1, 0, 0, 0, 1, 1, 0], "row 1 has no valid token"),
+            (vec![1, 1, 0, 0, 1, 0, 1, 0], "row 1 is not right-padded"),
+            (vec![1, 2, 0, 0, 1, 0, 0, 0], "row 0 is not right-padded"),
+            (vec![1, 1, 1, 1, 1, 1, -1, 0], "row 1 is not right-padded"),
+        ] {
+            let e = text(mask.clone(), 2).valid_lens().unwrap_err().to_string();
+            assert!(e.contains(needle), "{mask:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cropped_rows_keep_their_tokens_and_pooled_values() {
+        let t = TextConditioning::new(
+            (&[2, 3, 1], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            (&[2, 3], vec![1, 1, 0, 1, 1, 1]),
+            (&[2, 1], vec![7.0, 8.0]),
+        )
+        .unwrap();
+        let r = t.rows_cropped(1..2, 3);
+        assert_eq!((r.batch(), r.len()), (1, 3));
+        assert_eq!(r.embeds(), [4.0, 5.0, 6.0]);
+        assert_eq!(r.pooled(), [8.0]);
+        let r = t.rows_cropped(0..2, 2);
+        assert_eq!(r.embeds(), [1.0, 2.0, 4.0, 5.0]);
+        assert_eq!(r.mask(), [1, 1, 1, 1]);
     }
 }

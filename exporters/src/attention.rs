@@ -198,14 +198,16 @@ fn repeat_kv(
 pub struct FuseReport {
     /// Sites now running `com.microsoft.MultiHeadAttention`.
     pub fused: usize,
-    /// Sites kept in the standard form (masked, or grouped-query).
+    /// Sites kept in the standard form (masked, grouped-query, or not resolvable).
     pub kept: usize,
+    /// `MultiHeadAttention` nodes the graph already had (an engine built fused).
+    pub present: usize,
 }
 
 impl FuseReport {
     /// The kernel the graph's attention runs as: fused when any site is.
     pub fn kernel(&self) -> AttentionKernel {
-        if self.fused > 0 {
+        if self.fused + self.present > 0 {
             AttentionKernel::MultiHeadAttention
         } else {
             AttentionKernel::Standard
@@ -390,14 +392,37 @@ pub fn fuse(model: &mut ModelProto, precision: MhaPrecision) -> Result<FuseRepor
         .graph
         .as_mut()
         .ok_or_else(|| fuse_err("the model has no graph".into()))?;
-    let mut report = FuseReport::default();
+    let mut report = FuseReport {
+        present: graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "MultiHeadAttention" && n.domain == MS_DOMAIN)
+            .count(),
+        ..FuseReport::default()
+    };
+    let taken: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().chain(std::iter::once(&n.name)).cloned())
+        .chain(graph.initializer.iter().map(|t| t.name.clone()))
+        .chain(graph.input.iter().map(|v| v.name.clone()))
+        .collect();
     let mut nodes = Vec::with_capacity(graph.node.len());
     for n in std::mem::take(&mut graph.node) {
         let Some(site) = AttentionSite::parse(&n.doc_string) else {
             nodes.push(n);
             continue;
         };
-        if !site.fusable() {
+        // Sites the kernels refuse, or whose record no longer matches the graph (inputs
+        // renamed, names taken), keep the standard form: correct, just unfused.
+        let resolvable = [&site.q, &site.k, &site.v]
+            .iter()
+            .all(|x| types.contains_key(x.as_str()))
+            && !taken.iter().any(|t| {
+                t.starts_with(&format!("{}/mha/", n.name))
+                    || *t == format!("{}/MultiHeadAttention", n.name)
+            });
+        if !site.fusable() || !resolvable {
             report.kept += 1;
             nodes.push(n);
             continue;
@@ -438,6 +463,100 @@ pub fn fuse(model: &mut ModelProto, precision: MhaPrecision) -> Result<FuseRepor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::WeightProvider;
+    use crate::onnx::{Dim, GraphBuilder, TensorSource, write_model};
+    use prost::Message;
+
+    struct NoWeights;
+
+    impl WeightProvider for NoWeights {
+        fn tensor(&self, name: &str, _: &[usize]) -> Result<Box<dyn TensorSource>> {
+            Err(fuse_err(format!("no weight {name}")))
+        }
+    }
+
+    /// A graph of one attention over q, k, v [B, S, 2, 8] (masked or not), plus q itself as a
+    /// second output (as the calibration variant adds outputs).
+    fn one_site(masked: bool) -> ModelProto {
+        let mut net = Net::new(GraphBuilder::new("t"), &NoWeights);
+        let dims = [Dim::from("b"), Dim::from("s"), Dim::Fixed(2), Dim::Fixed(8)];
+        let [q, k, v] = ["q", "k", "v"].map(|n| net.b.input(n, DataType::Float, &dims).unwrap());
+        let bias = net
+            .b
+            .input("bias", DataType::Float, &[1, 1, 1, 1].map(Dim::Fixed))
+            .unwrap();
+        let mask = if masked {
+            AttentionMask::Additive(&bias)
+        } else {
+            AttentionMask::None
+        };
+        let heads = Heads {
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let out = attention(&mut net, "a", &q, &k, &v, heads, mask).unwrap();
+        net.b
+            .output_as(&out, "out", DataType::Float, &dims)
+            .unwrap();
+        net.b.output(&q, DataType::Float, &dims).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let w = write_model(net.finish(), dir.path(), "m").unwrap();
+        ModelProto::decode(std::fs::read(w.onnx_path).unwrap().as_slice()).unwrap()
+    }
+
+    fn ops(m: &ModelProto) -> Vec<&str> {
+        let g = m.graph.as_ref().unwrap();
+        g.node.iter().map(|n| n.op_type.as_str()).collect()
+    }
+
+    #[test]
+    fn fusing_replaces_the_site_prunes_it_and_is_idempotent() {
+        let mut m = one_site(false);
+        let r = fuse(&mut m, MhaPrecision::Fp32).unwrap();
+        assert_eq!((r.fused, r.kept, r.present), (1, 0, 0));
+        assert_eq!(r.kernel(), AttentionKernel::MultiHeadAttention);
+        let o = ops(&m);
+        assert_eq!(
+            o.iter().filter(|&&op| op == "MultiHeadAttention").count(),
+            1
+        );
+        for gone in ["Softmax", "MatMul", "Transpose", "Mul"] {
+            assert!(!o.contains(&gone), "{gone} left: {o:?}");
+        }
+        let g = m.graph.as_ref().unwrap();
+        assert!(g.initializer.is_empty(), "the scale constant is pruned");
+        assert_eq!(g.output.len(), 2, "both outputs kept");
+        let ms = m
+            .opset_import
+            .iter()
+            .filter(|o| o.domain == MS_DOMAIN)
+            .count();
+        assert_eq!(ms, 1);
+        // An already fused graph is left as it is, and still reports the fused kernel.
+        let before = m.clone();
+        let r = fuse(&mut m, MhaPrecision::Fp32).unwrap();
+        assert_eq!((r.fused, r.present), (0, 1));
+        assert_eq!(r.kernel(), AttentionKernel::MultiHeadAttention);
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn masked_or_unresolvable_sites_keep_the_standard_form() {
+        let mut m = one_site(true);
+        let r = fuse(&mut m, MhaPrecision::Fp32).unwrap();
+        assert_eq!((r.fused, r.kept), (0, 1));
+        assert_eq!(r.kernel(), AttentionKernel::Standard);
+        assert!(ops(&m).contains(&"Softmax"));
+        // A record naming a value the graph no longer has.
+        let mut m = one_site(false);
+        for n in &mut m.graph.as_mut().unwrap().node {
+            n.doc_string = n.doc_string.replace("\"q\":\"q\"", "\"q\":\"renamed\"");
+        }
+        let r = fuse(&mut m, MhaPrecision::Fp32).unwrap();
+        assert_eq!((r.fused, r.kept), (0, 1));
+        assert!(ops(&m).contains(&"Softmax"));
+    }
 
     #[test]
     fn site_records_round_trip_and_other_docs_are_ignored() {

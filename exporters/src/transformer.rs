@@ -33,7 +33,7 @@ pub const HIDDEN_STATES: &str = "hidden_states";
 pub const TIMESTEP: &str = "timestep";
 pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
 /// diffusers' mask argument: not a graph input (see the module doc); graphs exported before
-/// it was dropped still take it, and the runtime feeds them all ones.
+/// it was dropped still take it, and the runtime feeds them the prompt's mask.
 pub const ENCODER_ATTENTION_MASK: &str = "encoder_attention_mask";
 pub const POOLED_PROJECTIONS: &str = "pooled_projections";
 pub const GUIDANCE: &str = "guidance";

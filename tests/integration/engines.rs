@@ -96,6 +96,10 @@ fn cpu_engines_reproduce_the_bundle() {
         .filter(|n| n.op_type == "MultiHeadAttention")
         .count();
     assert_eq!(mha, 5);
+    // ...and a run on the engines says so in its record.
+    let record = std::fs::read_to_string(dir.path().join("b/video.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["transformer_attention"], "multi_head_attention");
     // Building again is a no-op; --rebuild rebuilds in place.
     let again = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
         .args(["build", "--backend", "cpu", "--bundle"])
