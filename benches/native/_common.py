@@ -240,3 +240,56 @@ def fmt_bytes(n: float) -> str:
     if n >= GIB:
         return f"{n / GIB:.2f} GiB"
     return f"{n / MIB:.1f} MiB"
+
+
+# The small DiT of transformer_forward.py (hidden 384 = 6 heads x 64, 4 dual + 8 single + 2
+# refiner blocks, the real model's text widths); denoise_scaling.py derives its shallower one.
+SMALL_DIT = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=6,
+    attention_head_dim=64,
+    num_layers=4,
+    num_single_layers=8,
+    num_refiner_layers=2,
+    mlp_ratio=4.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=4096,
+    pooled_projection_dim=768,
+    rope_theta=256.0,
+    rope_axes_dim=(16, 24, 24),
+    image_condition_type=None,
+)
+
+# Started as `python -S -I -c LAUNCHER limit_bytes stdout stderr argv...`: applies RLIMIT_AS
+# (0 = none) to itself and so to its child, spawns the child with stdout/stderr to files, prints
+# the child's pid, then one JSON line with its wait status and rusage (os.wait4: that child
+# only).
+LAUNCHER = r"""
+import json, os, resource, sys, time
+limit, out, err, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+if limit > 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+fa = [(os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+      (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
+t0 = time.perf_counter()
+pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=fa)
+print(pid, flush=True)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+sig = -os.waitstatus_to_exitcode(status) if os.WIFSIGNALED(status) else None
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "signal": sig, "wall_s": wall,
+                  "maxrss_kib": ru.ru_maxrss, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+                  "majflt": ru.ru_majflt,
+                  "launcher_hwm_kib": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])}),
+      flush=True)
+"""
+
+
+def launcher_argv(as_limit: int, out_f, err_f, exe: str, args) -> list[str]:
+    """argv that runs `exe args` under LAUNCHER (RLIMIT_AS `as_limit` bytes, 0 = none)."""
+    return [sys.executable, "-S", "-I", "-c", LAUNCHER, str(as_limit), str(out_f), str(err_f),
+            exe, *args]

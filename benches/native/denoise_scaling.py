@@ -81,26 +81,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-# 6 heads x 64 = hidden 384 (the issue's DiT), shallow enough that the largest size finishes on
-# 2 cores; the rest as transformer_forward.py's SMALL_CONFIG (RoPE axes 16/24/24, patch 2).
+# 6 heads x 64 = hidden 384 (the issue's DiT): transformer_forward.py's small DiT, shallow
+# enough that the largest size finishes on 2 cores, with the bench pipeline's text widths.
 MODEL_CONFIG = dict(
-    in_channels=16,
-    out_channels=16,
-    num_attention_heads=6,
-    attention_head_dim=64,
+    C.SMALL_DIT,
     num_layers=2,
     num_single_layers=2,
     num_refiner_layers=1,
-    mlp_ratio=4.0,
-    patch_size=2,
-    patch_size_t=1,
-    qk_norm="rms_norm",
-    guidance_embeds=True,
     text_embed_dim=256,
     pooled_projection_dim=128,
-    rope_theta=256.0,
-    rope_axes_dim=(16, 24, 24),
-    image_condition_type=None,
 )
 MODEL_SEED = 9001
 EMBEDS_SEED = 9002
@@ -121,28 +110,6 @@ GOAL_LINEAR = 1.5    # last MiB-per-token slope <= 1.5x the first (quadratic gro
 MIB = C.MIB
 GIB = C.GIB
 
-# Started as `python -S -I -c LAUNCHER limit_bytes stdout stderr argv...`: applies RLIMIT_AS
-# (0 = none) to itself and so to its child, spawns the child with stdout/stderr to files, prints
-# the child's pid, then one JSON line with its wait status and rusage (os.wait4: that child
-# only).
-LAUNCHER = r"""
-import json, os, resource, sys, time
-limit, out, err, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-if limit > 0:
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-fa = [(os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-      (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
-t0 = time.perf_counter()
-pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=fa)
-print(pid, flush=True)
-_, status, ru = os.wait4(pid, 0)
-wall = time.perf_counter() - t0
-sig = -os.waitstatus_to_exitcode(status) if os.WIFSIGNALED(status) else None
-print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "signal": sig, "wall_s": wall,
-                  "maxrss_kib": ru.ru_maxrss, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
-                  "launcher_hwm_kib": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])}),
-      flush=True)
-"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +207,7 @@ def run_guarded(cmd: list[str], log_dir: Path, *, as_limit: int, rss_limit: int,
     out_f, err_f = log_dir / "stdout.txt", log_dir / "stderr.txt"
     exe = shutil.which(cmd[0]) or cmd[0]
     launcher = subprocess.Popen(
-        [sys.executable, "-S", "-I", "-c", LAUNCHER, str(as_limit), str(out_f), str(err_f), exe, *cmd[1:]],
+        C.launcher_argv(as_limit, out_f, err_f, exe, cmd[1:]),
         stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
     first = launcher.stdout.readline()
     try:

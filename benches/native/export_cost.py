@@ -18,7 +18,7 @@ Presets (`--sizes`, comma-separated; `HxDxS` = heads×dual×single is also accep
   large 16 heads (hidden 2048), 5 dual + 10 single, 2 refiner   (~3.0 GB, 4.6× small)
   full  24 heads (hidden 3072), 20 dual + 40 single, 2 refiner  (the real 13B model, ~25.6 GB)
 
-The exporter runs as a child process (started through a ~9 MB launcher, see LAUNCHER); its peak
+The exporter runs as a child process (started through a ~9 MB launcher, see _common.LAUNCHER); its peak
 RSS is `ru_maxrss` from `os.wait4` (the kernel's high-water mark: anonymous + file-backed +
 shared pages), and /proc/<pid>/status is sampled every `--sample-ms` to split the peak into
 anonymous (RssAnon) and file-backed (RssFile, e.g. mmapped checkpoint pages). Wall time is from
@@ -283,29 +283,14 @@ def drop_from_page_cache(files: list[Path]) -> None:
 # mark of the image it replaced, so an exporter forked/spawned directly from this torch-loaded
 # Python (~700 MB) would report at least that much. Spawned from the launcher, its ru_maxrss is
 # max(launcher's ~9 MB, the exporter's own peak). The launcher prints the exporter's pid, then,
-# when it has exited, one JSON line with its wait status and rusage.
-LAUNCHER = r"""
-import json, os, sys, time
-out, err, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-fa = [(os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-      (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
-t0 = time.perf_counter()
-pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=fa)
-print(pid, flush=True)
-_, status, ru = os.wait4(pid, 0)
-wall = time.perf_counter() - t0
-print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "wall_s": wall, "maxrss_kib": ru.ru_maxrss,
-                  "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "majflt": ru.ru_majflt,
-                  "launcher_hwm_kib": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])}),
-      flush=True)
-"""
+# when it has exited, one JSON line with its wait status and rusage (_common.LAUNCHER).
 
 
 def measure_export(cmd: list[str], log_dir: Path, sample_s: float) -> dict:
     log_dir.mkdir(parents=True, exist_ok=True)
     out_f, err_f = log_dir / "stdout.txt", log_dir / "stderr.txt"
     exe = shutil.which(cmd[0]) or cmd[0]
-    launcher = subprocess.Popen([sys.executable, "-S", "-I", "-c", LAUNCHER, str(out_f), str(err_f), exe, *cmd[1:]],
+    launcher = subprocess.Popen(C.launcher_argv(0, out_f, err_f, exe, cmd[1:]),
                                 stdout=subprocess.PIPE, text=True)
     peaks = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0, "VmRSS": 0, "VmHWM": 0}
     first = launcher.stdout.readline()

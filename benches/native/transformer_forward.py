@@ -52,25 +52,7 @@ import _common as C  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-SMALL_CONFIG = dict(
-    in_channels=16,
-    out_channels=16,
-    num_attention_heads=6,
-    attention_head_dim=64,
-    num_layers=4,
-    num_single_layers=8,
-    num_refiner_layers=2,
-    mlp_ratio=4.0,
-    patch_size=2,
-    patch_size_t=1,
-    qk_norm="rms_norm",
-    guidance_embeds=True,
-    text_embed_dim=4096,
-    pooled_projection_dim=768,
-    rope_theta=256.0,
-    rope_axes_dim=(16, 24, 24),
-    image_condition_type=None,
-)
+SMALL_CONFIG = C.SMALL_DIT
 
 MODEL_SEED = 0
 INPUT_SEED = 1
