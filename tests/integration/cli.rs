@@ -667,14 +667,21 @@ fn run_denoise(
     run(hyvideo_bin(), &args)
 }
 
+/// The pipeline golden's prompt embeddings and initial latents as `hyvideo denoise` inputs in
+/// `dir`: (embeds file, latents file).
+fn denoise_inputs(dir: &Path) -> (PathBuf, PathBuf) {
+    let embeds = dir.join("embeds.safetensors");
+    write_prompt_embeds(&embeds);
+    let (shape, init) = golden("pipeline.safetensors", "init_latents");
+    let init_path = dir.join("init.safetensors");
+    write_tensor(&init_path, "latents", &shape, &init);
+    (embeds, init_path)
+}
+
 #[test]
 fn denoise_command_reproduces_the_pipeline_and_stops_on_nan() {
     let dir = tempfile::tempdir().unwrap();
-    let embeds = dir.path().join("embeds.safetensors");
-    write_prompt_embeds(&embeds);
-    let (shape, init) = golden("pipeline.safetensors", "init_latents");
-    let init_path = dir.path().join("init.safetensors");
-    write_tensor(&init_path, "latents", &shape, &init);
+    let (embeds, init_path) = denoise_inputs(dir.path());
     let out = dir.path().join("final.safetensors");
     let o = run_denoise(
         &embeds,
@@ -691,7 +698,7 @@ fn denoise_command_reproduces_the_pipeline_and_stops_on_nan() {
     assert!(stdout.contains("provider: cpu"), "{stdout}");
 
     // NaN in the initial latents: stopped at step 1, nothing written.
-    let mut bad = init.clone();
+    let (shape, mut bad) = golden("pipeline.safetensors", "init_latents");
     bad[5] = f32::NAN;
     write_tensor(&init_path, "latents", &shape, &bad);
     let out2 = dir.path().join("never.safetensors");
@@ -756,11 +763,7 @@ fn flow_direction_defaults_to_one_to_zero_and_forward_is_explicit() {
     use hyvideo::denoise::{DenoiseSettings, denoise};
     use hyvideo::scheduler::FlowDirection;
     let dir = tempfile::tempdir().unwrap();
-    let embeds = dir.path().join("embeds.safetensors");
-    write_prompt_embeds(&embeds);
-    let (shape, init) = golden("pipeline.safetensors", "init_latents");
-    let init_path = dir.path().join("init.safetensors");
-    write_tensor(&init_path, "latents", &shape, &init);
+    let (embeds, init_path) = denoise_inputs(dir.path());
     let latents = |name: &str, extra: &[&dyn AsRef<std::ffi::OsStr>]| {
         let out = dir.path().join(name);
         let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--threads", &"2"];
