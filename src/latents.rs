@@ -209,14 +209,7 @@ pub fn write_latents(path: &Path, latents: &Tensor5) -> Result<(), LatentsError>
             reason: e.to_string(),
         }
     })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, &out).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    crate::atomic::write_file(path, &out).map_err(io)
 }
 
 /// Read the `latents` tensor and check its channel count against the VAE's.

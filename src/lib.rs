@@ -1,6 +1,9 @@
-//! hyvideo: run HunyuanVideo from exported ONNX engines — the flow-matching denoising loop on
-//! the transformer, tiled VAE decoding and video files (text encoders come with a later issue).
+//! hyvideo: run HunyuanVideo from exported ONNX engines — tokenizers and text encoders, seeded
+//! noise, the flow-matching denoising loop on the transformer, tiled VAE decoding and video
+//! files — plus the engine builds and calibration the `hyvideo-export` binary drives. The
+//! layout and data flow are in `docs/architecture.md`.
 
+pub mod atomic;
 pub mod bench;
 pub mod calibrate;
 pub mod cli;

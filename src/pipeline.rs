@@ -15,7 +15,7 @@ use crate::tensor::Tensor5;
 use crate::text::{ClipPrompts, LlamaPrompts, TextError, Tokens};
 use crate::transformer::{TextConditioning, TransformerError};
 
-/// Graph I/O names of the text encoders (DESIGN.md).
+/// Graph I/O names of the text encoders (docs/architecture.md).
 pub const INPUT_IDS: &str = "input_ids";
 pub const ATTENTION_MASK: &str = "attention_mask";
 pub const LLAMA_OUTPUT: &str = "hidden_states";

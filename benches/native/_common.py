@@ -29,7 +29,7 @@ BENCH_WORK_ROOT = REPO_ROOT / "target" / "bench-work"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
-# The names, in order, of the transformer graph's inputs (DESIGN.md, "Graph inputs and outputs").
+# The names, in order, of the transformer graph's inputs (docs/architecture.md, "Graph inputs and outputs").
 TRANSFORMER_INPUTS = (
     "hidden_states",
     "timestep",

@@ -211,7 +211,7 @@ def make_wrapper(model):
     import torch
 
     class ReturnTensor(torch.nn.Module):
-        """Positional inputs in DESIGN.md order, a plain tensor out (return_dict=False)."""
+        """Positional inputs in docs/architecture.md order, a plain tensor out (return_dict=False)."""
 
         def __init__(self, m):
             super().__init__()
@@ -588,7 +588,7 @@ def main(argv=None) -> int:
                 feeds = ort_feeds(sess, valid_text_only(inputs) if key.startswith("ours") else inputs)
                 out_name = sess.get_outputs()[0].name
                 if key == "ours" and out_name != "sample":
-                    print(f"warning: our graph's first output is {out_name!r}, DESIGN.md says 'sample'")
+                    print(f"warning: our graph's first output is {out_name!r}, docs/architecture.md says 'sample'")
                 outputs[key] = sess.run([out_name], feeds)[0]
                 ms = C.time_fn(lambda: sess.run([out_name], feeds), args.warmup, args.runs)
                 res = C.summarize_ms(ms)

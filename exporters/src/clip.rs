@@ -33,40 +33,15 @@ pub const OUTPUT: &str = "pooler_output";
 pub const CHECKPOINT_PREFIXES: [&str; 2] = ["", "text_model"];
 
 fn model_err(reason: String) -> ExportError {
-    ExportError::Model {
-        component: "text_encoder_2",
-        reason,
-    }
+    ExportError::model(COMPONENT, reason)
 }
+
+const COMPONENT: &str = "text_encoder_2";
 
 /// The key prefix (see [`CHECKPOINT_PREFIXES`]) under which `ckpt` holds the CLIP weights.
 pub fn checkpoint_prefix(ckpt: &Checkpoint) -> Result<&'static str> {
-    let key = |p: &str| {
-        if p.is_empty() {
-            "embeddings.token_embedding.weight".to_owned()
-        } else {
-            format!("{p}.embeddings.token_embedding.weight")
-        }
-    };
-    if let Some(p) = CHECKPOINT_PREFIXES.iter().find(|p| ckpt.contains(&key(p))) {
-        return Ok(p);
-    }
-    let mut sample: Vec<&str> = ckpt.names().take(5).collect();
-    sample.sort_unstable();
-    Err(model_err(format!(
-        "{} holds no CLIP token embedding (looked for {}); first keys: {}",
-        ckpt.path().display(),
-        CHECKPOINT_PREFIXES
-            .iter()
-            .map(|p| format!("`{}`", key(p)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        if sample.is_empty() {
-            "(none)".to_owned()
-        } else {
-            sample.join(", ")
-        }
-    )))
+    ckpt.probe_prefix(&CHECKPOINT_PREFIXES, "embeddings.token_embedding.weight")
+        .map_err(|e| model_err(format!("no CLIP token embedding: {e}")))
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -21,4 +21,15 @@ pub enum ExportError {
     },
 }
 
+impl ExportError {
+    /// A model-structure error of `component` (config or checkpoint contents the graph builder
+    /// cannot use).
+    pub fn model(component: &'static str, reason: impl Into<String>) -> ExportError {
+        ExportError::Model {
+            component,
+            reason: reason.into(),
+        }
+    }
+}
+
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;

@@ -81,7 +81,7 @@ impl TransformerWeights {
             return Err(ExportError::Model {
                 component: "transformer",
                 reason: format!(
-                    "{} holds float8_e4m3fn weights ({name}) but no fp8 scale map was found: pass                      --fp8-scale-map or put <stem>_map.safetensors beside it",
+                    "{} holds float8_e4m3fn weights ({name}) but no fp8 scale map was found: pass --fp8-scale-map or put <stem>_map.safetensors beside it",
                     self.ckpt.path().display()
                 ),
             });
@@ -136,11 +136,9 @@ fn io_dtype_name(bundle: &BundleWriter) -> Result<&'static str> {
     })
 }
 
-/// Weights are read as f32; the precision pass (`crate::precision`) converts them to each
-/// node's dtype.
-fn weight_dtype(_precision: Precision) -> Result<DType> {
-    Ok(DType::F32)
-}
+/// Weights are read as f32 whatever the profile: the precision pass (`crate::precision`)
+/// converts them to each node's dtype as they stream out.
+const READ_DTYPE: DType = DType::F32;
 
 /// The name of the model-folder sub-folder a component's weights live in.
 pub fn folder_name(component: Component) -> &'static str {
@@ -342,7 +340,7 @@ pub fn export_transformer(
         ckpt: ckpt.clone(),
         layout: layout.clone(),
         scales,
-        target: weight_dtype(precision)?,
+        target: READ_DTYPE,
         hidden: cfg.inner_dim(),
         mlp: cfg.mlp_hidden_dim(),
     };
@@ -430,7 +428,7 @@ pub fn export_vae_decoder(
     let ckpt = std::sync::Arc::new(Checkpoint::open(&dir)?);
     let provider = CheckpointWeights {
         weights: Weights::new(ckpt.clone()),
-        target: weight_dtype(precision)?,
+        target: READ_DTYPE,
     };
     let mut net = Net::new(
         with_metadata(
@@ -537,7 +535,7 @@ pub fn export_text_encoder(
     let prefix = llama::checkpoint_prefix(&ckpt)?;
     let provider = CheckpointWeights {
         weights: Weights::new(ckpt.clone()).pp(prefix),
-        target: weight_dtype(precision)?,
+        target: READ_DTYPE,
     };
     let builder = with_metadata(llama::graph_builder(), component, precision).with_metadata(
         "hyvideo.num_hidden_layers_to_skip",
@@ -583,7 +581,7 @@ pub fn export_text_encoder_2(
     let prefix = clip::checkpoint_prefix(&ckpt)?;
     let provider = CheckpointWeights {
         weights: Weights::new(ckpt.clone()).pp(prefix),
-        target: weight_dtype(precision)?,
+        target: READ_DTYPE,
     };
     let mut net = Net::new(
         with_metadata(clip::graph_builder(), component, precision),

@@ -227,7 +227,7 @@ impl<'w> Net<'w> {
 
     /// Mean over the last axis of `x` reshaped as [B, G, -1, W], then over the rest: the sum is
     /// split in two stages so ONNX Runtime's single-pass float sums stay accurate over millions
-    /// of elements (DESIGN.md, numerics).
+    /// of elements (docs/architecture.md, numerics).
     fn group_mean(&mut self, prefix: &str, x4: &Value) -> Result<Value> {
         let axes3 = self.axes(prefix, 3)?;
         let m = self.op(

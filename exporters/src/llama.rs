@@ -47,11 +47,10 @@ pub const CHECKPOINT_PREFIXES: [&str; 4] =
     ["", "model", "language_model.model", "model.language_model"];
 
 fn model_err(reason: String) -> ExportError {
-    ExportError::Model {
-        component: "text_encoder",
-        reason,
-    }
+    ExportError::model(COMPONENT, reason)
 }
+
+const COMPONENT: &str = "text_encoder";
 
 /// The number of decoder layers whose output is `hidden_states[-(skip + 1)]`.
 pub fn layers_used(cfg: &LlamaConfig, skip: usize) -> Result<usize> {
@@ -83,32 +82,8 @@ pub fn inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
 
 /// The key prefix (see [`CHECKPOINT_PREFIXES`]) under which `ckpt` holds the Llama weights.
 pub fn checkpoint_prefix(ckpt: &Checkpoint) -> Result<&'static str> {
-    let key = |p: &str| {
-        if p.is_empty() {
-            "embed_tokens.weight".to_owned()
-        } else {
-            format!("{p}.embed_tokens.weight")
-        }
-    };
-    if let Some(p) = CHECKPOINT_PREFIXES.iter().find(|p| ckpt.contains(&key(p))) {
-        return Ok(p);
-    }
-    let mut sample: Vec<&str> = ckpt.names().take(5).collect();
-    sample.sort_unstable();
-    Err(model_err(format!(
-        "{} holds no Llama token embedding (looked for {}); first keys: {}",
-        ckpt.path().display(),
-        CHECKPOINT_PREFIXES
-            .iter()
-            .map(|p| format!("`{}`", key(p)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        if sample.is_empty() {
-            "(none)".to_owned()
-        } else {
-            sample.join(", ")
-        }
-    )))
+    ckpt.probe_prefix(&CHECKPOINT_PREFIXES, "embed_tokens.weight")
+        .map_err(|e| model_err(format!("no Llama token embedding: {e}")))
 }
 
 /// Sizes the graph is built for.

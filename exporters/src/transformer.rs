@@ -44,11 +44,10 @@ const TIME_PROJ_DIM: usize = 256;
 const NORM_EPS: f32 = 1e-6;
 
 fn model_err(reason: String) -> ExportError {
-    ExportError::Model {
-        component: "transformer",
-        reason,
-    }
+    ExportError::model(COMPONENT, reason)
 }
+
+const COMPONENT: &str = "transformer";
 
 /// Frequencies of `get_timestep_embedding(.., 256, flip_sin_to_cos=True,
 /// downscale_freq_shift=0)`: `exp(-ln(10000) · i / 128)`, computed in f32 as torch does.

@@ -17,11 +17,10 @@ pub const INPUT: &str = "latent_sample";
 pub const OUTPUT: &str = "sample";
 
 fn model_err(reason: String) -> ExportError {
-    ExportError::Model {
-        component: "vae_decoder",
-        reason,
-    }
+    ExportError::model(COMPONENT, reason)
 }
+
+const COMPONENT: &str = "vae_decoder";
 
 /// Per-up-block settings derived from the config exactly as diffusers' decoder does.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,12 +1,13 @@
 //! `hyvideo-export`: HunyuanVideo checkpoints in, a self-contained ONNX bundle out.
 //!
-//! `onnx` exports components of a diffusers-format folder; `inspect` prints a bundle's
-//! manifest (precision, exporter version, graph I/O, source checkpoints).
+//! `onnx` exports components of a diffusers-format folder (every one it has by default);
+//! `build` makes per-machine engines from a bundle; `calibrate` records fp8 activation ranges;
+//! `inspect` prints a bundle's manifest (precision, exporter version, graph I/O, sources).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use hyvideo_exporters::bundle::{Component, Manifest, Precision};
 use hyvideo_exporters::export::{ExportRequest, TransformerSource, export, scan_components};
@@ -263,9 +264,8 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let scales = calibrate(&args.bundle, &run, &args.runtime.session_config())?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&scales)?)?;
-    tmp.persist(&args.out)?;
+    hyvideo::atomic::write_file(&args.out, &serde_json::to_vec_pretty(&scales)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "calibrated {} layers on {} prompt(s) x {} steps in {:.2} s; wrote {}",
         scales.amax.len(),

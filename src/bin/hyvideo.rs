@@ -1,8 +1,10 @@
-//! `hyvideo`: run HunyuanVideo from an exported bundle.
+//! `hyvideo`: run HunyuanVideo from an exported bundle (flags follow Tencent's
+//! `sample_video.py`).
 //!
-//! `hyvideo denoise` runs the flow-matching denoising loop on the bundle's transformer from
-//! saved prompt embeddings and initial latents; `hyvideo decode` decodes saved latents with the
-//! tiled VAE decoder into MP4 / PNG / safetensors (flags follow Tencent's `sample_video.py`).
+//! `generate` goes from a prompt and a seed to a video (text encoders, denoising loop, tiled
+//! decode) with a JSON run record; `denoise` runs the loop alone from saved prompt embeddings
+//! and initial latents; `decode` decodes saved latents into MP4 / PNG / safetensors; `bench`
+//! times every stage, optionally beside the PyTorch path.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -629,14 +631,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let json_path = args.save_path.with_extension("json");
     let json = serde_json::to_vec_pretty(&record)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(
-        json_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )?;
-    std::io::Write::write_all(&mut tmp, &json)?;
-    tmp.persist(&json_path)
+    hyvideo::atomic::write_file(&json_path, &json)
         .with_context(|| format!("writing {}", json_path.display()))?;
     report(&stages, model.provider());
     for o in outputs {

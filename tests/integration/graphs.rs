@@ -71,7 +71,7 @@ fn has_external(model: &ModelProto, name: &str) -> bool {
 fn vae_decoder_uses_only_allowed_standard_ops() {
     let model = check_structure(&vae_bundle().join("vae_decoder.onnx"));
     assert!(has_external(&model, "decoder.conv_in.conv.weight"));
-    // Graph I/O as DESIGN.md specifies.
+    // Graph I/O as docs/architecture.md specifies.
     let graph = model.graph.expect("graph");
     assert_eq!(io_names(&graph.input), ["latent_sample"]);
     assert_eq!(io_names(&graph.output), ["sample"]);

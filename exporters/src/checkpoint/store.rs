@@ -240,6 +240,40 @@ impl Checkpoint {
         self.tensors.contains_key(name)
     }
 
+    /// The first of `prefixes` under which the checkpoint holds `key` (`""` = no prefix), or
+    /// `Err` with a sentence naming the file, the keys looked for and its first keys.
+    pub fn probe_prefix(
+        &self,
+        prefixes: &[&'static str],
+        key: &str,
+    ) -> std::result::Result<&'static str, String> {
+        let full = |p: &str| {
+            if p.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{p}.{key}")
+            }
+        };
+        if let Some(p) = prefixes.iter().find(|p| self.contains(&full(p))) {
+            return Ok(p);
+        }
+        let sample: Vec<&str> = self.names().take(5).collect();
+        Err(format!(
+            "{} holds none of {}; first keys: {}",
+            self.path().display(),
+            prefixes
+                .iter()
+                .map(|p| format!("`{}`", full(p)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if sample.is_empty() {
+                "(none)".to_owned()
+            } else {
+                sample.join(", ")
+            }
+        ))
+    }
+
     /// `__metadata__` of the first file (single-file checkpoints carry e.g. `format: pt`).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.files[0].metadata
