@@ -24,7 +24,7 @@ use hyvideo_engines::{
     Backend, BackendKind, Engine, EngineError, InputProfile, SessionConfig, TensorRtOptions,
 };
 use hyvideo_exporters::attention::AttentionKernel;
-use hyvideo_exporters::bundle::{Component, Manifest, ManifestError, TensorSpec};
+use hyvideo_exporters::bundle::{Component, Manifest, ManifestError, Precision, TensorSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::graph_load;
@@ -293,12 +293,12 @@ pub struct EngineEntry {
 pub struct EngineManifest {
     pub format: String,
     pub format_version: u32,
-    pub backend: String,
+    pub backend: BackendKind,
     pub device: String,
     pub compute_capability: Option<String>,
     pub onnxruntime: String,
     pub tensorrt: Option<String>,
-    pub precision: String,
+    pub precision: Precision,
     pub bundle_manifest_sha256: String,
     pub shape_preset: String,
     /// The preset itself, so the engines can be rebuilt for another machine (`--rebuild`).
@@ -310,7 +310,7 @@ pub struct EngineManifest {
 impl EngineManifest {
     fn identity(&self) -> Result<DeviceIdentity, EngineError> {
         Ok(DeviceIdentity {
-            backend: self.backend.parse()?,
+            backend: self.backend,
             device: self.device.clone(),
             compute_capability: self.compute_capability.clone(),
             onnxruntime: self.onnxruntime.clone(),
@@ -416,8 +416,8 @@ pub fn build(
         })
         .collect();
     let hash = profile_hash(&all);
-    let precision = manifest.precision.to_string();
-    let dir = out_root.join(engine_dir_name(&identity, &precision, &hash));
+    let precision = manifest.precision;
+    let dir = out_root.join(engine_dir_name(&identity, &precision.to_string(), &hash));
     if dir.join(ENGINE_MANIFEST).is_file()
         && !rebuild
         && let Ok(m) = EngineManifest::load(&dir)
@@ -491,7 +491,7 @@ pub fn build(
     let record = EngineManifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
-        backend: kind.to_string(),
+        backend: kind,
         device: identity.device.clone(),
         compute_capability: identity.compute_capability.clone(),
         onnxruntime: identity.onnxruntime.clone(),
@@ -608,7 +608,7 @@ impl EngineSet {
         if !differences.is_empty() {
             return Err(EngineSetError::Mismatch {
                 path: dir.to_path_buf(),
-                backend: manifest.backend.clone(),
+                backend: manifest.backend.to_string(),
                 differences,
             });
         }
@@ -712,12 +712,12 @@ mod tests {
         let m = EngineManifest {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
-            backend: "tensorrt".into(),
+            backend: BackendKind::TensorRt,
             device: id.device.clone(),
             compute_capability: id.compute_capability.clone(),
             onnxruntime: id.onnxruntime.clone(),
             tensorrt: id.tensorrt.clone(),
-            precision: "fp16".into(),
+            precision: Precision::Fp16,
             bundle_manifest_sha256: "a".repeat(64),
             shape_preset: "720p".into(),
             preset: ShapePreset {

@@ -12,11 +12,14 @@ use ort::ep::ExecutionProvider;
 
 use crate::error::{EngineError, Result};
 
-/// Which family of execution provider a session uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which family of execution provider a session uses (serialised as its `--backend` name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum BackendKind {
+    #[serde(rename = "cpu")]
     Cpu,
+    #[serde(rename = "cuda")]
     Cuda,
+    #[serde(rename = "tensorrt")]
     TensorRt,
 }
 
