@@ -9,8 +9,10 @@ use hyvideo_engines::{Backend, BackendKind, SessionConfig};
 use crate::scheduler::FlowDirection;
 use crate::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
 
+/// Where and how ONNX Runtime runs: what every command that loads graphs takes
+/// (`hyvideo-export build` and `calibrate` take only these).
 #[derive(Debug, Clone, Args)]
-pub struct RuntimeArgs {
+pub struct SessionArgs {
     /// Execution provider: cpu, cuda or tensorrt (GPU ones need the matching cargo feature and
     /// the onnxruntime-gpu library). A provider that cannot run is an error, never a fallback.
     #[arg(long, default_value = "cpu", value_parser = parse_backend)]
@@ -25,14 +27,44 @@ pub struct RuntimeArgs {
     /// in .ort/lib/).
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
+}
+
+impl SessionArgs {
+    pub fn session_config(&self) -> SessionConfig {
+        self.session_config_on(self.backend)
+    }
+
+    fn session_config_on(&self, kind: BackendKind) -> SessionConfig {
+        let backend = match kind {
+            BackendKind::Cpu => Backend::Cpu,
+            BackendKind::Cuda => Backend::Cuda {
+                device_id: self.device_id,
+            },
+            BackendKind::TensorRt => Backend::TensorRt {
+                device_id: self.device_id,
+                options: Default::default(),
+            },
+        };
+        SessionConfig::default()
+            .with_backend(backend)
+            .with_intra_threads(self.threads)
+            .with_ort_lib(self.ort_lib.clone())
+    }
+}
+
+/// The session flags plus what running a bundle takes: built engines and per-component
+/// providers (`hyvideo generate`, `denoise`, `decode`, `bench`).
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// Engines built by `hyvideo-export build` to run instead of the bundle's graphs; refused
     /// when built for another device, runtime version or bundle.
     #[arg(long)]
     pub engines: Option<PathBuf>,
-    /// Rebuild engines: for `hyvideo-export build`, even when matching ones exist; with
-    /// --engines, when they were built for another machine or bundle (from the shape preset
-    /// they record) instead of refusing them.
-    #[arg(long)]
+    /// With --engines: rebuild engines built for another machine or bundle (from the shape
+    /// preset they record) instead of refusing them.
+    #[arg(long, requires = "engines")]
     pub rebuild: bool,
     /// Execution provider for the transformer only (default: --backend).
     #[arg(long, value_parser = parse_backend)]
@@ -61,8 +93,8 @@ impl RuntimeArgs {
                 crate::engine_set::EngineSet::open_or_rebuild(
                     dir,
                     bundle,
-                    &self.session_config(),
-                    self.device_id,
+                    &self.session.session_config(),
+                    self.session.device_id,
                     self.rebuild,
                 )
             })
@@ -77,29 +109,12 @@ impl RuntimeArgs {
             C::VaeDecoder => self.vae_backend,
             C::TextEncoder | C::TextEncoder2 => self.text_backend,
         }
-        .unwrap_or(self.backend);
-        self.session_config_on(kind)
+        .unwrap_or(self.session.backend);
+        self.session.session_config_on(kind)
     }
 
     pub fn session_config(&self) -> SessionConfig {
-        self.session_config_on(self.backend)
-    }
-
-    fn session_config_on(&self, kind: BackendKind) -> SessionConfig {
-        let backend = match kind {
-            BackendKind::Cpu => Backend::Cpu,
-            BackendKind::Cuda => Backend::Cuda {
-                device_id: self.device_id,
-            },
-            BackendKind::TensorRt => Backend::TensorRt {
-                device_id: self.device_id,
-                options: Default::default(),
-            },
-        };
-        SessionConfig::default()
-            .with_backend(backend)
-            .with_intra_threads(self.threads)
-            .with_ort_lib(self.ort_lib.clone())
+        self.session.session_config()
     }
 }
 

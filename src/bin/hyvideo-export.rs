@@ -93,9 +93,11 @@ struct BuildArgs {
     /// Where engine directories go (default: <bundle>/engines).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// (`--rebuild`: build again even when matching engines exist.)
+    /// Build again even when matching engines exist.
+    #[arg(long)]
+    rebuild: bool,
     #[command(flatten)]
-    runtime: hyvideo::cli::RuntimeArgs,
+    runtime: hyvideo::cli::SessionArgs,
 }
 
 #[derive(clap::Args)]
@@ -123,7 +125,7 @@ struct CalibrateArgs {
     #[arg(long, default_value_t = 7.0)]
     flow_shift: f32,
     #[command(flatten)]
-    runtime: hyvideo::cli::RuntimeArgs,
+    runtime: hyvideo::cli::SessionArgs,
 }
 
 /// Prompts used when `calibrate` is given none.
@@ -217,7 +219,7 @@ fn build(args: BuildArgs) -> Result<()> {
         &args.runtime.session_config(),
         args.runtime.device_id,
         &out,
-        args.runtime.rebuild,
+        args.rebuild,
         |c| eprintln!("building {c} ({})", args.runtime.backend),
     )?;
     match outcome {

@@ -524,7 +524,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let init = initial_latents(shape, seed.unwrap_or(0), from_file)?;
     if let Some(e) = &engines
-        && args.runtime.backend == BackendKind::TensorRt
+        && args.runtime.session.backend == BackendKind::TensorRt
     {
         // TensorRT engines are built for a shape range: refuse a size outside it up front.
         let mut s = shape;
@@ -717,9 +717,9 @@ fn timed<T>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<T>) -> Res
 
 /// The torch device the native path runs on: the GPU the engines use, else the CPU.
 fn native_device(runtime: &RuntimeArgs) -> String {
-    match runtime.backend {
+    match runtime.session.backend {
         BackendKind::Cpu => "cpu".into(),
-        BackendKind::Cuda | BackendKind::TensorRt => format!("cuda:{}", runtime.device_id),
+        BackendKind::Cuda | BackendKind::TensorRt => format!("cuda:{}", runtime.session.device_id),
     }
 }
 
@@ -866,7 +866,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         let out = dir.path().join("native.safetensors");
         let json = dir.path().join("native.json");
         let script = find_native_script(args.native_script.as_deref())?;
-        let threads = args.runtime.threads.unwrap_or_else(|| {
+        let threads = args.runtime.session.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -964,7 +964,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             "peak_rss_mib": rss,
             "native_peak_rss_mib": native_rss,
             "provider": model.provider().to_string(),
-            "threads": args.runtime.threads,
+            "threads": args.runtime.session.threads,
             "load_seconds": load_s,
         });
         std::fs::write(p, serde_json::to_vec_pretty(&doc)?)

@@ -822,3 +822,22 @@ fn flow_direction_defaults_to_one_to_zero_and_forward_is_explicit() {
         "{help}"
     );
 }
+
+/// `build` and `calibrate` take the session flags only: run-time flags they would ignore
+/// (`--engines`, per-component providers) are refused rather than silently dropped.
+#[test]
+fn export_side_commands_refuse_run_time_flags() {
+    let b = tiny_model();
+    for (cmd, flag) in [
+        ("build", "--engines"),
+        ("build", "--transformer-backend"),
+        ("calibrate", "--engines"),
+        ("calibrate", "--vae-backend"),
+    ] {
+        let o = run(
+            export_bin(),
+            &[&cmd, &"--bundle", &b, &"--out", &"x", &flag, &"cpu"],
+        );
+        assert_fails(&o, &[&format!("unexpected argument '{flag}'")]);
+    }
+}
