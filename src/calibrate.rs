@@ -3,7 +3,8 @@
 //! As NVIDIA's diffusion demos calibrate FP8 (ModelOpt's amax calibration): run the fp32
 //! transformer over a few denoising steps on calibration prompts and record, for every Linear
 //! layer the FP8 profile quantises, the largest |input| seen. The layer inputs are read by
-//! adding them as outputs of a temporary copy of the graph (it shares the bundle's weight file);
+//! adding them as outputs of an in-memory copy of the graph (loaded with the bundle's weight
+//! file; nothing is written into the bundle);
 //! `hyvideo-export onnx --precision fp8 --scales FILE` turns amax into scales (amax / 448).
 
 use std::collections::BTreeMap;
@@ -139,14 +140,8 @@ pub fn calibrate(
             doc_string: String::new(),
         });
     }
-    // Beside the graph, so its external weights resolve; removed when dropped.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".calibrate-")
-        .suffix(".onnx")
-        .tempfile_in(bundle)
-        .map_err(io(bundle))?;
-    std::io::Write::write_all(&mut tmp, &model.encode_to_vec()).map_err(io(tmp.path()))?;
-    let mut transformer = Transformer::load_file(tmp.path(), config)?;
+    // Loaded from memory, weights from the bundle's data file: the bundle is only read.
+    let mut transformer = Transformer::load_edited(&graph_path, model, config)?;
     let mut text = TextEncoders::load(bundle, &manifest, config)?;
     let vae = manifest.vae.as_ref();
     let (sr, tr) = vae.map_or((8, 4), |v| {
@@ -175,8 +170,6 @@ pub fn calibrate(
         };
         denoise(&mut observing, init, &enc.text, None, &settings, |_, _| {})?;
     }
-    drop(transformer);
-    drop(tmp);
     Ok(Fp8Scales::new(amax))
 }
 

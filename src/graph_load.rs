@@ -75,6 +75,24 @@ pub fn load(model: &Path, config: &SessionConfig) -> Result<LoadedGraph, EngineE
     Ok(LoadedGraph { engine, attention })
 }
 
+/// Load `proto`, an edited copy of the graph file `origin` (whose folder holds its external
+/// data), with `config`'s backend's attention; nothing is written to disk.
+pub fn load_edited(
+    origin: &Path,
+    mut proto: ModelProto,
+    config: &SessionConfig,
+) -> Result<LoadedGraph, EngineError> {
+    let attention = match fused_precision(config.backend.kind(), config.attention) {
+        Some(precision) => fuse(&mut proto, precision).map_err(|e| EngineError::ModelLoad {
+            model: origin.to_path_buf(),
+            reason: e.to_string(),
+        })?,
+        None => FuseReport::default(),
+    };
+    let engine = Engine::load_from_memory(origin, &proto.encode_to_vec(), config)?;
+    Ok(LoadedGraph { engine, attention })
+}
+
 /// [`load`], keeping only the engine.
 pub fn load_engine(model: &Path, config: &SessionConfig) -> Result<Engine, EngineError> {
     Ok(load(model, config)?.engine)

@@ -303,9 +303,24 @@ impl Transformer {
         Self::load_file(&files.path(Component::Transformer)?, config)
     }
 
-    /// Load a transformer graph file directly (e.g. a calibration variant with extra outputs).
+    /// Load a transformer graph file directly.
     pub fn load_file(path: &Path, config: &SessionConfig) -> Result<Transformer, TransformerError> {
-        let loaded = crate::graph_load::load(path, config)?;
+        Ok(Self::from_loaded(crate::graph_load::load(path, config)?))
+    }
+
+    /// Load an edited copy of the transformer graph file `origin` (e.g. calibration's variant
+    /// with layer inputs as extra outputs), weights from `origin`'s data file.
+    pub fn load_edited(
+        origin: &Path,
+        proto: hyvideo_exporters::onnx::ModelProto,
+        config: &SessionConfig,
+    ) -> Result<Transformer, TransformerError> {
+        Ok(Self::from_loaded(crate::graph_load::load_edited(
+            origin, proto, config,
+        )?))
+    }
+
+    fn from_loaded(loaded: crate::graph_load::LoadedGraph) -> Transformer {
         let engine = loaded.engine;
         let guidance = engine.input_names().iter().any(|n| n == GUIDANCE);
         let mask = engine
@@ -313,13 +328,13 @@ impl Transformer {
             .iter()
             .any(|n| n == ENCODER_ATTENTION_MASK);
         let batching = RowBatching::for_provider(engine.provider());
-        Ok(Transformer {
+        Transformer {
             engine,
             guidance,
             mask,
             batching,
             attention: loaded.attention.kernel(),
-        })
+        }
     }
 
     pub fn provider(&self) -> BackendKind {
