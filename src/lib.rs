@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod denoise;
 pub mod engine_set;
+pub mod generation;
 pub mod graph_load;
 pub mod latents;
 pub mod memory;

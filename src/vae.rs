@@ -31,6 +31,8 @@ pub enum VaeError {
     },
     #[error("latents must have {expected} channels, got shape {shape:?}")]
     Channels { expected: usize, shape: [usize; 5] },
+    #[error("decoding was cancelled after {tiles} tile(s)")]
+    Cancelled { tiles: usize },
 }
 
 pub struct VaeDecoder {
@@ -130,7 +132,21 @@ impl VaeDecoder {
         &mut self,
         latents: &Tensor5,
         plan: &TilePlan,
-        on_tile: impl FnMut(),
+        mut on_tile: impl FnMut(),
+    ) -> Result<Tensor5, VaeError> {
+        self.decode_while(latents, plan, || {
+            on_tile();
+            true
+        })
+    }
+
+    /// [`decode`](Self::decode) where `on_tile`, called after every decoder call, says whether
+    /// to go on: `false` stops before the next tile with [`VaeError::Cancelled`].
+    pub fn decode_while(
+        &mut self,
+        latents: &Tensor5,
+        plan: &TilePlan,
+        mut on_tile: impl FnMut() -> bool,
     ) -> Result<Tensor5, VaeError> {
         if latents.shape()[1] != self.settings.latent_channels {
             return Err(VaeError::Channels {
@@ -140,6 +156,21 @@ impl VaeDecoder {
         }
         let mut z = latents.clone();
         z.scale_div(self.settings.scaling_factor as f32);
-        decode_tiled(&z, plan, |tile| self.decode_tile(tile), on_tile)
+        let done = std::cell::Cell::new(0usize);
+        let go_on = std::cell::Cell::new(true);
+        decode_tiled(
+            &z,
+            plan,
+            |tile| {
+                if !go_on.get() {
+                    return Err(VaeError::Cancelled { tiles: done.get() });
+                }
+                self.decode_tile(tile)
+            },
+            || {
+                done.set(done.get() + 1);
+                go_on.set(on_tile());
+            },
+        )
     }
 }

@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 use hyvideo::cli::{RuntimeArgs, SamplingArgs, TilingArgs};
 use hyvideo::denoise::denoise;
 use hyvideo::engine_set::ModelFiles;
+use hyvideo::generation::{
+    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Setting, Stage, StageConfigs,
+};
 use hyvideo::latents::{TensorFile, read_latents_named, write_latents};
 use hyvideo::transformer::{TextConditioning, Transformer};
 use hyvideo::vae::VaeDecoder;
@@ -459,163 +462,159 @@ struct RunRecord<'a> {
     outputs: Vec<String>,
 }
 
+/// The `generate` flag of a request setting (how library errors are shown here).
+fn setting_flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Prompt => "--prompt",
+        Setting::NegativePrompt => "--neg-prompt",
+        Setting::Height => "--video-size height",
+        Setting::Width => "--video-size width",
+        Setting::Frames => "--video-length",
+        Setting::Steps => "--infer-steps",
+        Setting::EmbeddedGuidance => "--embedded-cfg-scale",
+        Setting::FlowShift => "--flow-shift",
+        Setting::CfgScale => "--cfg-scale",
+        Setting::InitialLatents => "--latents",
+    }
+}
+
+/// A library error with request settings named by their flags.
+fn flagged(e: GenerationError) -> anyhow::Error {
+    match e {
+        GenerationError::Invalid { setting, reason } => {
+            anyhow::anyhow!("{}: {reason}", setting_flag(setting))
+        }
+        other => other.into(),
+    }
+}
+
 fn generate(args: GenerateArgs) -> Result<()> {
-    use hyvideo::pipeline::{TextEncoders, VideoSize, initial_latents};
     let [height, width] = <[usize; 2]>::try_from(args.video_size.as_slice())
         .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
-    let size = VideoSize::new(height, width, args.video_length)?;
-    if args.prompt.trim().is_empty() {
-        bail!("--prompt is empty");
-    }
-    if args.sampling.infer_steps == 0 {
-        bail!("--infer-steps must be at least 1");
-    }
-    if args.sampling.cfg_scale > 1.0 && args.neg_prompt.is_none() {
-        bail!("--cfg-scale > 1 needs --neg-prompt (true classifier-free guidance)");
-    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    let initial_latents = match &args.latents {
+        Some(p) => {
+            Some(hyvideo::latents::TensorFile::open(p)?.tensor5(hyvideo::latents::LATENTS_TENSOR)?)
+        }
+        None => None,
+    };
+    let request = GenerateRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.neg_prompt.clone(),
+        height,
+        width,
+        frames: args.video_length,
+        steps: args.sampling.infer_steps,
+        embedded_guidance: args.sampling.embedded_cfg_scale,
+        flow_shift: args.sampling.flow_shift,
+        direction: args.sampling.flow_direction,
+        cfg_scale: args.sampling.cfg_scale,
+        seed,
+        initial_latents,
+        tiling: args.tiling.config(),
+    };
+    // Everything checked before anything loads or runs.
+    request.validate().map_err(flagged)?;
     VideoFormat::from_path(&args.save_path)?;
     check_output_dir("--save-path", &args.save_path)?;
     if let Some(p) = &args.output_latents {
         check_output_dir("--output-latents", p)?;
     }
-    let manifest = Manifest::load(&args.bundle)?;
     let manifest_sha256 =
         hyvideo_exporters::checkpoint::sha256_file(&args.bundle.join("manifest.yaml"))?;
     let mut stages: Vec<(String, f64)> = vec![];
 
     let t = Instant::now();
     let engines = args.runtime.engine_set(&args.bundle)?;
-    let files = ModelFiles {
-        bundle: &args.bundle,
-        manifest: &manifest,
-        engines: engines.as_ref(),
-    };
     use hyvideo_exporters::bundle::Component as C;
     let rt = &args.runtime;
-    let mut text = TextEncoders::load_with(&files, &rt.config_for(C::TextEncoder))
-        .with_context(|| format!("loading the text encoders of {}", args.bundle.display()))?;
-    let mut model = Transformer::load_with(&files, &rt.config_for(C::Transformer))
-        .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
-    let mut vae = VaeDecoder::load_with(&files, &rt.config_for(C::VaeDecoder))
-        .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
+    let configs = StageConfigs {
+        text: rt.config_for(C::TextEncoder),
+        transformer: rt.config_for(C::Transformer),
+        vae: rt.config_for(C::VaeDecoder),
+    };
+    let mut pipeline = Pipeline::load(&args.bundle, engines, &configs)
+        .map_err(flagged)
+        .with_context(|| format!("loading {}", args.bundle.display()))?;
     stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
-
-    let settings = vae.settings().clone();
-    let shape = size.latent_shape(
-        settings.latent_channels,
-        settings.spatial_compression_ratio,
-        settings.temporal_compression_ratio,
-    );
-    let seed = match (&args.latents, args.seed) {
-        (Some(_), s) => s,
-        (None, Some(s)) => Some(s),
-        (None, None) => Some(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        ),
-    };
-    let from_file = match &args.latents {
-        Some(p) => {
-            Some(hyvideo::latents::TensorFile::open(p)?.tensor5(hyvideo::latents::LATENTS_TENSOR)?)
-        }
-        None => None,
-    };
-    let init = initial_latents(shape, seed.unwrap_or(0), from_file)?;
-    if let Some(e) = &engines
-        && args.runtime.session.backend == BackendKind::TensorRt
-    {
-        // TensorRT engines are built for a shape range: refuse a size outside it up front.
-        let mut s = shape;
-        s[0] = if args.sampling.cfg_scale > 1.0 { 2 } else { 1 };
-        e.check_shape(
-            hyvideo_exporters::bundle::Component::Transformer,
-            "hidden_states",
-            &s,
-        )?;
-    }
     if args.latents.is_none() {
-        eprintln!("seed {}", seed.unwrap_or(0));
+        eprintln!("seed {seed}");
     }
 
-    let t = Instant::now();
-    let pb = progress(2, "text");
-    let prompt = text.encode(&[args.prompt.as_str()], || pb.inc(1))?;
-    let negative = match (&args.neg_prompt, args.sampling.cfg_scale > 1.0) {
-        (Some(n), true) => {
-            pb.set_length(4);
-            Some(text.encode(&[n.as_str()], || pb.inc(1))?)
-        }
-        _ => None,
-    };
-    pb.finish_and_clear();
-    for (what, enc) in [
-        ("--prompt", Some(&prompt)),
-        ("--neg-prompt", negative.as_ref()),
-    ] {
-        if let Some(e) = enc
-            && (!e.llama_truncated.is_empty() || !e.clip_truncated.is_empty())
-        {
-            eprintln!(
-                "warning: {what} was cut to fit ({} Llama tokens, 77 CLIP tokens)",
-                hyvideo::text::MAX_SEQUENCE_LENGTH
-            );
-        }
-    }
-    stages.push(("text encoders".into(), t.elapsed().as_secs_f64()));
-
-    let sampling = args.sampling.settings(model.takes_guidance());
-    let t = Instant::now();
-    let pb = progress(sampling.steps, "denoise");
-    let latents = denoise(
-        &mut model,
-        init,
-        &prompt.text,
-        negative.as_ref().map(|n| &n.text),
-        &sampling,
-        |r, _| {
-            pb.set_message(format!("{:.2} s/step", r.elapsed.as_secs_f64()));
-            pb.inc(1);
+    let mut bar: Option<ProgressBar> = None;
+    let generated = pipeline.generate(
+        &request,
+        &mut |event| match event {
+            Progress::Stage(stage) => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                bar = match stage {
+                    Stage::Denoise => Some(progress(request.steps, "denoise")),
+                    _ => None,
+                };
+            }
+            Progress::Step { elapsed, .. } => {
+                if let Some(b) = &bar {
+                    b.set_message(format!("{:.2} s/step", elapsed.as_secs_f64()));
+                    b.inc(1);
+                }
+            }
+            Progress::Tile { tiles, .. } => {
+                let b = bar.get_or_insert_with(|| progress(tiles, "vae tiles"));
+                b.inc(1);
+            }
         },
+        &CancelFlag::new(),
     );
-    pb.finish_and_clear();
-    let latents = latents?;
-    let loop_s = t.elapsed().as_secs_f64();
-    stages.push((format!("denoise ({:>3} s)", sampling.steps), loop_s));
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+    let generated = generated.map_err(flagged)?;
+    if generated.truncated {
+        eprintln!(
+            "warning: the prompt was cut to fit ({} Llama tokens, 77 CLIP tokens)",
+            hyvideo::text::MAX_SEQUENCE_LENGTH
+        );
+    }
+    for (stage, d) in &generated.timings {
+        let name = match stage {
+            Stage::TextEncoders => "text encoders".to_string(),
+            Stage::Denoise => format!("denoise ({:>3} s)", request.steps),
+            Stage::Decode => format!("decode ({:>3} t)", generated.decoder_calls),
+        };
+        stages.push((name, d.as_secs_f64()));
+    }
     let mut outputs = vec![];
     if let Some(p) = &args.output_latents {
-        write_latents(p, &latents)?;
+        write_latents(p, &generated.latents)?;
         outputs.push(p.display().to_string());
     }
 
     let t = Instant::now();
-    let plan = vae.plan(latents.shape(), &args.tiling.config())?;
-    let pb = progress(plan.decoder_calls(), "vae tiles");
-    let video = vae.decode(&latents, &plan, || pb.inc(1))?;
-    pb.finish_and_clear();
-    stages.push((
-        format!("decode ({:>3} t)", plan.decoder_calls()),
-        t.elapsed().as_secs_f64(),
-    ));
-
-    let t = Instant::now();
-    let video = Video::new(video.shape(), video.into_data())?;
+    let video = Video::new(generated.video.shape(), generated.video.data().to_vec())?;
     let written = save_video(&args.save_path, &video, args.fps)?;
     stages.push(("write video".into(), t.elapsed().as_secs_f64()));
     outputs.extend(written.iter().map(|w| w.display().to_string()));
 
+    let model = pipeline.transformer();
+    let manifest = pipeline.manifest();
     let record = RunRecord {
         prompt: &args.prompt,
         neg_prompt: args.neg_prompt.as_deref(),
         video_size: [height, width],
         video_length: args.video_length,
-        seed: if args.latents.is_some() { None } else { seed },
+        seed: generated.seed,
         latents: args.latents.as_ref().map(|p| p.display().to_string()),
-        infer_steps: sampling.steps,
+        infer_steps: request.steps,
         embedded_cfg_scale: args.sampling.embedded_cfg_scale,
-        flow_shift: sampling.shift,
-        flow_direction: sampling.direction,
+        flow_shift: request.flow_shift,
+        flow_direction: request.direction,
         cfg_scale: args.sampling.cfg_scale,
         fps: args.fps,
         tiling: TilingRecord::from(&args.tiling.config()),

@@ -10,6 +10,7 @@ mod common;
 mod engines;
 mod generate;
 mod graphs;
+mod pipeline;
 mod precision;
 mod text_encoders;
 mod transformer;

@@ -1,0 +1,141 @@
+//! The library's `Pipeline`: one load, several generations (equal to diffusers' golden and to
+//! a fresh load), progress events, and cancellation between steps and between tiles.
+
+use hyvideo::generation::{
+    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Stage, StageConfigs,
+};
+use hyvideo_engines::SessionConfig;
+
+use crate::common::{golden, rel_max_err};
+use crate::generate::full_bundle;
+
+/// The pipeline golden's settings (as the `generate` CLI tests use them).
+fn request(seed: u64) -> GenerateRequest {
+    GenerateRequest {
+        height: 32,
+        width: 48,
+        frames: 9,
+        steps: 4,
+        seed,
+        ..GenerateRequest::new("A cat walks on the grass, realistic style.")
+    }
+}
+
+fn load() -> Pipeline {
+    let config = SessionConfig::default().with_intra_threads(Some(2));
+    Pipeline::load(full_bundle(), None, &StageConfigs::all(config)).unwrap()
+}
+
+#[test]
+fn one_load_serves_several_generations() {
+    let mut p = load();
+    let mut events = vec![];
+    let a = p
+        .generate(&request(42), &mut |e| events.push(e), &CancelFlag::new())
+        .unwrap();
+    let (_, want) = golden("pipeline.safetensors", "final_latents");
+    let err = rel_max_err(a.latents.data(), &want);
+    assert!(err <= 1e-3, "final latents vs diffusers: {err:.3e}");
+    assert_eq!(a.seed, Some(42));
+    // Stages in order, every step and tile once.
+    let stages: Vec<Stage> = events
+        .iter()
+        .filter_map(|e| match e {
+            Progress::Stage(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages, [Stage::TextEncoders, Stage::Denoise, Stage::Decode]);
+    let steps: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Progress::Step { step, steps: 4, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4]);
+    let tiles = events
+        .iter()
+        .filter(|e| matches!(e, Progress::Tile { .. }))
+        .count();
+    assert!(tiles >= 1);
+    // A second request on the same load: another seed, another video, and exactly what a
+    // fresh load makes of it (nothing carried over from the first run).
+    let b = p
+        .generate(&request(7), &mut |_| {}, &CancelFlag::new())
+        .unwrap();
+    assert!(rel_max_err(b.latents.data(), a.latents.data()) > 1e-2);
+    let fresh = load()
+        .generate(&request(7), &mut |_| {}, &CancelFlag::new())
+        .unwrap();
+    assert_eq!(b.latents.data(), fresh.latents.data());
+    assert_eq!(b.video.data(), fresh.video.data());
+    assert_eq!(b.video.shape(), [1, 3, 9, 32, 48]);
+}
+
+#[test]
+fn cancellation_stops_between_steps_and_between_tiles() {
+    let mut p = load();
+    let cancel = CancelFlag::new();
+    let mut steps = 0;
+    let r = p.generate(
+        &request(42),
+        &mut |e| {
+            if let Progress::Step { step, .. } = e {
+                steps = step;
+                if step == 2 {
+                    cancel.cancel();
+                }
+            }
+        },
+        &cancel,
+    );
+    assert!(
+        matches!(
+            r,
+            Err(GenerationError::Cancelled {
+                stage: Stage::Denoise
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(steps, 2, "no step after the cancel");
+    let cancel = CancelFlag::new();
+    let mut tiles = 0;
+    let tiled = GenerateRequest {
+        tiling: hyvideo::vae_tiling::TilingConfig {
+            spatial: Some(hyvideo::vae_tiling::SpatialTiling {
+                tile: 16,
+                stride: 8,
+            }),
+            ..Default::default()
+        },
+        ..request(42)
+    };
+    let r = p.generate(
+        &tiled,
+        &mut |e| {
+            if let Progress::Tile { tile, tiles: n } = e {
+                assert!(n > 1, "several tiles");
+                tiles = tile;
+                cancel.cancel();
+            }
+        },
+        &cancel,
+    );
+    assert!(
+        matches!(
+            r,
+            Err(GenerationError::Cancelled {
+                stage: Stage::Decode
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(tiles, 1, "no tile after the cancel");
+    // The pipeline stays usable after a cancelled run.
+    assert!(
+        p.generate(&request(3), &mut |_| {}, &CancelFlag::new())
+            .is_ok()
+    );
+}
