@@ -19,7 +19,7 @@ use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
 use crate::denoise::{DenoiseError, DenoiseSettings, TrueCfg, denoise};
 use crate::engine_set::{EngineSet, EngineSetError, ModelFiles};
-use crate::pipeline::{PipelineError, TextEncoders, VideoSize, initial_latents};
+use crate::pipeline::{PipelineError, SizeDimension, TextEncoders, VideoSize, initial_latents};
 use crate::scheduler::FlowDirection;
 use crate::tensor::Tensor5;
 use crate::transformer::{StepInput, Transformer, TransformerError, VelocityModel};
@@ -162,23 +162,14 @@ impl GenerateRequest {
         if self.prompt.trim().is_empty() {
             return Err(Self::invalid(Setting::Prompt, "is empty"));
         }
-        for (setting, v) in [(Setting::Height, self.height), (Setting::Width, self.width)] {
-            if v == 0 || !v.is_multiple_of(16) {
-                return Err(Self::invalid(
-                    setting,
-                    format!("{v} is not a positive multiple of 16"),
-                ));
-            }
-        }
-        if self.frames == 0 || !(self.frames - 1).is_multiple_of(4) {
-            return Err(Self::invalid(
-                Setting::Frames,
-                format!(
-                    "{} is not of the form 4k + 1 (1, 5, 9, ..., 129)",
-                    self.frames
-                ),
-            ));
-        }
+        let size = VideoSize::checked(self.height, self.width, self.frames).map_err(|e| {
+            let setting = match e.dimension {
+                SizeDimension::Height => Setting::Height,
+                SizeDimension::Width => Setting::Width,
+                SizeDimension::Frames => Setting::Frames,
+            };
+            Self::invalid(setting, e.reason)
+        })?;
         if self.steps == 0 {
             return Err(Self::invalid(Setting::Steps, "must be at least 1"));
         }
@@ -211,7 +202,7 @@ impl GenerateRequest {
                 "a cfg scale above 1 (true classifier-free guidance) needs a negative prompt",
             ));
         }
-        VideoSize::new(self.height, self.width, self.frames).map_err(GenerationError::Pipeline)
+        Ok(size)
     }
 }
 

@@ -56,30 +56,55 @@ pub struct VideoSize {
     pub frames: usize,
 }
 
+/// Which dimension of a [`VideoSize`] is out of range, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeError {
+    pub dimension: SizeDimension,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeDimension {
+    Height,
+    Width,
+    Frames,
+}
+
 impl VideoSize {
-    /// Sizes the model can make: height and width positive multiples of 16, frames = 4k + 1.
-    pub fn new(height: usize, width: usize, frames: usize) -> Result<VideoSize, PipelineError> {
-        for (flag, v) in [
-            ("--video-size height", height),
-            ("--video-size width", width),
+    /// Sizes the model can make: height and width positive multiples of 16, frames = 4k + 1;
+    /// the error names the dimension (front ends name it their way).
+    pub fn checked(height: usize, width: usize, frames: usize) -> Result<VideoSize, SizeError> {
+        let err = |dimension, reason| Err(SizeError { dimension, reason });
+        for (dim, v) in [
+            (SizeDimension::Height, height),
+            (SizeDimension::Width, width),
         ] {
             if v == 0 || !v.is_multiple_of(16) {
-                return Err(setting(
-                    flag,
-                    format!("{v} is not a positive multiple of 16"),
-                ));
+                return err(dim, format!("{v} is not a positive multiple of 16"));
             }
         }
         if frames == 0 || !(frames - 1).is_multiple_of(4) {
-            return Err(setting(
-                "--video-length",
+            return err(
+                SizeDimension::Frames,
                 format!("{frames} is not of the form 4k + 1 (1, 5, 9, ..., 129)"),
-            ));
+            );
         }
         Ok(VideoSize {
             height,
             width,
             frames,
+        })
+    }
+
+    /// [`checked`](Self::checked), the error naming `generate`'s flags.
+    pub fn new(height: usize, width: usize, frames: usize) -> Result<VideoSize, PipelineError> {
+        Self::checked(height, width, frames).map_err(|e| {
+            let flag = match e.dimension {
+                SizeDimension::Height => "--video-size height",
+                SizeDimension::Width => "--video-size width",
+                SizeDimension::Frames => "--video-length",
+            };
+            setting(flag, e.reason)
         })
     }
 

@@ -402,6 +402,10 @@ impl Transformer {
         if b == 1
             || (self.batching == RowBatching::SharedWhenEqual && lens.iter().all(|&n| n == lens[0]))
         {
+            if lens[0] == text.len {
+                // No padding (the loop already cropped to the prompt): no copy per step.
+                return self.call(input, observe);
+            }
             let cropped = text.rows_cropped(0..b, lens[0]);
             return self.call(
                 &StepInput {

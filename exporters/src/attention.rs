@@ -415,13 +415,15 @@ pub fn fuse(model: &mut ModelProto, precision: MhaPrecision) -> Result<FuseRepor
         };
         // Sites the kernels refuse, or whose record no longer matches the graph (inputs
         // renamed, names taken), keep the standard form: correct, just unfused.
+        let (scratch, mha) = (
+            format!("{}/mha/", n.name),
+            format!("{}/MultiHeadAttention", n.name),
+        );
         let resolvable = [&site.q, &site.k, &site.v]
             .iter()
             .all(|x| types.contains_key(x.as_str()))
-            && !taken.iter().any(|t| {
-                t.starts_with(&format!("{}/mha/", n.name))
-                    || *t == format!("{}/MultiHeadAttention", n.name)
-            });
+            && !taken.contains(&mha)
+            && !taken.iter().any(|t| t.starts_with(&scratch));
         if !site.fusable() || !resolvable {
             report.kept += 1;
             nodes.push(n);
