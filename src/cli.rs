@@ -195,3 +195,45 @@ impl SamplingArgs {
         }
     }
 }
+
+/// An error and its causes on one line, as the binaries print it: each cause appended after
+/// `": "` unless the message so far already says it (many errors here format their source
+/// into their own message, which anyhow's `{:#}` would repeat).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Said {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("loading")]
+    struct Outer(#[source] Said);
+
+    #[test]
+    fn causes_are_named_once() {
+        let e = Outer(Said {
+            path: "a/manifest.yaml".into(),
+            source: std::io::Error::other("no such file"),
+        });
+        assert_eq!(error_chain(&e), "loading: a/manifest.yaml: no such file");
+    }
+}

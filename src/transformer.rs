@@ -176,7 +176,7 @@ impl TextConditioning {
             .map(|b| {
                 let row = &self.mask[b * self.len..(b + 1) * self.len];
                 let n = row.iter().take_while(|&&m| m == 1).count();
-                if n == 0 {
+                if row.iter().all(|&m| m == 0) {
                     return Err(input_err(
                         "prompt attention mask",
                         format!("row {b} has no valid token"),
@@ -572,7 +572,8 @@ mod tests {
     #[test]
     fn masks_cropping_cannot_reproduce_are_refused_naming_the_row() {
         for (mask, needle) in [
-            (vec![1, 1, 0, 0, 0, 1, 1, 0], "row 1 has no valid token"),
+            (vec![1, 1, 0, 0, 0, 0, 0, 0], "row 1 has no valid token"),
+            (vec![1, 1, 0, 0, 0, 1, 1, 0], "row 1 is not right-padded"),
             (vec![1, 1, 0, 0, 1, 0, 1, 0], "row 1 is not right-padded"),
             (vec![1, 2, 0, 0, 1, 0, 0, 0], "row 0 is not right-padded"),
             (vec![1, 1, 1, 1, 1, 1, -1, 0], "row 1 is not right-padded"),

@@ -145,7 +145,7 @@ fn main() {
         Command::Calibrate(args) => calibrate(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", hyvideo::cli::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }

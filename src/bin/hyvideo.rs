@@ -201,7 +201,7 @@ fn main() {
         Command::Bench(args) => bench_cmd(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", hyvideo::cli::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -525,8 +525,6 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if let Some(p) = &args.output_latents {
         check_output_dir("--output-latents", p)?;
     }
-    let manifest_sha256 =
-        hyvideo_exporters::checkpoint::sha256_file(&args.bundle.join("manifest.yaml"))?;
     let mut stages: Vec<(String, f64)> = vec![];
 
     let t = Instant::now();
@@ -542,6 +540,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .map_err(flagged)
         .with_context(|| format!("loading {}", args.bundle.display()))?;
     stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
+    let manifest_sha256 =
+        hyvideo_exporters::checkpoint::sha256_file(&args.bundle.join("manifest.yaml"))?;
     if args.latents.is_none() {
         eprintln!("seed {seed}");
     }
