@@ -10,18 +10,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use hyvideo::denoise::{DenoiseSettings, denoise};
+use hyvideo::pipeline::{PipelineError, TextEncoders, VideoSize};
+use hyvideo::scheduler::FlowDirection;
+use hyvideo::tensor::Tensor5;
+use hyvideo::transformer::{StepInput, Transformer, TransformerError, VelocityModel};
+use hyvideo_bundle::{Component, Manifest, Precision};
 use hyvideo_engines::SessionConfig;
-use hyvideo_exporters::bundle::{Component, Manifest, Precision};
-use hyvideo_exporters::onnx::ModelProto;
-use hyvideo_exporters::onnx::proto::{TypeProto, ValueInfoProto, type_proto};
 use hyvideo_exporters::precision::{Fp8Scales, PrecisionProfile};
+use hyvideo_onnx::proto::{ModelProto, TypeProto, ValueInfoProto, type_proto};
 use prost::Message;
-
-use crate::denoise::{DenoiseSettings, denoise};
-use crate::pipeline::{PipelineError, TextEncoders, VideoSize};
-use crate::scheduler::FlowDirection;
-use crate::tensor::Tensor5;
-use crate::transformer::{StepInput, Transformer, TransformerError, VelocityModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
@@ -37,9 +35,9 @@ pub enum CalibrateError {
     #[error(transparent)]
     Transformer(#[from] TransformerError),
     #[error(transparent)]
-    Denoise(#[from] crate::denoise::DenoiseError),
+    Denoise(#[from] hyvideo::denoise::DenoiseError),
     #[error(transparent)]
-    Manifest(#[from] hyvideo_exporters::bundle::ManifestError),
+    Manifest(#[from] hyvideo_bundle::ManifestError),
     #[error(transparent)]
     Export(#[from] hyvideo_exporters::error::ExportError),
 }
@@ -132,7 +130,7 @@ pub fn calibrate(
             name: value.clone(),
             r#type: Some(TypeProto {
                 value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: hyvideo_exporters::onnx::DataType::Float as i32,
+                    elem_type: hyvideo_onnx::proto::DataType::Float as i32,
                     shape: None,
                 })),
                 denotation: String::new(),
@@ -161,7 +159,7 @@ pub fn calibrate(
     let mut amax = BTreeMap::new();
     for (i, prompt) in run.prompts.iter().enumerate() {
         let enc = text.encode(&[prompt.as_str()], || {})?;
-        let init = crate::noise::randn_latents(shape, run.seed + i as u64)
+        let init = hyvideo::noise::randn_latents(shape, run.seed + i as u64)
             .map_err(|e| CalibrateError::Setting(e.to_string()))?;
         let mut observing = Observing {
             model: &mut transformer,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use hyvideo_engines::{Backend, BackendKind, SessionConfig};
 
-use crate::scheduler::FlowDirection;
-use crate::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
+use hyvideo::scheduler::FlowDirection;
+use hyvideo::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
 
 /// Where and how ONNX Runtime runs: what every command that loads graphs takes
 /// (`hyvideo-export build` and `calibrate` take only these).
@@ -77,6 +77,10 @@ pub struct RuntimeArgs {
     pub text_backend: Option<BackendKind>,
 }
 
+fn parse_flow_direction(s: &str) -> Result<FlowDirection, String> {
+    s.parse()
+}
+
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse::<BackendKind>().map_err(|e| e.to_string())
 }
@@ -86,11 +90,11 @@ impl RuntimeArgs {
     pub fn engine_set(
         &self,
         bundle: &std::path::Path,
-    ) -> Result<Option<crate::engine_set::EngineSet>, crate::engine_set::EngineSetError> {
+    ) -> Result<Option<hyvideo::engine_set::EngineSet>, crate::engine_build::BuildError> {
         self.engines
             .as_deref()
             .map(|dir| {
-                crate::engine_set::EngineSet::open_or_rebuild(
+                crate::engine_build::open_or_rebuild(
                     dir,
                     bundle,
                     &self.session.session_config(),
@@ -102,8 +106,8 @@ impl RuntimeArgs {
     }
 
     /// The session settings of `component`: its own backend flag, else `--backend`.
-    pub fn config_for(&self, component: hyvideo_exporters::bundle::Component) -> SessionConfig {
-        use hyvideo_exporters::bundle::Component as C;
+    pub fn config_for(&self, component: hyvideo_bundle::Component) -> SessionConfig {
+        use hyvideo_bundle::Component as C;
         let kind = match component {
             C::Transformer => self.transformer_backend,
             C::VaeDecoder => self.vae_backend,
@@ -171,7 +175,7 @@ pub struct SamplingArgs {
     /// Direction of the flow-matching schedule: `reverse` samples t = 1 (noise) → 0 (data), as
     /// diffusers and every published HunyuanVideo command do; `forward` runs t = 0 → 1, what
     /// Tencent's `sample_video.py` does without --flow-reverse.
-    #[arg(long, value_enum, default_value_t = FlowDirection::Reverse)]
+    #[arg(long, default_value = "reverse", value_parser = parse_flow_direction)]
     pub flow_direction: FlowDirection,
     /// Accepted so commands copied from Tencent's `sample_video.py` run; changes nothing, since
     /// t = 1 → 0 is already the default (the other direction is --flow-direction forward).
@@ -183,13 +187,13 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn settings(&self, guidance_embeds: bool) -> crate::denoise::DenoiseSettings {
-        crate::denoise::DenoiseSettings {
+    pub fn settings(&self, guidance_embeds: bool) -> hyvideo::denoise::DenoiseSettings {
+        hyvideo::denoise::DenoiseSettings {
             steps: self.infer_steps,
             shift: self.flow_shift,
             direction: self.flow_direction,
             embedded_guidance: guidance_embeds.then_some(self.embedded_cfg_scale),
-            true_cfg: (self.cfg_scale > 1.0).then_some(crate::denoise::TrueCfg {
+            true_cfg: (self.cfg_scale > 1.0).then_some(hyvideo::denoise::TrueCfg {
                 scale: self.cfg_scale,
             }),
         }

@@ -1,24 +1,15 @@
-//! hyvideo: run HunyuanVideo from exported ONNX engines — tokenizers and text encoders, seeded
-//! noise, the flow-matching denoising loop on the transformer, tiled VAE decoding and video
-//! files — plus the engine builds and calibration the `hyvideo-export` binary drives. The
-//! layout and data flow are in `docs/architecture.md`.
+//! hyvideo-cli: what the two binaries share, and the export-side tools that need both the
+//! exporter and the runtime.
+//!
+//! - [`cli`]: command-line arguments both binaries take (session, runtime, sampling, tiling);
+//! - [`engine_build`]: `hyvideo-export build`, engines per machine from a bundle;
+//! - [`calibrate`]: `hyvideo-export calibrate`, FP8 activation ranges from an fp32 bundle;
+//! - [`bench`]: `hyvideo bench`'s statistics and its table against the PyTorch path.
+//!
+//! The runtime itself is the `hyvideo` library crate (`runtime/`); the layout is in
+//! `docs/architecture.md`.
 
-pub mod atomic;
 pub mod bench;
 pub mod calibrate;
 pub mod cli;
-pub mod denoise;
-pub mod engine_set;
-pub mod generation;
-pub mod graph_load;
-pub mod latents;
-pub mod memory;
-pub mod noise;
-pub mod pipeline;
-pub mod scheduler;
-pub mod tensor;
-pub mod text;
-pub mod transformer;
-pub mod vae;
-pub mod vae_tiling;
-pub mod video;
+pub mod engine_build;

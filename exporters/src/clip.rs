@@ -25,8 +25,7 @@ use crate::error::{ExportError, Result};
 use crate::graph::{Affine, Net};
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 
-pub const INPUT_IDS: &str = "input_ids";
-pub const OUTPUT: &str = "pooler_output";
+pub use hyvideo_bundle::components::clip::{INPUT_IDS, OUTPUT};
 
 /// Key prefixes a CLIP text checkpoint may use: transformers 5's `CLIPTextModel` (none),
 /// transformers 4's (`text_model`, as in diffusers' HunyuanVideo `text_encoder_2/`).

@@ -9,6 +9,10 @@ pub enum ExportError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Onnx(#[from] OnnxError),
+    /// A graph whose I/O differs from its component's spec: an exporter bug, caught before the
+    /// graph is written.
+    #[error("the exported graph does not match its contract: {0}")]
+    Contract(#[from] hyvideo_bundle::spec::SpecMismatch),
     #[error("{component}: {reason}")]
     Model {
         component: &'static str,

@@ -1,20 +1,26 @@
 //! `hyvideo-export onnx`: read a diffusers-format HunyuanVideo folder and write the requested
-//! components into a bundle. One function per component, sharing the checkpoint-to-graph glue.
+//! components into a bundle. One function per component, sharing the checkpoint-to-graph glue;
+//! every graph is checked against its component's spec (`hyvideo_bundle::Component::spec`)
+//! before it is written, and the manifest records the graph's own I/O.
 
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{
-    BundleWriter, Component, ComponentEntry, Manifest, Precision, SourceFile, TensorSpec,
-    VaeSettings,
-};
 use std::sync::Arc;
 
+use hyvideo_bundle::spec::Size;
+use hyvideo_bundle::{
+    Component, ComponentEntry, ComponentSpec, Manifest, Precision, SourceFile, TensorSpec,
+    VaeSettings,
+};
+use hyvideo_onnx::types::tensor_spec;
+
+use crate::bundle_writer::BundleWriter;
 use crate::checkpoint::{
     Checkpoint, ClipTextConfig, DType, LlamaConfig, TransformerConfig, VaeConfig, Weights,
 };
 use crate::error::{ExportError, Result};
 use crate::graph::{Net, WeightProvider, concat_rows};
-use crate::onnx::{GraphBuilder, TensorSource, WrittenModel, write_model};
+use crate::onnx::{GraphBuilder, TensorSource, write_model};
 use crate::transformer_layout::{KeyLayout, Rows, fp8_module_name, tencent_parts};
 use crate::{clip, llama, transformer, vae_decoder};
 
@@ -126,29 +132,9 @@ impl WeightProvider for TransformerWeights {
     }
 }
 
-/// The float type of graph inputs and outputs under `precision` (manifest spelling).
-fn io_dtype_name(bundle: &BundleWriter) -> Result<&'static str> {
-    use crate::precision::FloatType;
-    Ok(match bundle.precision_profile()?.io {
-        FloatType::F32 => "float32",
-        FloatType::F16 => "float16",
-        FloatType::BF16 => "bfloat16",
-    })
-}
-
 /// Weights are read as f32 whatever the profile: the precision pass (`crate::precision`)
 /// converts them to each node's dtype as they stream out.
 const READ_DTYPE: DType = DType::F32;
-
-/// The name of the model-folder sub-folder a component's weights live in.
-pub fn folder_name(component: Component) -> &'static str {
-    match component {
-        Component::VaeDecoder => "vae",
-        Component::Transformer => "transformer",
-        Component::TextEncoder => "text_encoder",
-        Component::TextEncoder2 => "text_encoder_2",
-    }
-}
 
 /// Which components a model folder has, for `hyvideo-export onnx` without `--components`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +159,7 @@ pub fn scan_components(model: &Path, transformer: &TransformerSource) -> Result<
         missing: vec![],
     };
     for c in Component::ALL {
-        let dir = model.join(folder_name(c));
+        let dir = model.join(c.spec().source_folder);
         if dir.is_dir() || (c == Component::Transformer && transformer.file.is_some()) {
             scan.present.push(c);
         } else {
@@ -185,7 +171,7 @@ pub fn scan_components(model: &Path, transformer: &TransformerSource) -> Result<
 
 /// The sub-folder of the model directory a component's weights live in.
 fn subfolder(model: &Path, component: Component) -> Result<PathBuf> {
-    let name = folder_name(component);
+    let name = component.spec().source_folder;
     let dir = model.join(name);
     if !dir.is_dir() {
         return Err(ExportError::Model {
@@ -216,66 +202,74 @@ fn sources(ckpt: &Checkpoint, model: &Path) -> Result<Vec<SourceFile>> {
         .collect())
 }
 
-fn tensor_specs(dims: &[(&str, &str, Vec<String>)]) -> Vec<TensorSpec> {
-    dims.iter()
-        .map(|(n, t, d)| TensorSpec {
-            name: n.to_string(),
-            dtype: t.to_string(),
-            dims: d.clone(),
+/// The I/O of a graph as the manifest records it; every value must have a contract type.
+fn graph_io(
+    values: &[crate::onnx::proto::ValueInfoProto],
+    component: Component,
+) -> Result<Vec<TensorSpec>> {
+    values
+        .iter()
+        .map(|v| {
+            tensor_spec(v).ok_or_else(|| ExportError::Model {
+                component: component.name(),
+                reason: format!(
+                    "graph value `{}` has no element type the bundle contract names",
+                    v.name
+                ),
+            })
         })
         .collect()
 }
 
-fn entry(
-    written: &WrittenModel,
-    inputs: Vec<TensorSpec>,
-    outputs: Vec<TensorSpec>,
-    sources: Vec<SourceFile>,
-) -> ComponentEntry {
-    let file_name = |p: &Path| {
-        p.file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    ComponentEntry {
-        file: file_name(&written.onnx_path),
-        data_file: Some(file_name(&written.data_path)),
-        sha256: written.onnx_sha256.clone(),
-        inputs,
-        outputs,
-        sources,
-    }
-}
-
 fn with_metadata(b: GraphBuilder, component: Component, precision: Precision) -> GraphBuilder {
-    b.with_producer("hyvideo-export", crate::bundle::EXPORTER_VERSION)
+    b.with_producer("hyvideo-export", hyvideo_bundle::EXPORTER_VERSION)
         .with_metadata("hyvideo.component", component.name())
         .with_metadata("hyvideo.precision", precision.to_string())
 }
 
-/// Write a finished graph into the bundle's staging area and register its files.
+/// Apply the bundle's precision profile to a finished graph, check its I/O against `spec`
+/// (fixed dims as `sizes` gives them from the model config), write it into the bundle's
+/// staging area and return its manifest entry. A graph that differs from its spec is an
+/// exporter bug: it is refused before anything is written.
 fn write_staged(
     net: Net<'_>,
     bundle: &mut BundleWriter,
-    component: Component,
-) -> Result<WrittenModel> {
-    // The bundle's precision profile, written into the graph (fp32 leaves it as built).
+    spec: &ComponentSpec,
+    sizes: &dyn Fn(Size) -> Option<usize>,
+    sources: Vec<SourceFile>,
+) -> Result<ComponentEntry> {
     let profile = bundle.precision_profile()?;
     let mut b = net.finish();
     if let Some(q) = &profile.fp8_quantize {
         crate::precision::apply_fp8(&mut b, q, bundle.fp8_scales(), profile.compute)?;
     }
     crate::precision::apply(&mut b, &profile)?;
-    let written = write_model(b, bundle.staging_dir(), component.name())?;
+    let component: Component = spec.name.parse().map_err(|reason| ExportError::Model {
+        component: "export",
+        reason,
+    })?;
+    let (inputs, outputs) = (
+        graph_io(b.inputs(), component)?,
+        graph_io(b.outputs(), component)?,
+    );
+    spec.check(&inputs, &outputs, profile.io.tensor_type(), sizes)?;
+    let written = write_model(b, bundle.staging_dir(), spec.name)?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     for path in [&written.onnx_path, &written.data_path] {
-        bundle.stage(
-            path.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        );
+        bundle.stage(file_name(path));
     }
-    Ok(written)
+    Ok(ComponentEntry {
+        file: file_name(&written.onnx_path),
+        data_file: Some(file_name(&written.data_path)),
+        sha256: written.onnx_sha256.clone(),
+        inputs,
+        outputs,
+        sources,
+    })
 }
 
 /// The transformer config: the preset if one is given, else `<model>/transformer/config.json`.
@@ -358,58 +352,19 @@ pub fn export_transformer(
     );
     let mut net = Net::new(builder, &provider);
     transformer::build(&mut net, &cfg)?;
-    let written = write_staged(net, bundle, Component::Transformer)?;
-    let f = io_dtype_name(bundle)?;
-    let d = |s: &str| s.to_string();
-    let mut inputs = vec![
-        (
-            transformer::HIDDEN_STATES,
-            f,
-            vec![
-                d("batch"),
-                cfg.in_channels.to_string(),
-                d("frames"),
-                d("height"),
-                d("width"),
-            ],
-        ),
-        (transformer::TIMESTEP, f, vec![d("batch")]),
-        (
-            transformer::ENCODER_HIDDEN_STATES,
-            f,
-            vec![d("batch"), d("text_len"), cfg.text_embed_dim.to_string()],
-        ),
-        (
-            transformer::ENCODER_ATTENTION_MASK,
-            "int64",
-            vec![d("batch"), d("text_len")],
-        ),
-        (
-            transformer::POOLED_PROJECTIONS,
-            f,
-            vec![d("batch"), cfg.pooled_projection_dim.to_string()],
-        ),
-    ];
-    if cfg.guidance_embeds {
-        inputs.push((transformer::GUIDANCE, f, vec![d("batch")]));
-    }
-    let outputs = tensor_specs(&[(
-        transformer::OUTPUT,
-        f,
-        vec![
-            d("batch"),
-            cfg.out_channels().to_string(),
-            d("frames"),
-            d("height"),
-            d("width"),
-        ],
-    )]);
-    let e = entry(&written, tensor_specs(&inputs), outputs, srcs);
+    let sizes = |s: Size| match s {
+        Size::InChannels => Some(cfg.in_channels),
+        Size::OutChannels => Some(cfg.out_channels()),
+        Size::TextEmbedDim => Some(cfg.text_embed_dim),
+        Size::PooledProjectionDim => Some(cfg.pooled_projection_dim),
+        _ => None,
+    };
+    let e = write_staged(net, bundle, &Component::Transformer.spec(), &sizes, srcs)?;
     let cfg_json = serde_json::to_vec_pretty(&cfg).map_err(|e| ExportError::Model {
         component: "transformer",
         reason: format!("serialising the config: {e}"),
     })?;
-    bundle.write_file("transformer/config.json", &cfg_json)?;
+    bundle.write_file(&Component::Transformer.spec().config_file(), &cfg_json)?;
     bundle
         .manifest_mut()
         .components
@@ -439,32 +394,22 @@ pub fn export_vae_decoder(
         &provider,
     );
     vae_decoder::build(&mut net, &cfg)?;
-    let written = write_staged(net, bundle, Component::VaeDecoder)?;
-    let f = io_dtype_name(bundle)?;
-    let inputs = tensor_specs(&[(
-        vae_decoder::INPUT,
-        f,
-        vec![
-            "batch".into(),
-            cfg.latent_channels.to_string(),
-            "latent_frames".into(),
-            "latent_height".into(),
-            "latent_width".into(),
-        ],
-    )]);
-    let outputs = tensor_specs(&[(
-        vae_decoder::OUTPUT,
-        f,
-        vec![
-            "batch".into(),
-            cfg.out_channels.to_string(),
-            "frames".into(),
-            "height".into(),
-            "width".into(),
-        ],
-    )]);
-    let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
-    bundle.copy_file(&dir.join("config.json"), "vae/config.json")?;
+    let sizes = |s: Size| match s {
+        Size::LatentChannels => Some(cfg.latent_channels),
+        Size::VideoChannels => Some(cfg.out_channels),
+        _ => None,
+    };
+    let e = write_staged(
+        net,
+        bundle,
+        &Component::VaeDecoder.spec(),
+        &sizes,
+        sources(&ckpt, model)?,
+    )?;
+    bundle.copy_file(
+        &dir.join("config.json"),
+        &Component::VaeDecoder.spec().config_file(),
+    )?;
     let m: &mut Manifest = bundle.manifest_mut();
     m.components.insert(Component::VaeDecoder, e);
     m.vae = Some(VaeSettings {
@@ -477,14 +422,12 @@ pub fn export_vae_decoder(
     Ok(())
 }
 
-/// Copy every file directly inside `<model>/<folder>/` into the bundle under `<folder>/`
-/// (staged): the tokenizer files the runtime reads.
-fn copy_folder(
-    model: &Path,
-    folder: &str,
-    component: Component,
-    bundle: &mut BundleWriter,
-) -> Result<()> {
+/// Copy every file directly inside the component's tokenizer folder `<model>/<folder>/` into
+/// the bundle under `<folder>/` (staged): the tokenizer files the runtime reads.
+fn copy_folder(model: &Path, component: Component, bundle: &mut BundleWriter) -> Result<()> {
+    let Some(folder) = component.spec().tokenizer else {
+        return Ok(());
+    };
     let dir = model.join(folder);
     let missing = || ExportError::Model {
         component: component.name(),
@@ -543,27 +486,19 @@ pub fn export_text_encoder(
     );
     let mut net = Net::new(builder, &provider);
     llama::build(&mut net, &cfg)?;
-    let written = write_staged(net, bundle, component)?;
-    let d = |s: &str| s.to_string();
-    let inputs = tensor_specs(&[
-        (llama::INPUT_IDS, "int64", vec![d("batch"), d("text_len")]),
-        (
-            llama::ATTENTION_MASK,
-            "int64",
-            vec![d("batch"), d("text_len")],
-        ),
-    ]);
-    let outputs = tensor_specs(&[(
-        llama::OUTPUT,
-        io_dtype_name(bundle)?,
-        vec![d("batch"), d("text_len"), cfg.hidden_size.to_string()],
-    )]);
-    let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
+    let sizes = |s: Size| (s == Size::HiddenSize).then_some(cfg.hidden_size);
+    let e = write_staged(
+        net,
+        bundle,
+        &component.spec(),
+        &sizes,
+        sources(&ckpt, model)?,
+    )?;
     bundle.copy_file(
         &dir.join(LlamaConfig::FILE_NAME),
-        "text_encoder/config.json",
+        &component.spec().config_file(),
     )?;
-    copy_folder(model, "tokenizer", component, bundle)?;
+    copy_folder(model, component, bundle)?;
     bundle.manifest_mut().components.insert(component, e);
     Ok(())
 }
@@ -588,23 +523,23 @@ pub fn export_text_encoder_2(
         &provider,
     );
     clip::build(&mut net, &cfg)?;
-    let written = write_staged(net, bundle, component)?;
-    let inputs = tensor_specs(&[(
-        clip::INPUT_IDS,
-        "int64",
-        vec!["batch".into(), cfg.max_position_embeddings.to_string()],
-    )]);
-    let outputs = tensor_specs(&[(
-        clip::OUTPUT,
-        io_dtype_name(bundle)?,
-        vec!["batch".into(), cfg.hidden_size.to_string()],
-    )]);
-    let e = entry(&written, inputs, outputs, sources(&ckpt, model)?);
+    let sizes = |s: Size| match s {
+        Size::MaxPositions => Some(cfg.max_position_embeddings),
+        Size::HiddenSize => Some(cfg.hidden_size),
+        _ => None,
+    };
+    let e = write_staged(
+        net,
+        bundle,
+        &component.spec(),
+        &sizes,
+        sources(&ckpt, model)?,
+    )?;
     bundle.copy_file(
         &dir.join(ClipTextConfig::FILE_NAME),
-        "text_encoder_2/config.json",
+        &component.spec().config_file(),
     )?;
-    copy_folder(model, "tokenizer_2", component, bundle)?;
+    copy_folder(model, component, bundle)?;
     bundle.manifest_mut().components.insert(component, e);
     Ok(())
 }
@@ -638,4 +573,82 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
         }
     }
     bundle.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{DataType, Dim};
+
+    struct NoWeights;
+
+    impl WeightProvider for NoWeights {
+        fn tensor(&self, name: &str, _: &[usize]) -> Result<Box<dyn TensorSource>> {
+            Err(ExportError::model("test", format!("no weight {name}")))
+        }
+    }
+
+    /// A CLIP-shaped graph: `input_ids` int64 [batch, 77] → `pooler_output` [batch, 77].
+    fn clip_like(b: &mut GraphBuilder) {
+        let ids = b
+            .input(
+                clip::INPUT_IDS,
+                DataType::Int64,
+                &["batch".into(), Dim::Fixed(77)],
+            )
+            .unwrap();
+        let f = b
+            .node1("Cast", "cast", &[&ids], &[crate::onnx::Attr::int("to", 1)])
+            .unwrap();
+        b.output_as(
+            &f,
+            clip::OUTPUT,
+            DataType::Float,
+            &["batch".into(), Dim::Fixed(77)],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn graphs_are_checked_against_their_spec_before_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bundle = BundleWriter::create(&dir.path().join("b"), Precision::Fp32).unwrap();
+        let sizes = |s: Size| match s {
+            Size::MaxPositions | Size::HiddenSize => Some(77),
+            _ => None,
+        };
+        let spec = Component::TextEncoder2.spec();
+        // As declared: written, and the entry records the graph's own I/O.
+        let mut g = GraphBuilder::new("ok");
+        clip_like(&mut g);
+        let e = write_staged(Net::new(g, &NoWeights), &mut bundle, &spec, &sizes, vec![]).unwrap();
+        assert_eq!(e.inputs[0].dims, ["batch", "77"]);
+        assert!(bundle.staging_dir().join(&e.file).is_file());
+        // An altered spec (another hidden size, a renamed input) is caught, nothing written.
+        let staged = |b: &BundleWriter| std::fs::read_dir(b.staging_dir()).unwrap().count();
+        let before = staged(&bundle);
+        let other = |s: Size| (s == Size::HiddenSize).then_some(64).or(sizes(s));
+        let mut g = GraphBuilder::new("wrong");
+        clip_like(&mut g);
+        let err = write_staged(Net::new(g, &NoWeights), &mut bundle, &spec, &other, vec![]);
+        assert!(matches!(err, Err(ExportError::Contract(_))), "{err:?}");
+        let mut renamed = spec.clone();
+        renamed.inputs[0].name = "token_ids";
+        let mut g = GraphBuilder::new("renamed");
+        clip_like(&mut g);
+        let err = write_staged(
+            Net::new(g, &NoWeights),
+            &mut bundle,
+            &renamed,
+            &sizes,
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`input_ids`") && err.contains("contract"),
+            "{err}"
+        );
+        assert_eq!(staged(&bundle), before);
+    }
 }

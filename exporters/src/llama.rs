@@ -33,9 +33,7 @@ use crate::error::{ExportError, Result};
 use crate::graph::Net;
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 
-pub const INPUT_IDS: &str = "input_ids";
-pub const ATTENTION_MASK: &str = "attention_mask";
-pub const OUTPUT: &str = "hidden_states";
+pub use hyvideo_bundle::components::llama::{ATTENTION_MASK, INPUT_IDS, OUTPUT};
 
 /// diffusers `HunyuanVideoPipeline.encode_prompt(num_hidden_layers_to_skip=2)`.
 pub const NUM_HIDDEN_LAYERS_TO_SKIP: usize = 2;

@@ -18,11 +18,12 @@ use std::path::Path;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::bundle::Precision;
 use crate::checkpoint::{f32_to_bf16, f32_to_f16};
 use crate::error::{ExportError, Result};
 use crate::onnx::proto::{AttributeProto, AttributeType, NodeProto};
 use crate::onnx::{DataType, GraphBuilder, Initializer, OwnedTensor, TensorSource};
+use hyvideo_bundle::Precision;
+use hyvideo_onnx::types::{attr_int, elem_type, output_type, set_elem_type};
 
 /// A float element type a node computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +34,15 @@ pub enum FloatType {
 }
 
 impl FloatType {
+    /// The element type the bundle contract records for graph I/O of this type.
+    pub fn tensor_type(self) -> hyvideo_bundle::TensorType {
+        match self {
+            FloatType::F32 => hyvideo_bundle::TensorType::Float32,
+            FloatType::F16 => hyvideo_bundle::TensorType::Float16,
+            FloatType::BF16 => hyvideo_bundle::TensorType::Bfloat16,
+        }
+    }
+
     pub fn data_type(self) -> DataType {
         match self {
             FloatType::F32 => DataType::Float,
@@ -178,47 +188,7 @@ impl PrecisionProfile {
     }
 }
 
-fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name == name)?.i
-}
-
-pub(crate) fn elem_type(v: &crate::onnx::proto::ValueInfoProto) -> Option<i32> {
-    use crate::onnx::proto::type_proto::Value;
-    match v.r#type.as_ref()?.value.as_ref()? {
-        Value::TensorType(t) => Some(t.elem_type),
-    }
-}
-
-fn set_elem_type(v: &mut crate::onnx::proto::ValueInfoProto, dt: DataType) {
-    use crate::onnx::proto::type_proto::Value;
-    if let Some(Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-        t.elem_type = dt as i32;
-    }
-}
-
 const FLOAT: i32 = DataType::Float as i32;
-
-/// Element type of a node's outputs, from its op and input types.
-pub(crate) fn output_type(node: &NodeProto, types: &HashMap<String, i32>) -> i32 {
-    let input = |i: usize| {
-        node.input
-            .get(i)
-            .filter(|n| !n.is_empty())
-            .and_then(|n| types.get(n))
-            .copied()
-    };
-    match node.op_type.as_str() {
-        "Shape" | "ArgMax" => DataType::Int64 as i32,
-        "Cast" => attr_int(node, "to").unwrap_or(FLOAT as i64) as i32,
-        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "Not" | "And" | "Or" => {
-            DataType::Bool as i32
-        }
-        "Where" => input(1).unwrap_or(FLOAT),
-        "DequantizeLinear" => input(1).unwrap_or(FLOAT),
-        "QuantizeLinear" => input(2).unwrap_or(DataType::Float8e4m3fn as i32),
-        _ => input(0).unwrap_or(FLOAT),
-    }
-}
 
 /// A float32 tensor source re-encoded as `to` while it streams.
 struct Converted {

@@ -29,15 +29,9 @@ use crate::error::{ExportError, Result};
 use crate::graph::{Affine, Net};
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 
-pub const HIDDEN_STATES: &str = "hidden_states";
-pub const TIMESTEP: &str = "timestep";
-pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
-/// diffusers' mask argument: not a graph input (see the module doc); graphs exported before
-/// it was dropped still take it, and the runtime feeds them the prompt's mask.
-pub const ENCODER_ATTENTION_MASK: &str = "encoder_attention_mask";
-pub const POOLED_PROJECTIONS: &str = "pooled_projections";
-pub const GUIDANCE: &str = "guidance";
-pub const OUTPUT: &str = "sample";
+pub use hyvideo_bundle::components::transformer::{
+    ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT, POOLED_PROJECTIONS, TIMESTEP,
+};
 
 /// Channels of the sinusoidal timestep projection (`Timesteps(num_channels=256)`).
 const TIME_PROJ_DIM: usize = 256;
@@ -674,8 +668,8 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
             "batch".into(),
             Dim::Fixed(c_out as i64),
             "frames".into(),
-            "out_height".into(),
-            "out_width".into(),
+            "height".into(),
+            "width".into(),
         ],
     )?;
     Ok(())

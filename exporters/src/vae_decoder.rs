@@ -13,8 +13,7 @@ use crate::error::{ExportError, Result};
 use crate::graph::Net;
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value};
 
-pub const INPUT: &str = "latent_sample";
-pub const OUTPUT: &str = "sample";
+pub use hyvideo_bundle::components::vae_decoder::{INPUT, OUTPUT};
 
 fn model_err(reason: String) -> ExportError {
     ExportError::model(COMPONENT, reason)

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hyvideo_exporters::bundle::{Component, Manifest, Precision};
+use hyvideo_bundle::{Component, Manifest, Precision};
 use hyvideo_exporters::export::{ExportRequest, TransformerSource, export, scan_components};
 
 #[derive(Parser)]
@@ -97,7 +97,7 @@ struct BuildArgs {
     #[arg(long)]
     rebuild: bool,
     #[command(flatten)]
-    runtime: hyvideo::cli::SessionArgs,
+    runtime: hyvideo_cli::cli::SessionArgs,
 }
 
 #[derive(clap::Args)]
@@ -125,7 +125,7 @@ struct CalibrateArgs {
     #[arg(long, default_value_t = 7.0)]
     flow_shift: f32,
     #[command(flatten)]
-    runtime: hyvideo::cli::SessionArgs,
+    runtime: hyvideo_cli::cli::SessionArgs,
 }
 
 /// Prompts used when `calibrate` is given none.
@@ -145,7 +145,7 @@ fn main() {
         Command::Calibrate(args) => calibrate(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {}", hyvideo::cli::error_chain(e.as_ref()));
+        eprintln!("error: {}", hyvideo_cli::cli::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -209,7 +209,8 @@ fn default_components(model: &Path, transformer: &TransformerSource) -> Result<V
 }
 
 fn build(args: BuildArgs) -> Result<()> {
-    use hyvideo::engine_set::{BuildOutcome, ShapePreset, build};
+    use hyvideo_bundle::profile::ShapePreset;
+    use hyvideo_cli::engine_build::{BuildOutcome, build};
     let preset = ShapePreset::load(&args.shapes)?;
     let out = args.out.unwrap_or_else(|| args.bundle.join("engines"));
     let t0 = Instant::now();
@@ -237,7 +238,7 @@ fn build(args: BuildArgs) -> Result<()> {
 }
 
 fn calibrate(args: CalibrateArgs) -> Result<()> {
-    use hyvideo::calibrate::{CalibrationRun, calibrate};
+    use hyvideo_cli::calibrate::{CalibrationRun, calibrate};
     let [h, w] = <[usize; 2]>::try_from(args.video_size.as_slice())
         .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
     let prompts = if args.prompt.is_empty() {

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hyvideo::cli::{RuntimeArgs, SamplingArgs, TilingArgs};
 use hyvideo::denoise::denoise;
 use hyvideo::engine_set::ModelFiles;
 use hyvideo::generation::{
@@ -21,9 +20,10 @@ use hyvideo::latents::{TensorFile, read_latents_named, write_latents};
 use hyvideo::transformer::{TextConditioning, Transformer};
 use hyvideo::vae::VaeDecoder;
 use hyvideo::video::{Video, VideoFormat, save_video};
+use hyvideo_bundle::AttentionKernel;
+use hyvideo_bundle::Manifest;
+use hyvideo_cli::cli::{RuntimeArgs, SamplingArgs, TilingArgs};
 use hyvideo_engines::BackendKind;
-use hyvideo_exporters::attention::AttentionKernel;
-use hyvideo_exporters::bundle::Manifest;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -201,7 +201,7 @@ fn main() {
         Command::Bench(args) => bench_cmd(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {}", hyvideo::cli::error_chain(e.as_ref()));
+        eprintln!("error: {}", hyvideo_cli::cli::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -267,7 +267,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
         &files,
         &args
             .runtime
-            .config_for(hyvideo_exporters::bundle::Component::VaeDecoder),
+            .config_for(hyvideo_bundle::Component::VaeDecoder),
     )
     .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -338,7 +338,7 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
         &files,
         &args
             .runtime
-            .config_for(hyvideo_exporters::bundle::Component::Transformer),
+            .config_for(hyvideo_bundle::Component::Transformer),
     )
     .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -529,7 +529,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
 
     let t = Instant::now();
     let engines = args.runtime.engine_set(&args.bundle)?;
-    use hyvideo_exporters::bundle::Component as C;
+    use hyvideo_bundle::Component as C;
     let rt = &args.runtime;
     let configs = StageConfigs {
         text: rt.config_for(C::TextEncoder),
@@ -540,8 +540,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .map_err(flagged)
         .with_context(|| format!("loading {}", args.bundle.display()))?;
     stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
-    let manifest_sha256 =
-        hyvideo_exporters::checkpoint::sha256_file(&args.bundle.join("manifest.yaml"))?;
+    let manifest_sha256 = hyvideo_bundle::hash::sha256_file(&args.bundle.join("manifest.yaml"))?;
     if args.latents.is_none() {
         eprintln!("seed {seed}");
     }
@@ -752,9 +751,9 @@ fn native_python(explicit: Option<&Path>, script: &Path) -> PathBuf {
 }
 
 fn bench_cmd(args: BenchArgs) -> Result<()> {
-    use hyvideo::bench::{max_abs_diff, rows, table};
     use hyvideo::pipeline::{TextEncoders, VideoSize, initial_latents};
     use hyvideo::transformer::{StepInput, VelocityModel};
+    use hyvideo_cli::bench::{max_abs_diff, rows, table};
     use std::collections::BTreeMap;
 
     let s = BenchSettings::resolve(&args)?;
@@ -782,7 +781,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         manifest: &manifest,
         engines: engines.as_ref(),
     };
-    use hyvideo_exporters::bundle::Component as C;
+    use hyvideo_bundle::Component as C;
     let rt = &args.runtime;
     let mut text = TextEncoders::load_with(&files, &rt.config_for(C::TextEncoder))?;
     let mut model = Transformer::load_with(&files, &rt.config_for(C::Transformer))?;

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use hyvideo::graph_load;
+use hyvideo_bundle::AttentionKernel;
+use hyvideo_bundle::{Component, Precision};
 use hyvideo_engines::{AttentionPolicy, SessionConfig};
-use hyvideo_exporters::attention::AttentionKernel;
-use hyvideo_exporters::bundle::{Component, Precision};
 use hyvideo_exporters::export::TransformerSource;
-use hyvideo_exporters::onnx::ModelProto;
-use hyvideo_exporters::onnx::proto::NodeProto;
+use hyvideo_onnx::proto::ModelProto;
+use hyvideo_onnx::proto::NodeProto;
 use prost::Message;
 
 use crate::common::{export_tiny_at, text_encoders_bundle, transformer_bundle};
@@ -98,7 +98,7 @@ fn value_types(m: &ModelProto) -> HashMap<String, i32> {
     let g = m.graph.as_ref().unwrap();
     let mut t: HashMap<String, i32> = HashMap::new();
     for v in &g.input {
-        if let Some(hyvideo_exporters::onnx::proto::type_proto::Value::TensorType(tt)) =
+        if let Some(hyvideo_onnx::proto::type_proto::Value::TensorType(tt)) =
             v.r#type.as_ref().and_then(|t| t.value.as_ref())
         {
             t.insert(v.name.clone(), tt.elem_type);
@@ -209,7 +209,7 @@ fn masked_text_encoder_attention_stays_standard() {
 /// bf16 ones are cast to fp32 (the CUDA kernel has no bf16); on CPU everything runs fp32.
 #[test]
 fn fused_sites_take_the_kernel_dtypes_of_each_provider() {
-    use hyvideo_exporters::attention::{MhaPrecision, fuse};
+    use hyvideo_onnx::fuse::{MhaPrecision, fuse};
     const FLOAT: i32 = 1;
     const FLOAT16: i32 = 10;
     let bf16 = export_tiny_at(

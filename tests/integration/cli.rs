@@ -195,14 +195,14 @@ fn missing_vae_folder() {
 }
 
 /// Components of the bundle at `out`, in manifest order.
-fn bundle_components(out: &Path) -> Vec<hyvideo_exporters::bundle::Component> {
-    let m = hyvideo_exporters::bundle::Manifest::load(out).unwrap();
+fn bundle_components(out: &Path) -> Vec<hyvideo_bundle::Component> {
+    let m = hyvideo_bundle::Manifest::load(out).unwrap();
     m.components.keys().copied().collect()
 }
 
 #[test]
 fn export_without_components_takes_every_component_the_model_has() {
-    use hyvideo_exporters::bundle::Component as C;
+    use hyvideo_bundle::Component as C;
     let dir = tempfile::tempdir().unwrap();
     // The whole tiny pipeline: all four.
     let out = dir.path().join("all");
@@ -750,10 +750,11 @@ fn a_bad_precision_rule_is_named_and_nothing_is_written() {
     std::fs::write(&profile, "name: mine\ncompute: fp16\nio: fp32\nrules: []\n").unwrap();
     let o = export_fp16();
     assert!(o.status.success(), "{}", stderr(&o));
-    let m = hyvideo_exporters::bundle::Manifest::load(&out).unwrap();
-    let e = &m.components[&hyvideo_exporters::bundle::Component::VaeDecoder];
+    let m = hyvideo_bundle::Manifest::load(&out).unwrap();
+    let e = &m.components[&hyvideo_bundle::Component::VaeDecoder];
     assert_eq!(
-        e.inputs[0].dtype, "float32",
+        e.inputs[0].dtype,
+        hyvideo_bundle::TensorType::Float32,
         "io: fp32 in the custom profile"
     );
 }
@@ -786,7 +787,7 @@ fn flow_direction_defaults_to_one_to_zero_and_forward_is_explicit() {
     // --flow-direction forward: t = 0 -> 1, the old default without the flag.
     let forward = latents("forward.safetensors", &[&"--flow-direction", &"forward"]);
     let bundle = crate::common::transformer_bundle();
-    let manifest = hyvideo_exporters::bundle::Manifest::load(bundle).unwrap();
+    let manifest = hyvideo_bundle::Manifest::load(bundle).unwrap();
     let config = hyvideo_engines::SessionConfig::default().with_intra_threads(Some(2));
     let mut model = hyvideo::transformer::Transformer::load(bundle, &manifest, &config).unwrap();
     let file = hyvideo::latents::TensorFile::open(&embeds).unwrap();

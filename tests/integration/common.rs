@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use hyvideo::tensor::Tensor5;
-use hyvideo_exporters::bundle::{Component, Precision};
+use hyvideo_bundle::{Component, Precision};
 use hyvideo_exporters::export::{ExportRequest, TransformerSource, export};
 use safetensors::SafeTensors;
 

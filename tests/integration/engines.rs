@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hyvideo_exporters::attention::AttentionKernel;
-use hyvideo_exporters::bundle::Component;
+use hyvideo_bundle::AttentionKernel;
+use hyvideo_bundle::Component;
 use prost::Message;
 
 use crate::common::{golden, rel_max_err, root};
@@ -87,7 +87,7 @@ fn cpu_engines_reproduce_the_bundle() {
         );
     }
     let optimised = std::fs::read(engines.join("transformer.onnx")).unwrap();
-    let optimised = hyvideo_exporters::onnx::ModelProto::decode(optimised.as_slice()).unwrap();
+    let optimised = hyvideo_onnx::proto::ModelProto::decode(optimised.as_slice()).unwrap();
     let mha = optimised
         .graph
         .unwrap()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use hyvideo_exporters::bundle::Component;
+use hyvideo_bundle::Component;
 use hyvideo_exporters::export::TransformerSource;
 
 use crate::common::{export_tiny, golden, list_dir, rel_max_err};
@@ -261,10 +261,7 @@ fn bundles_missing_parts_or_from_another_exporter_are_refused() {
         let m = b.join("manifest.yaml");
         let text = std::fs::read_to_string(&m).unwrap();
         let text = text.replace(
-            &format!(
-                "exporter_version: \"{}\"",
-                hyvideo_exporters::bundle::EXPORTER_VERSION
-            ),
+            &format!("exporter_version: \"{}\"", hyvideo_bundle::EXPORTER_VERSION),
             "exporter_version: \"0.0.1\"",
         );
         std::fs::write(&m, text).unwrap();
@@ -359,7 +356,7 @@ fn bench_reports_every_stage() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for stage in hyvideo::bench::STAGES {
+    for stage in hyvideo_cli::bench::STAGES {
         assert!(
             out.contains(&format!("| {stage} |")),
             "{stage} missing: {out}"

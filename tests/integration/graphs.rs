@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use hyvideo_exporters::onnx::ModelProto;
+use hyvideo_onnx::proto::ModelProto;
 use prost::Message;
 
 use std::path::Path;
@@ -55,7 +55,7 @@ pub(crate) fn check_structure(path: &Path) -> ModelProto {
     model
 }
 
-fn io_names(v: &[hyvideo_exporters::onnx::proto::ValueInfoProto]) -> Vec<String> {
+fn io_names(v: &[hyvideo_onnx::proto::ValueInfoProto]) -> Vec<String> {
     v.iter().map(|i| i.name.clone()).collect()
 }
 

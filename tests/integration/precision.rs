@@ -9,10 +9,10 @@ use std::sync::OnceLock;
 use hyvideo::tensor::Tensor5;
 use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
 use hyvideo::vae::VaeDecoder;
+use hyvideo_bundle::{Component, Manifest, Precision};
 use hyvideo_engines::{Engine, Input, SessionConfig};
-use hyvideo_exporters::bundle::{Component, Manifest, Precision};
 use hyvideo_exporters::export::TransformerSource;
-use hyvideo_exporters::onnx::ModelProto;
+use hyvideo_onnx::proto::ModelProto;
 use prost::Message;
 
 use crate::common::{export_tiny_at, golden, golden_i64, golden5};
@@ -179,7 +179,7 @@ fn node_set(m: &ModelProto) -> BTreeMap<String, String> {
 }
 
 fn elem_types(m: &ModelProto) -> Vec<i32> {
-    use hyvideo_exporters::onnx::proto::type_proto::Value;
+    use hyvideo_onnx::proto::type_proto::Value;
     let g = m.graph.as_ref().unwrap();
     g.input
         .iter()
@@ -380,7 +380,7 @@ fn fp8_transformer_from_calibrated_scales() {
 
     let m = load_graph(&b.join("transformer.onnx"));
     let g = m.graph.as_ref().unwrap();
-    let producer: BTreeMap<&str, &hyvideo_exporters::onnx::proto::NodeProto> = g
+    let producer: BTreeMap<&str, &hyvideo_onnx::proto::NodeProto> = g
         .node
         .iter()
         .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use hyvideo_bundle::{Component, Manifest, Precision};
 use hyvideo_engines::{Engine, Input, SessionConfig};
-use hyvideo_exporters::bundle::{Component, Manifest, Precision};
 use hyvideo_exporters::export::{ExportRequest, export};
 
 use crate::common::{golden, golden_i64, list_dir, rel_max_err, text_encoders_bundle, tiny_model};
@@ -188,7 +188,7 @@ fn bundle_holds_tokenizers_configs_and_graph_io() {
     }
     let m = Manifest::load(b).unwrap();
     let te = m.component(b, Component::TextEncoder).unwrap();
-    let names = |v: &[hyvideo_exporters::bundle::TensorSpec]| -> Vec<String> {
+    let names = |v: &[hyvideo_bundle::TensorSpec]| -> Vec<String> {
         v.iter().map(|t| t.name.clone()).collect()
     };
     assert_eq!(names(&te.inputs), ["input_ids", "attention_mask"]);

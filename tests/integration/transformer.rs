@@ -9,9 +9,9 @@ use hyvideo::denoise::{DenoiseSettings, TrueCfg, denoise};
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::tensor::Tensor5;
 use hyvideo::transformer::{RowBatching, StepInput, TextConditioning, Transformer, VelocityModel};
+use hyvideo_bundle::AttentionKernel;
+use hyvideo_bundle::{Component, Manifest};
 use hyvideo_engines::{AttentionPolicy, SessionConfig};
-use hyvideo_exporters::attention::AttentionKernel;
-use hyvideo_exporters::bundle::{Component, Manifest};
 use hyvideo_exporters::export::TransformerSource;
 
 use crate::common::{

@@ -5,8 +5,8 @@
 use hyvideo::tensor::Tensor5;
 use hyvideo::vae::VaeDecoder;
 use hyvideo::vae_tiling::{SpatialTiling, TilingConfig};
+use hyvideo_bundle::Manifest;
 use hyvideo_engines::SessionConfig;
-use hyvideo_exporters::bundle::Manifest;
 
 use crate::common::{golden5, rel_max_err, vae_bundle};
 

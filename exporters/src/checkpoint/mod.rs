@@ -37,7 +37,7 @@ pub use dtype::{
     round_through,
 };
 pub use error::{CheckpointError, Result};
-pub use hash::{FileIdentity, combine_identities, sha256_file, to_hex};
+pub use hash::{FileIdentity, combine_identities, to_hex};
 pub use safetensors::MAX_HEADER_LEN;
 pub use store::{Checkpoint, PREFERRED_FILES, TensorInfo, TensorView};
 pub use stream::{CHUNK_BYTES, Dequant, TensorStream, write_converted};

@@ -331,7 +331,7 @@ mod tests {
 
     fn golden(file: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
         let path = format!(
-            "{}/tests/fixtures/goldens/{file}.safetensors",
+            "{}/../tests/fixtures/goldens/{file}.safetensors",
             env!("CARGO_MANIFEST_DIR")
         );
         let bytes = std::fs::read(path).unwrap();

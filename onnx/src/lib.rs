@@ -1,13 +1,16 @@
-//! ONNX protobuf types, graph builder and external-data writer.
+//! hyvideo-onnx: ONNX protobuf types, a graph builder, an external-data writer, and the graph
+//! passes shared by the exporter and the runtime.
 //!
 //! - [`proto`]: the ONNX IR messages we emit, as `prost` derives mirroring `onnx.proto3`.
 //! - [`GraphBuilder`]: tract-style `wire_node` builder with typed attributes and checked names.
 //! - [`write_model`]: `<stem>.onnx` + `<stem>.onnx.data` (4 KiB-aligned external weights,
 //!   streamed from [`TensorSource`]s, written atomically).
+//! - [`types`]: element types of a graph's values, and its I/O as the bundle contract records it.
+//! - [`fuse`]: the attention rewrite to ONNX Runtime's `MultiHeadAttention` applied at load.
 //!
 //! ```no_run
-//! use hyvideo_exporters::onnx::{auto, Attr, DataType, Dim, GraphBuilder, OwnedTensor, write_model};
-//! # fn main() -> Result<(), hyvideo_exporters::onnx::OnnxError> {
+//! use hyvideo_onnx::{auto, Attr, DataType, Dim, GraphBuilder, OwnedTensor, write_model};
+//! # fn main() -> Result<(), hyvideo_onnx::OnnxError> {
 //! let mut b = GraphBuilder::new("tiny").with_metadata("component", "demo");
 //! let x = b.input("x", DataType::Float, &[Dim::from("N"), Dim::Fixed(4)])?;
 //! let w = b.weight("proj.weight", Box::new(OwnedTensor::from_f32(&[4, 3], &[0.5; 12])?))?;
@@ -21,13 +24,14 @@
 
 mod builder;
 mod error;
+pub mod fuse;
 pub mod proto;
+pub mod types;
 mod writer;
 
-pub(crate) use builder::Initializer;
 pub use builder::{
-    Attr, AttrValue, DEFAULT_OPSET, Dim, GraphBuilder, IR_VERSION, MIN_OPSET, Name, OwnedTensor,
-    TensorSource, Value, auto,
+    Attr, AttrValue, DEFAULT_OPSET, Dim, GraphBuilder, IR_VERSION, Initializer, MIN_OPSET, Name,
+    OwnedTensor, TensorSource, Value, auto,
 };
 pub use error::{OnnxError, Result};
 pub use proto::{DataType, ModelProto};

@@ -284,7 +284,7 @@ impl Attr {
         &self.name
     }
 
-    pub(crate) fn to_proto(&self) -> AttributeProto {
+    pub fn to_proto(&self) -> AttributeProto {
         let mut a = AttributeProto {
             name: self.name.clone(),
             ..Default::default()
@@ -325,7 +325,7 @@ impl Attr {
 }
 
 /// An initializer as the builder keeps it until writing.
-pub(crate) enum Initializer {
+pub enum Initializer {
     /// Stored in the model (`raw_data`).
     Inline { name: String, tensor: OwnedTensor },
     /// Streamed to the external data file by the writer.
@@ -750,6 +750,16 @@ impl GraphBuilder {
 
     /// Set the doc string of the node that produced `value` (a record later passes read, such
     /// as an attention site's description). Unknown values are an error.
+    /// The graph inputs declared so far.
+    pub fn inputs(&self) -> &[ValueInfoProto] {
+        &self.inputs
+    }
+
+    /// The graph outputs declared so far.
+    pub fn outputs(&self) -> &[ValueInfoProto] {
+        &self.outputs
+    }
+
     pub fn annotate(&mut self, value: &Value, doc: impl Into<String>) -> Result<()> {
         let node = self
             .nodes
@@ -764,7 +774,7 @@ impl GraphBuilder {
     }
 
     /// Inputs, outputs, nodes and initializers, for whole-graph rewrites (the precision pass).
-    pub(crate) fn precision_parts(
+    pub fn precision_parts(
         &mut self,
     ) -> (
         &mut Vec<ValueInfoProto>,

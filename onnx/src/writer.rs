@@ -13,7 +13,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use super::builder::{GraphBuilder, Initializer, Parts, TensorSource};
 use super::error::{OnnxError, Result};
@@ -220,7 +219,7 @@ pub fn write_model(model: GraphBuilder, dir: &Path, stem: &str) -> Result<Writte
     }
     check_size(&model)?;
     let bytes = model.encode_to_vec();
-    let onnx_sha256 = format!("{:x}", Sha256::digest(&bytes));
+    let onnx_sha256 = hyvideo_bundle::hash::sha256_hex(&bytes);
     let mut onnx_tmp = temp_file(dir, stem, "onnx")?;
     onnx_tmp
         .write_all(&bytes)
@@ -324,8 +323,9 @@ impl GraphBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::builder::{Dim, OwnedTensor};
-    use crate::onnx::proto::DataType;
+    use crate::builder::{Dim, OwnedTensor};
+    use crate::proto::DataType;
+    use sha2::{Digest, Sha256};
     use std::io::{Seek, SeekFrom};
 
     /// A source whose bytes are a pattern, with a configurable lie about its length.

@@ -330,7 +330,7 @@ mod tests {
     use safetensors::SafeTensors;
 
     fn fixtures() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
     }
 
     fn golden_i64(name: &str) -> (Vec<usize>, Vec<i64>) {

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use hyvideo_bundle::{Component, Manifest, ManifestError, VaeSettings};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
-use hyvideo_exporters::bundle::{Component, Manifest, ManifestError, VaeSettings};
 
 use crate::engine_set::ModelFiles;
 use crate::tensor::Tensor5;
@@ -88,13 +88,13 @@ impl VaeDecoder {
         let shape = z.shape();
         let out = self.engine.run_one(
             &[(
-                hyvideo_exporters::vae_decoder::INPUT,
+                hyvideo_bundle::components::vae_decoder::INPUT,
                 Input::F32 {
                     shape: &shape,
                     data: z.data(),
                 },
             )],
-            hyvideo_exporters::vae_decoder::OUTPUT,
+            hyvideo_bundle::components::vae_decoder::OUTPUT,
         )?;
         let (sr, tr) = (
             self.settings.spatial_compression_ratio,

@@ -96,6 +96,10 @@ pub enum OnnxError {
     #[error("invalid model file stem `{stem}`: must be a plain file name")]
     InvalidStem { stem: String },
 
+    /// A graph pass (e.g. the attention rewrite) could not apply to a graph.
+    #[error("{pass}: {reason}")]
+    Pass { pass: &'static str, reason: String },
+
     /// A file system operation failed.
     #[error("{action} {}: {source}", path.display())]
     Io {

@@ -10,17 +10,16 @@
 
 use std::path::Path;
 
+use hyvideo_bundle::AttentionKernel;
+use hyvideo_bundle::{Component, Manifest, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
-use hyvideo_exporters::attention::AttentionKernel;
-use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
 use crate::engine_set::ModelFiles;
 use crate::tensor::Tensor5;
 
-/// Graph I/O names, as the exporter writes them.
-pub use hyvideo_exporters::transformer::{
-    ENCODER_ATTENTION_MASK, ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT,
-    POOLED_PROJECTIONS, TIMESTEP,
+/// Graph I/O names, as the bundle contract declares them.
+pub use hyvideo_bundle::components::transformer::{
+    ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT, POOLED_PROJECTIONS, TIMESTEP,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -279,8 +278,6 @@ impl RowBatching {
 pub struct Transformer {
     engine: Engine,
     guidance: bool,
-    /// The graph takes `encoder_attention_mask` (bundles exported before it was dropped).
-    mask: bool,
     batching: RowBatching,
     attention: AttentionKernel,
 }
@@ -312,7 +309,7 @@ impl Transformer {
     /// with layer inputs as extra outputs), weights from `origin`'s data file.
     pub fn load_edited(
         origin: &Path,
-        proto: hyvideo_exporters::onnx::ModelProto,
+        proto: hyvideo_onnx::proto::ModelProto,
         config: &SessionConfig,
     ) -> Result<Transformer, TransformerError> {
         Ok(Self::from_loaded(crate::graph_load::load_edited(
@@ -323,15 +320,10 @@ impl Transformer {
     fn from_loaded(loaded: crate::graph_load::LoadedGraph) -> Transformer {
         let engine = loaded.engine;
         let guidance = engine.input_names().iter().any(|n| n == GUIDANCE);
-        let mask = engine
-            .input_names()
-            .iter()
-            .any(|n| n == ENCODER_ATTENTION_MASK);
         let batching = RowBatching::for_provider(engine.provider());
         Transformer {
             engine,
             guidance,
-            mask,
             batching,
             attention: loaded.attention.kernel(),
         }
@@ -391,9 +383,6 @@ impl Transformer {
                     input.timestep.len()
                 ),
             ));
-        }
-        if self.mask {
-            return self.call(input, observe);
         }
         if b == 0 {
             return Err(input_err("latents", "batch of 0".into()));
@@ -460,7 +449,6 @@ impl Transformer {
         let b = shape[0];
         let text = input.text;
         let text_shape = [b, text.len, text.dim];
-        let mask_shape = [b, text.len];
         let pooled_shape = [b, text.pooled_dim];
         let batch = [b];
         let mut inputs = vec![
@@ -493,15 +481,6 @@ impl Transformer {
                 },
             ),
         ];
-        if self.mask {
-            inputs.push((
-                ENCODER_ATTENTION_MASK,
-                Input::I64 {
-                    shape: &mask_shape,
-                    data: &text.mask,
-                },
-            ));
-        }
         if self.guidance {
             let g = input.guidance.ok_or_else(|| {
                 input_err(

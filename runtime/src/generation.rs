@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use hyvideo_bundle::{Component, Manifest, ManifestError};
 use hyvideo_engines::{BackendKind, SessionConfig};
-use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
 use crate::denoise::{DenoiseError, DenoiseSettings, TrueCfg, denoise};
 use crate::engine_set::{EngineSet, EngineSetError, ModelFiles};

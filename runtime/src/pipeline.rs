@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
+use hyvideo_bundle::{Component, Manifest, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
-use hyvideo_exporters::bundle::{Component, Manifest, ManifestError};
 
 use crate::engine_set::ModelFiles;
 use crate::tensor::Tensor5;

@@ -25,17 +25,7 @@ pub fn sigmas(steps: usize, shift: f32) -> Vec<f32> {
 }
 
 /// Direction of the flow-matching integration (`--flow-direction`; Tencent's `--flow-reverse`).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowDirection {
     /// t = 1 (noise) → 0 (data): diffusers' pipeline and every published HunyuanVideo command
@@ -52,6 +42,17 @@ impl std::fmt::Display for FlowDirection {
             FlowDirection::Reverse => "reverse (t = 1 -> 0)",
             FlowDirection::Forward => "forward (t = 0 -> 1)",
         })
+    }
+}
+
+impl std::str::FromStr for FlowDirection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reverse" => Ok(FlowDirection::Reverse),
+            "forward" => Ok(FlowDirection::Forward),
+            _ => Err(format!("`{s}`: expected reverse or forward")),
+        }
     }
 }
 
@@ -88,7 +89,7 @@ mod tests {
     fn golden(name: &str) -> Vec<f32> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/goldens/scheduler.safetensors"
+            "/../tests/fixtures/goldens/scheduler.safetensors"
         );
         let bytes = std::fs::read(path).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();

@@ -1,0 +1,313 @@
+//! The pipeline's components and their contracts: one [`ComponentSpec`] per subnetwork (graph
+//! file, source sub-folder, I/O, profile rule) and the I/O names the exporter's graph builders
+//! and the runtime's stages both use.
+//!
+//! Adding a component is one variant and one spec here, one graph builder in the exporter and
+//! one stage in the runtime.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{ComponentSpec, Dim, Elem, IoSpec, ProfileRule, Size, Sym};
+
+/// A subnetwork of the pipeline, named as diffusers names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    Transformer,
+    VaeDecoder,
+    TextEncoder,
+    /// diffusers' `text_encoder_2` (snake_case alone would give `text_encoder2`).
+    #[serde(rename = "text_encoder_2")]
+    TextEncoder2,
+}
+
+/// I/O names of the transformer graph: diffusers' `HunyuanVideoTransformer3DModel.forward`
+/// arguments, less `encoder_attention_mask` (the runtime gives it a prompt's valid tokens).
+pub mod transformer {
+    pub const HIDDEN_STATES: &str = "hidden_states";
+    pub const TIMESTEP: &str = "timestep";
+    pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+    pub const POOLED_PROJECTIONS: &str = "pooled_projections";
+    pub const GUIDANCE: &str = "guidance";
+    pub const OUTPUT: &str = "sample";
+}
+
+/// I/O names of the VAE decoder graph (`AutoencoderKLHunyuanVideo.decode`).
+pub mod vae_decoder {
+    pub const INPUT: &str = "latent_sample";
+    pub const OUTPUT: &str = "sample";
+}
+
+/// I/O names of the Llama text encoder graph (the hidden state the pipeline reads).
+pub mod llama {
+    pub const INPUT_IDS: &str = "input_ids";
+    pub const ATTENTION_MASK: &str = "attention_mask";
+    pub const OUTPUT: &str = "hidden_states";
+}
+
+/// I/O names of the CLIP text encoder graph (its pooled output).
+pub mod clip {
+    pub const INPUT_IDS: &str = "input_ids";
+    pub const OUTPUT: &str = "pooler_output";
+}
+
+impl Component {
+    pub const ALL: [Component; 4] = [
+        Component::Transformer,
+        Component::VaeDecoder,
+        Component::TextEncoder,
+        Component::TextEncoder2,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Transformer => "transformer",
+            Component::VaeDecoder => "vae_decoder",
+            Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
+        }
+    }
+
+    /// The contract of this component's graph.
+    pub fn spec(self) -> ComponentSpec {
+        use Dim::{Size as Z, Sym as S};
+        let (f, i) = (Elem::Float, Elem::Int64);
+        let name = self.name();
+        match self {
+            Component::Transformer => {
+                use transformer::*;
+                let grid = |c| {
+                    [
+                        S(Sym::Batch),
+                        Z(c),
+                        S(Sym::Frames),
+                        S(Sym::Height),
+                        S(Sym::Width),
+                    ]
+                };
+                ComponentSpec {
+                    name,
+                    source_folder: "transformer",
+                    tokenizer: None,
+                    inputs: vec![
+                        IoSpec::required(HIDDEN_STATES, f, &grid(Size::InChannels)),
+                        IoSpec::required(TIMESTEP, f, &[S(Sym::Batch)]),
+                        IoSpec::required(
+                            ENCODER_HIDDEN_STATES,
+                            f,
+                            &[S(Sym::Batch), S(Sym::TextLen), Z(Size::TextEmbedDim)],
+                        ),
+                        IoSpec::required(
+                            POOLED_PROJECTIONS,
+                            f,
+                            &[S(Sym::Batch), Z(Size::PooledProjectionDim)],
+                        ),
+                        IoSpec::optional(GUIDANCE, f, &[S(Sym::Batch)]),
+                    ],
+                    outputs: vec![IoSpec::required(OUTPUT, f, &grid(Size::OutChannels))],
+                    profile: ProfileRule::Denoiser,
+                }
+            }
+            Component::VaeDecoder => ComponentSpec {
+                name,
+                source_folder: "vae",
+                tokenizer: None,
+                inputs: vec![IoSpec::required(
+                    vae_decoder::INPUT,
+                    f,
+                    &[
+                        S(Sym::Batch),
+                        Z(Size::LatentChannels),
+                        S(Sym::LatentFrames),
+                        S(Sym::LatentHeight),
+                        S(Sym::LatentWidth),
+                    ],
+                )],
+                outputs: vec![IoSpec::required(
+                    vae_decoder::OUTPUT,
+                    f,
+                    &[
+                        S(Sym::Batch),
+                        Z(Size::VideoChannels),
+                        S(Sym::Frames),
+                        S(Sym::Height),
+                        S(Sym::Width),
+                    ],
+                )],
+                profile: ProfileRule::Tiles,
+            },
+            Component::TextEncoder => {
+                let tokens = [S(Sym::Batch), S(Sym::TextLen)];
+                ComponentSpec {
+                    name,
+                    source_folder: "text_encoder",
+                    tokenizer: Some("tokenizer"),
+                    inputs: vec![
+                        IoSpec::required(llama::INPUT_IDS, i, &tokens),
+                        IoSpec::required(llama::ATTENTION_MASK, i, &tokens),
+                    ],
+                    outputs: vec![IoSpec::required(
+                        llama::OUTPUT,
+                        f,
+                        &[S(Sym::Batch), S(Sym::TextLen), Z(Size::HiddenSize)],
+                    )],
+                    profile: ProfileRule::FixedPrompt,
+                }
+            }
+            Component::TextEncoder2 => ComponentSpec {
+                name,
+                source_folder: "text_encoder_2",
+                tokenizer: Some("tokenizer_2"),
+                inputs: vec![IoSpec::required(
+                    clip::INPUT_IDS,
+                    i,
+                    &[S(Sym::Batch), Z(Size::MaxPositions)],
+                )],
+                outputs: vec![IoSpec::required(
+                    clip::OUTPUT,
+                    f,
+                    &[S(Sym::Batch), Z(Size::HiddenSize)],
+                )],
+                profile: ProfileRule::FixedPrompt,
+            },
+        }
+    }
+
+    /// The graph file of this component in a bundle.
+    pub fn graph_file(self) -> String {
+        format!("{}.onnx", self.name())
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Component {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Component::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Component::ALL.iter().map(|c| c.name()).collect();
+                format!(
+                    "unknown component `{s}` (expected one of: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::precision::TensorType;
+    use crate::spec::{Side, SpecMismatch, TensorSpec};
+
+    fn t(name: &str, dtype: TensorType, dims: &[&str]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            dims: dims.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn sizes(s: Size) -> Option<usize> {
+        match s {
+            Size::MaxPositions => Some(77),
+            Size::HiddenSize => Some(32),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn names_parse_back_and_specs_name_their_component() {
+        for c in Component::ALL {
+            assert_eq!(c.name().parse::<Component>(), Ok(c));
+            assert_eq!(c.spec().name, c.name());
+        }
+        assert!(
+            "vae"
+                .parse::<Component>()
+                .unwrap_err()
+                .contains("vae_decoder")
+        );
+    }
+
+    #[test]
+    fn check_names_each_kind_of_difference() {
+        let spec = Component::TextEncoder2.spec();
+        let f = TensorType::Float32;
+        let ids = [t("input_ids", TensorType::Int64, &["batch", "77"])];
+        let out = [t("pooler_output", f, &["batch", "32"])];
+        let ok = spec.check(&ids, &out, f, &sizes);
+        assert_eq!(ok, Ok(()));
+        let e = spec.check(&[], &out, f, &sizes).unwrap_err();
+        assert!(matches!(
+            e,
+            SpecMismatch::Missing {
+                side: Side::Input,
+                name: "input_ids",
+                ..
+            }
+        ));
+        let extra = t("extra", f, &["batch"]);
+        let e = spec
+            .check(&[ids[0].clone(), extra], &out, f, &sizes)
+            .unwrap_err();
+        assert!(e.to_string().contains("`extra`"), "{e}");
+        let e = spec
+            .check(&[t("input_ids", f, &["batch", "77"])], &out, f, &sizes)
+            .unwrap_err();
+        assert!(matches!(e, SpecMismatch::ElementType { .. }), "{e}");
+        let e = spec
+            .check(
+                &[t("input_ids", TensorType::Int64, &["batch", "76"])],
+                &out,
+                f,
+                &sizes,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("[batch, 77]"), "{e}");
+        let e = spec
+            .check(
+                &[t("input_ids", TensorType::Int64, &["n", "77"])],
+                &out,
+                f,
+                &sizes,
+            )
+            .unwrap_err();
+        assert!(matches!(e, SpecMismatch::Dims { .. }), "{e}");
+        // The bundle's I/O float type decides what a float output must be.
+        let e = spec
+            .check(
+                &ids,
+                &[t("pooler_output", f, &["batch", "32"])],
+                TensorType::Float16,
+                &sizes,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("float16"), "{e}");
+    }
+
+    #[test]
+    fn optional_inputs_may_be_absent() {
+        let spec = Component::Transformer.spec();
+        let f = TensorType::Float32;
+        let grid = ["batch", "16", "frames", "height", "width"];
+        let inputs = [
+            t("hidden_states", f, &grid),
+            t("timestep", f, &["batch"]),
+            t("encoder_hidden_states", f, &["batch", "text_len", "32"]),
+            t("pooled_projections", f, &["batch", "8"]),
+        ];
+        let outputs = [t("sample", f, &grid)];
+        assert_eq!(spec.check(&inputs, &outputs, f, &|_| None), Ok(()));
+    }
+}
