@@ -176,7 +176,7 @@ fn graph_channels(manifest: &Manifest) -> Result<usize, CalibrateError> {
     manifest
         .components
         .get(&Component::Transformer)
-        .and_then(|e| e.inputs.iter().find(|s| s.name == "hidden_states"))
+        .and_then(|e| e.input(hyvideo::transformer::HIDDEN_STATES))
         .and_then(|s| s.dims.get(1))
         .and_then(|d| d.parse().ok())
         .ok_or_else(|| {

@@ -349,7 +349,11 @@ impl Pipeline {
             // (CPU and CUDA sessions take any shape).
             let mut s = shape;
             s[0] = if true_cfg { 2 } else { 1 };
-            e.check_shape(Component::Transformer, "hidden_states", &s)?;
+            e.check_shape(
+                Component::Transformer,
+                crate::transformer::HIDDEN_STATES,
+                &s,
+            )?;
         }
         let init =
             initial_latents(shape, request.seed, request.initial_latents.clone()).map_err(|e| {

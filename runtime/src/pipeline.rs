@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use hyvideo_bundle::components::{clip, llama};
 use hyvideo_bundle::{Component, Manifest, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
@@ -14,12 +15,6 @@ use crate::engine_set::ModelFiles;
 use crate::tensor::Tensor5;
 use crate::text::{ClipPrompts, LlamaPrompts, TextError, Tokens};
 use crate::transformer::{TextConditioning, TransformerError};
-
-/// Graph I/O names of the text encoders (docs/architecture.md).
-pub const INPUT_IDS: &str = "input_ids";
-pub const ATTENTION_MASK: &str = "attention_mask";
-pub const LLAMA_OUTPUT: &str = "hidden_states";
-pub const CLIP_OUTPUT: &str = "pooler_output";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -211,21 +206,21 @@ impl TextEncoders {
         let out = self.llama.run_one(
             &[
                 (
-                    INPUT_IDS,
+                    llama::INPUT_IDS,
                     Input::I64 {
                         shape: &shape,
                         data: &t.input_ids,
                     },
                 ),
                 (
-                    ATTENTION_MASK,
+                    llama::ATTENTION_MASK,
                     Input::I64 {
                         shape: &shape,
                         data: &t.attention_mask,
                     },
                 ),
             ],
-            LLAMA_OUTPUT,
+            llama::OUTPUT,
         )?;
         let d = match out.shape.as_slice() {
             [b, l, d] if *b == t.batch && *l == t.len => *d,
@@ -258,13 +253,13 @@ impl TextEncoders {
         let shape = [t.batch, t.len];
         let out = self.clip.run_one(
             &[(
-                INPUT_IDS,
+                clip::INPUT_IDS,
                 Input::I64 {
                     shape: &shape,
                     data: &t.input_ids,
                 },
             )],
-            CLIP_OUTPUT,
+            clip::OUTPUT,
         )?;
         match out.shape.as_slice() {
             [b, _] if *b == t.batch => Ok(out.data),

@@ -177,3 +177,78 @@ fn text_encoder_passes_the_onnx_checker() {
 fn text_encoder_2_passes_the_onnx_checker() {
     onnx_checker(&text_encoders_bundle().join("text_encoder_2.onnx"));
 }
+
+/// Every component's exported graph, its I/O read from the `.onnx` file, against the
+/// contract's spec (fixed dims from the bundle's own configs); and an altered spec caught.
+#[test]
+fn every_exported_graph_matches_its_spec_and_an_altered_spec_is_caught() {
+    use hyvideo_bundle::spec::{Dim, Size, SpecMismatch, Sym};
+    use hyvideo_bundle::{Component, Manifest, TensorSpec, TensorType};
+    use hyvideo_onnx::types::tensor_spec;
+
+    let io = |v: &[hyvideo_onnx::proto::ValueInfoProto]| -> Vec<TensorSpec> {
+        v.iter()
+            .map(|x| tensor_spec(x).expect("contract type"))
+            .collect()
+    };
+    let config = |bundle: &Path, c: Component| -> serde_json::Value {
+        let f = bundle.join(c.spec().config_file());
+        serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap()
+    };
+    let mut checked = Vec::new();
+    for bundle in [vae_bundle(), transformer_bundle(), text_encoders_bundle()] {
+        let manifest = Manifest::load(bundle).unwrap();
+        for (&c, entry) in &manifest.components {
+            let cfg = config(bundle, c);
+            let n = |k: &str| cfg[k].as_u64().map(|v| v as usize);
+            let sizes = |s: Size| match s {
+                Size::OutChannels if c == Component::Transformer => {
+                    n("out_channels").or(n("in_channels"))
+                }
+                Size::VideoChannels => n("out_channels"),
+                other => n(other.name()),
+            };
+            let model =
+                ModelProto::decode(std::fs::read(bundle.join(&entry.file)).unwrap().as_slice())
+                    .unwrap();
+            let g = model.graph.as_ref().unwrap();
+            let (inputs, outputs) = (io(&g.input), io(&g.output));
+            let spec = c.spec();
+            spec.check(&inputs, &outputs, TensorType::Float32, &sizes)
+                .unwrap_or_else(|e| panic!("{c}: {e}"));
+            // What the manifest records is the graph's own I/O.
+            assert_eq!((&entry.inputs, &entry.outputs), (&inputs, &outputs), "{c}");
+            // Altered specs: a renamed input, another symbolic dim, another fixed size.
+            let mut renamed = spec.clone();
+            renamed.inputs[0].name = "renamed_input";
+            assert!(matches!(
+                renamed.check(&inputs, &outputs, TensorType::Float32, &sizes),
+                Err(SpecMismatch::Undeclared { .. })
+            ));
+            let mut other_dim = spec.clone();
+            other_dim.inputs[0].dims[0] = Dim::Sym(Sym::TextLen);
+            assert!(matches!(
+                other_dim.check(&inputs, &outputs, TensorType::Float32, &sizes),
+                Err(SpecMismatch::Dims { .. })
+            ));
+            let off_by_one = |s: Size| sizes(s).map(|v| v + 1);
+            assert!(
+                spec.check(&inputs, &outputs, TensorType::Float32, &off_by_one)
+                    .is_err(),
+                "{c}: a fixed size the config does not give"
+            );
+            assert!(
+                spec.check(&inputs, &outputs, TensorType::Float16, &sizes)
+                    .is_err(),
+                "{c}: float I/O of another type"
+            );
+            checked.push(c);
+        }
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        Component::ALL.to_vec(),
+        "every component exported and checked"
+    );
+}
