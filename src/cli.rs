@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use hyvideo_engines::{Backend, BackendKind, SessionConfig};
 
+use hyvideo::generation::{InvalidSetting, Sampling, Setting, StageConfigs};
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
 
@@ -120,6 +121,16 @@ impl RuntimeArgs {
     pub fn session_config(&self) -> SessionConfig {
         self.session.session_config()
     }
+
+    /// The session settings of every stage.
+    pub fn stage_configs(&self) -> StageConfigs {
+        use hyvideo_bundle::Component as C;
+        StageConfigs {
+            text: self.config_for(C::TextEncoder),
+            transformer: self.config_for(C::Transformer),
+            vae: self.config_for(C::VaeDecoder),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -187,17 +198,41 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn settings(&self, guidance_embeds: bool) -> hyvideo::denoise::DenoiseSettings {
-        hyvideo::denoise::DenoiseSettings {
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
             steps: self.infer_steps,
-            shift: self.flow_shift,
+            embedded_guidance: self.embedded_cfg_scale,
+            flow_shift: self.flow_shift,
             direction: self.flow_direction,
-            embedded_guidance: guidance_embeds.then_some(self.embedded_cfg_scale),
-            true_cfg: (self.cfg_scale > 1.0).then_some(hyvideo::denoise::TrueCfg {
-                scale: self.cfg_scale,
-            }),
+            cfg_scale: self.cfg_scale,
         }
     }
+}
+
+/// The `hyvideo` flag of a request setting (how the library's setting errors are shown).
+pub fn setting_flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Prompt => "--prompt",
+        Setting::NegativePrompt => "--neg-prompt",
+        Setting::Height => "--video-size height",
+        Setting::Width => "--video-size width",
+        Setting::Frames => "--video-length",
+        Setting::Steps => "--infer-steps",
+        Setting::EmbeddedGuidance => "--embedded-cfg-scale",
+        Setting::FlowShift => "--flow-shift",
+        Setting::CfgScale => "--cfg-scale",
+        Setting::Seed => "--seed",
+        Setting::InitialLatents => "--latents",
+        Setting::TileSize => "--vae-tile-size",
+        Setting::TileStride => "--vae-tile-stride",
+        Setting::TileFrames => "--vae-tile-frames",
+        Setting::TileStrideFrames => "--vae-tile-stride-frames",
+    }
+}
+
+/// A setting error with the setting named by its flag.
+pub fn flagged_message(e: &InvalidSetting) -> String {
+    format!("{}: {}", setting_flag(e.setting), e.reason)
 }
 
 /// An error and its causes on one line, as the binaries print it: each cause appended after

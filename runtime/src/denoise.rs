@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::scheduler::{FlowDirection, NUM_TRAIN_TIMESTEPS, euler_step, sigmas_in};
+use crate::setting::{InvalidSetting, Setting};
 use crate::tensor::Tensor5;
 use crate::transformer::{StepInput, TextConditioning, TransformerError, VelocityModel};
 
@@ -32,11 +33,14 @@ pub enum DenoiseError {
         bad: usize,
         total: usize,
     },
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
+    /// Conditioning that does not fit the latents (a caller's inconsistency, not a setting).
     #[error("{0}")]
-    Settings(String),
+    Batch(String),
 }
 
-/// True classifier-free guidance with a negative prompt (`--cfg-scale` > 1).
+/// True classifier-free guidance with a negative prompt (a cfg scale above 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrueCfg {
     pub scale: f32,
@@ -44,16 +48,15 @@ pub struct TrueCfg {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DenoiseSettings {
-    /// `--infer-steps`.
     pub steps: usize,
-    /// `--flow-shift`.
+    /// The flow-matching time shift.
     pub shift: f32,
-    /// `--flow-direction` (default reverse, t = 1 → 0).
+    /// Default reverse, t = 1 → 0.
     pub direction: FlowDirection,
-    /// `--embedded-cfg-scale` (passed to the transformer as scale·1000); `None` for models
+    /// Embedded guidance scale (passed to the transformer as scale·1000); `None` for models
     /// without guidance embedding.
     pub embedded_guidance: Option<f32>,
-    /// `--cfg-scale` with a negative prompt.
+    /// True CFG with a negative prompt.
     pub true_cfg: Option<TrueCfg>,
 }
 
@@ -78,19 +81,18 @@ pub fn denoise(
     mut on_step: impl FnMut(&StepReport, &Tensor5),
 ) -> Result<Tensor5, DenoiseError> {
     if settings.steps == 0 {
-        return Err(DenoiseError::Settings(
-            "--infer-steps must be at least 1".into(),
-        ));
+        return Err(InvalidSetting::new(Setting::Steps, "must be at least 1").into());
     }
     if !(settings.shift.is_finite() && settings.shift > 0.0) {
-        return Err(DenoiseError::Settings(format!(
-            "--flow-shift must be a positive number, got {}",
-            settings.shift
-        )));
+        return Err(InvalidSetting::new(
+            Setting::FlowShift,
+            format!("must be a positive number, got {}", settings.shift),
+        )
+        .into());
     }
     let b = latents.shape()[0];
     if text.batch() != b {
-        return Err(DenoiseError::Settings(format!(
+        return Err(DenoiseError::Batch(format!(
             "{} prompt embedding rows for a latent batch of {b}",
             text.batch()
         )));
@@ -98,10 +100,13 @@ pub fn denoise(
     let cfg = match settings.true_cfg {
         Some(c) if c.scale > 1.0 => {
             let neg = negative.ok_or_else(|| {
-                DenoiseError::Settings("--cfg-scale > 1 needs a negative prompt".into())
+                InvalidSetting::new(
+                    Setting::NegativePrompt,
+                    "a cfg scale above 1 (true classifier-free guidance) needs a negative prompt",
+                )
             })?;
             if neg.batch() != b {
-                return Err(DenoiseError::Settings(format!(
+                return Err(DenoiseError::Batch(format!(
                     "{} negative prompt rows for a latent batch of {b}",
                     neg.batch()
                 )));
@@ -181,7 +186,7 @@ fn stack_batch(a: &Tensor5, b: &Tensor5) -> Result<Tensor5, DenoiseError> {
     let mut shape = a.shape();
     shape[0] += b.shape()[0];
     let data = [a.data(), b.data()].concat();
-    Tensor5::from_vec(shape, data).map_err(|e| DenoiseError::Settings(e.to_string()))
+    Tensor5::from_vec(shape, data).map_err(|e| DenoiseError::Batch(e.to_string()))
 }
 
 /// `v_neg + s·(v_pos − v_neg)` from a [prompt rows; negative rows] prediction, in f32 as
@@ -355,15 +360,21 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         let x0 = Tensor5::from_vec([1, 1, 1, 1, 2], vec![1.0, -2.0]).unwrap();
-        for s in [
-            DenoiseSettings {
-                steps: 0,
-                ..settings()
-            },
-            DenoiseSettings {
-                shift: f32::NAN,
-                ..settings()
-            },
+        for (s, setting) in [
+            (
+                DenoiseSettings {
+                    steps: 0,
+                    ..settings()
+                },
+                Setting::Steps,
+            ),
+            (
+                DenoiseSettings {
+                    shift: f32::NAN,
+                    ..settings()
+                },
+                Setting::FlowShift,
+            ),
         ] {
             let e = denoise(
                 &mut Linear::new(1.0, 0.0),
@@ -373,7 +384,10 @@ mod tests {
                 &s,
                 |_, _| {},
             );
-            assert!(matches!(e, Err(DenoiseError::Settings(_))), "{e:?}");
+            match e {
+                Err(DenoiseError::Invalid(i)) => assert_eq!(i.setting, setting),
+                other => panic!("{other:?}"),
+            }
         }
         let e = denoise(
             &mut Linear::new(1.0, 0.0),
@@ -383,7 +397,7 @@ mod tests {
             &settings(),
             |_, _| {},
         );
-        assert!(matches!(e, Err(DenoiseError::Settings(_))), "{e:?}");
+        assert!(matches!(e, Err(DenoiseError::Batch(_))), "{e:?}");
     }
 
     #[test]

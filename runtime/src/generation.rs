@@ -1,6 +1,9 @@
-//! [`Pipeline`]: a bundle's three stages loaded once (text encoders, transformer, VAE decoder,
-//! from the bundle's graphs or built engines), then any number of prompt-to-video
-//! [`generate`](Pipeline::generate) calls — what `hyvideo generate` and a server drive.
+//! [`Pipeline`]: a bundle's stages loaded once (text encoders, transformer, VAE decoder, from
+//! the bundle's graphs or built engines; all three, or only those a front end needs), then any
+//! number of prompt-to-video [`generate`](Pipeline::generate) calls — what `hyvideo generate`
+//! and a server drive — or of single stages ([`encode`](Pipeline::encode),
+//! [`denoise`](Pipeline::denoise), [`decode`](Pipeline::decode)), which `hyvideo denoise`,
+//! `decode` and `bench` drive.
 //!
 //! Mirrors diffusers `HunyuanVideoPipeline.__call__` (encode prompts, prepare latents, the
 //! denoising loop, decode), with what a long-running front end needs on top: typed
@@ -14,56 +17,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hyvideo_bundle::{Component, Manifest, ManifestError};
+use hyvideo_bundle::{Component, Manifest, ManifestError, VaeSettings};
 use hyvideo_engines::{BackendKind, SessionConfig};
 
 use crate::denoise::{DenoiseError, DenoiseSettings, TrueCfg, denoise};
 use crate::engine_set::{EngineSet, EngineSetError, ModelFiles};
-use crate::pipeline::{PipelineError, SizeDimension, TextEncoders, VideoSize, initial_latents};
+use crate::pipeline::{PipelineError, TextEncoders, VideoSize, initial_latents};
 use crate::scheduler::FlowDirection;
+pub use crate::setting::{InvalidSetting, Setting};
 use crate::tensor::Tensor5;
-use crate::transformer::{StepInput, Transformer, TransformerError, VelocityModel};
+use crate::transformer::{
+    StepInput, TextConditioning, Transformer, TransformerError, VelocityModel,
+};
 use crate::vae::{VaeDecoder, VaeError};
-use crate::vae_tiling::TilingConfig;
-
-/// A setting of a [`GenerateRequest`], as errors name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Setting {
-    Prompt,
-    NegativePrompt,
-    Height,
-    Width,
-    Frames,
-    Steps,
-    EmbeddedGuidance,
-    FlowShift,
-    CfgScale,
-    InitialLatents,
-}
-
-impl std::fmt::Display for Setting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Setting::Prompt => "prompt",
-            Setting::NegativePrompt => "negative prompt",
-            Setting::Height => "height",
-            Setting::Width => "width",
-            Setting::Frames => "frames",
-            Setting::Steps => "steps",
-            Setting::EmbeddedGuidance => "embedded guidance scale",
-            Setting::FlowShift => "flow shift",
-            Setting::CfgScale => "cfg scale",
-            Setting::InitialLatents => "initial latents",
-        })
-    }
-}
+use crate::vae_tiling::{TilingConfig, TilingError};
 
 /// A stage of one generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     TextEncoders,
     Denoise,
     Decode,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::TextEncoders, Stage::Denoise, Stage::Decode];
 }
 
 impl std::fmt::Display for Stage {
@@ -110,21 +88,87 @@ impl CancelFlag {
     }
 }
 
-/// One video to make. [`GenerateRequest::new`] gives Tencent's `sample_video.py` defaults
-/// (720 × 1280, 129 frames, 50 steps, embedded guidance 6, shift 7, t = 1 → 0).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateRequest {
-    pub prompt: String,
-    /// Used with `cfg_scale` > 1 (true classifier-free guidance).
-    pub negative_prompt: Option<String>,
-    pub height: usize,
-    pub width: usize,
-    pub frames: usize,
+/// How the denoising loop samples: diffusers' `num_inference_steps`, embedded `guidance_scale`,
+/// the scheduler's `shift` and direction, and `true_cfg_scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
     pub steps: usize,
     pub embedded_guidance: f32,
     pub flow_shift: f32,
     pub direction: FlowDirection,
+    /// True classifier-free guidance scale; above 1 runs the negative prompt too.
     pub cfg_scale: f32,
+}
+
+impl Default for Sampling {
+    /// Tencent's `sample_video.py` defaults: 50 steps, embedded guidance 6, shift 7, t = 1 → 0.
+    fn default() -> Sampling {
+        Sampling {
+            steps: 50,
+            embedded_guidance: 6.0,
+            flow_shift: 7.0,
+            direction: FlowDirection::Reverse,
+            cfg_scale: 1.0,
+        }
+    }
+}
+
+impl Sampling {
+    /// Every sampling setting checked; the first bad one is named.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.steps == 0 {
+            return Err(InvalidSetting::new(Setting::Steps, "must be at least 1"));
+        }
+        if !self.embedded_guidance.is_finite() {
+            return Err(InvalidSetting::new(
+                Setting::EmbeddedGuidance,
+                format!("{} is not a number", self.embedded_guidance),
+            ));
+        }
+        if !(self.flow_shift.is_finite() && self.flow_shift > 0.0) {
+            return Err(InvalidSetting::new(
+                Setting::FlowShift,
+                format!("must be a positive number, got {}", self.flow_shift),
+            ));
+        }
+        if !self.cfg_scale.is_finite() {
+            return Err(InvalidSetting::new(
+                Setting::CfgScale,
+                format!("{} is not a number", self.cfg_scale),
+            ));
+        }
+        Ok(())
+    }
+
+    /// With a cfg scale above 1 the negative prompt runs too.
+    pub fn true_cfg(&self) -> bool {
+        self.cfg_scale > 1.0
+    }
+
+    fn loop_settings(&self, takes_guidance: bool) -> DenoiseSettings {
+        DenoiseSettings {
+            steps: self.steps,
+            shift: self.flow_shift,
+            direction: self.direction,
+            embedded_guidance: takes_guidance.then_some(self.embedded_guidance),
+            true_cfg: self.true_cfg().then_some(TrueCfg {
+                scale: self.cfg_scale,
+            }),
+        }
+    }
+}
+
+/// One video to make. [`GenerateRequest::new`] gives Tencent's `sample_video.py` defaults
+/// (720 × 1280, 129 frames, [`Sampling::default`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Used with a cfg scale above 1 (true classifier-free guidance).
+    pub negative_prompt: Option<String>,
+    pub height: usize,
+    pub width: usize,
+    pub frames: usize,
+    pub sampling: Sampling,
     /// Seed of the initial noise (torch's CPU generator stream), unless `initial_latents`.
     pub seed: u64,
     pub initial_latents: Option<Tensor5>,
@@ -139,69 +183,35 @@ impl GenerateRequest {
             height: 720,
             width: 1280,
             frames: 129,
-            steps: 50,
-            embedded_guidance: 6.0,
-            flow_shift: 7.0,
-            direction: FlowDirection::Reverse,
-            cfg_scale: 1.0,
+            sampling: Sampling::default(),
             seed: 0,
             initial_latents: None,
             tiling: TilingConfig::default(),
         }
     }
 
-    fn invalid(setting: Setting, reason: impl Into<String>) -> GenerationError {
-        GenerationError::Invalid {
-            setting,
-            reason: reason.into(),
-        }
-    }
-
     /// Every setting checked before any work; the first bad one is named.
-    pub fn validate(&self) -> Result<VideoSize, GenerationError> {
+    pub fn validate(&self) -> Result<VideoSize, InvalidSetting> {
         if self.prompt.trim().is_empty() {
-            return Err(Self::invalid(Setting::Prompt, "is empty"));
+            return Err(InvalidSetting::new(Setting::Prompt, "is empty"));
         }
-        let size = VideoSize::checked(self.height, self.width, self.frames).map_err(|e| {
-            let setting = match e.dimension {
-                SizeDimension::Height => Setting::Height,
-                SizeDimension::Width => Setting::Width,
-                SizeDimension::Frames => Setting::Frames,
-            };
-            Self::invalid(setting, e.reason)
-        })?;
-        if self.steps == 0 {
-            return Err(Self::invalid(Setting::Steps, "must be at least 1"));
-        }
-        if !self.embedded_guidance.is_finite() {
-            return Err(Self::invalid(
-                Setting::EmbeddedGuidance,
-                format!("{} is not a number", self.embedded_guidance),
-            ));
-        }
-        if !(self.flow_shift.is_finite() && self.flow_shift > 0.0) {
-            return Err(Self::invalid(
-                Setting::FlowShift,
-                format!("must be a positive number, got {}", self.flow_shift),
-            ));
-        }
-        if !self.cfg_scale.is_finite() {
-            return Err(Self::invalid(
-                Setting::CfgScale,
-                format!("{} is not a number", self.cfg_scale),
-            ));
-        }
-        if self.cfg_scale > 1.0
+        let size = VideoSize::checked(self.height, self.width, self.frames)?;
+        self.sampling.validate()?;
+        if self.sampling.true_cfg()
             && self
                 .negative_prompt
                 .as_deref()
                 .is_none_or(|n| n.trim().is_empty())
         {
-            return Err(Self::invalid(
+            return Err(InvalidSetting::new(
                 Setting::NegativePrompt,
                 "a cfg scale above 1 (true classifier-free guidance) needs a negative prompt",
             ));
         }
+        self.tiling.validate().map_err(|e| match e {
+            TilingError::Invalid(i) => i,
+            other => InvalidSetting::new(Setting::TileSize, other.to_string()),
+        })?;
         Ok(size)
     }
 }
@@ -223,12 +233,33 @@ pub struct Generated {
     pub timings: Vec<(Stage, Duration)>,
 }
 
+/// The conditioning of one generation: the prompt's, and the negative prompt's with true CFG.
+#[derive(Debug, Clone)]
+pub struct Prompts {
+    pub prompt: TextConditioning,
+    pub negative: Option<TextConditioning>,
+    /// A prompt was cut to fit the tokenizers.
+    pub truncated: bool,
+}
+
+/// A decoded video and the decoder calls it took.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// `[1, 3, F, H, W]` in [-1, 1].
+    pub video: Tensor5,
+    pub decoder_calls: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationError {
-    #[error("{setting}: {reason}")]
-    Invalid { setting: Setting, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
     #[error("cancelled during {stage}")]
     Cancelled { stage: Stage },
+    #[error("the {stage} stage is not loaded in this pipeline")]
+    NotLoaded { stage: Stage },
+    #[error("the bundle has no VAE settings (export its vae_decoder)")]
+    NoVae,
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(transparent)]
@@ -241,6 +272,19 @@ pub enum GenerationError {
     Denoise(#[from] DenoiseError),
     #[error(transparent)]
     Vae(#[from] VaeError),
+}
+
+impl GenerationError {
+    /// The setting at fault, wherever in the pipeline it was found out of range.
+    pub fn invalid_setting(&self) -> Option<&InvalidSetting> {
+        match self {
+            GenerationError::Invalid(i)
+            | GenerationError::Pipeline(PipelineError::Invalid(i))
+            | GenerationError::Denoise(DenoiseError::Invalid(i))
+            | GenerationError::Vae(VaeError::Tiling(TilingError::Invalid(i))) => Some(i),
+            _ => None,
+        }
+    }
 }
 
 /// Session settings of each stage (their providers may differ).
@@ -266,9 +310,9 @@ impl StageConfigs {
 pub struct Pipeline {
     manifest: Manifest,
     engines: Option<EngineSet>,
-    text: TextEncoders,
-    transformer: Transformer,
-    vae: VaeDecoder,
+    text: Option<TextEncoders>,
+    transformer: Option<Transformer>,
+    vae: Option<VaeDecoder>,
 }
 
 /// The transformer with a cancellation check before every call.
@@ -289,12 +333,26 @@ impl VelocityModel for Cancellable<'_> {
     }
 }
 
+fn loaded<T>(stage: Stage, s: Option<&mut T>) -> Result<&mut T, GenerationError> {
+    s.ok_or(GenerationError::NotLoaded { stage })
+}
+
 impl Pipeline {
-    /// Load `bundle`'s stages (from `engines` where given) with `configs`.
+    /// Load all of `bundle`'s stages (from `engines` where given) with `configs`.
     pub fn load(
         bundle: &Path,
         engines: Option<EngineSet>,
         configs: &StageConfigs,
+    ) -> Result<Pipeline, GenerationError> {
+        Self::load_stages(bundle, engines, configs, &Stage::ALL)
+    }
+
+    /// Load only `stages` of `bundle` (e.g. the decoder alone to decode saved latents).
+    pub fn load_stages(
+        bundle: &Path,
+        engines: Option<EngineSet>,
+        configs: &StageConfigs,
+        stages: &[Stage],
     ) -> Result<Pipeline, GenerationError> {
         let manifest = Manifest::load(bundle)?;
         let files = ModelFiles {
@@ -302,9 +360,19 @@ impl Pipeline {
             manifest: &manifest,
             engines: engines.as_ref(),
         };
-        let text = TextEncoders::load_with(&files, &configs.text)?;
-        let transformer = Transformer::load_with(&files, &configs.transformer)?;
-        let vae = VaeDecoder::load_with(&files, &configs.vae)?;
+        let wants = |s: Stage| stages.contains(&s);
+        let text = match wants(Stage::TextEncoders) {
+            true => Some(TextEncoders::load_with(&files, &configs.text)?),
+            false => None,
+        };
+        let transformer = match wants(Stage::Denoise) {
+            true => Some(Transformer::load_with(&files, &configs.transformer)?),
+            false => None,
+        };
+        let vae = match wants(Stage::Decode) {
+            true => Some(VaeDecoder::load_with(&files, &configs.vae)?),
+            false => None,
+        };
         Ok(Pipeline {
             manifest,
             engines,
@@ -319,8 +387,141 @@ impl Pipeline {
     }
 
     /// The transformer stage (its provider and attention, for run records).
-    pub fn transformer(&self) -> &Transformer {
-        &self.transformer
+    pub fn transformer(&self) -> Result<&Transformer, GenerationError> {
+        self.transformer.as_ref().ok_or(GenerationError::NotLoaded {
+            stage: Stage::Denoise,
+        })
+    }
+
+    /// The transformer, for callers that run single model calls (benchmarks).
+    pub fn transformer_mut(&mut self) -> Result<&mut Transformer, GenerationError> {
+        loaded(Stage::Denoise, self.transformer.as_mut())
+    }
+
+    /// The VAE decoder stage (its provider, for reports).
+    pub fn vae(&self) -> Result<&VaeDecoder, GenerationError> {
+        self.vae.as_ref().ok_or(GenerationError::NotLoaded {
+            stage: Stage::Decode,
+        })
+    }
+
+    /// The bundle's VAE settings (latent channels, compression).
+    pub fn vae_settings(&self) -> Result<&VaeSettings, GenerationError> {
+        self.manifest.vae.as_ref().ok_or(GenerationError::NoVae)
+    }
+
+    /// The initial latents of a `size` video: `given` (checked against the shape), else the
+    /// seeded noise.
+    pub fn initial_latents(
+        &self,
+        size: VideoSize,
+        seed: u64,
+        given: Option<Tensor5>,
+    ) -> Result<Tensor5, GenerationError> {
+        let v = self.vae_settings()?;
+        let shape = size.latent_shape(
+            v.latent_channels,
+            v.spatial_compression_ratio,
+            v.temporal_compression_ratio,
+        );
+        Ok(initial_latents(shape, seed, given)?)
+    }
+
+    /// Encode `prompt` (and, when given, the negative prompt).
+    pub fn encode(
+        &mut self,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Prompts, GenerationError> {
+        let text = loaded(Stage::TextEncoders, self.text.as_mut())?;
+        let p = text.encode(&[prompt], || {})?;
+        let n = match negative {
+            Some(n) => Some(text.encode(&[n], || {})?),
+            None => None,
+        };
+        let truncated = [Some(&p), n.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|e| !e.llama_truncated.is_empty() || !e.clip_truncated.is_empty());
+        Ok(Prompts {
+            prompt: p.text,
+            negative: n.map(|n| n.text),
+            truncated,
+        })
+    }
+
+    /// The denoising loop from `init` with `sampling`, one [`Progress::Step`] per step;
+    /// `cancel` stops it between steps.
+    pub fn denoise(
+        &mut self,
+        sampling: &Sampling,
+        init: Tensor5,
+        prompt: &TextConditioning,
+        negative: Option<&TextConditioning>,
+        on_progress: &mut dyn FnMut(Progress),
+        cancel: &CancelFlag,
+    ) -> Result<Tensor5, GenerationError> {
+        sampling.validate()?;
+        let model = loaded(Stage::Denoise, self.transformer.as_mut())?;
+        let settings = sampling.loop_settings(model.takes_guidance());
+        if let Some(e) = self
+            .engines
+            .as_ref()
+            .filter(|e| e.manifest().backend == BackendKind::TensorRt)
+        {
+            // TensorRT engines are built for a shape range: refuse a size outside it up front
+            // (CPU and CUDA sessions take any shape).
+            let mut s = init.shape();
+            s[0] *= if sampling.true_cfg() { 2 } else { 1 };
+            e.check_shape(
+                Component::Transformer,
+                crate::transformer::HIDDEN_STATES,
+                &s,
+            )?;
+        }
+        let mut model = Cancellable { model, cancel };
+        let latents = denoise(&mut model, init, prompt, negative, &settings, |r, _| {
+            on_progress(Progress::Step {
+                step: r.step,
+                steps: r.steps,
+                elapsed: r.elapsed,
+            })
+        });
+        match latents {
+            Err(_) if cancel.is_cancelled() => Err(GenerationError::Cancelled {
+                stage: Stage::Denoise,
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Decode `latents` tile by tile with `tiling`, one [`Progress::Tile`] per decoder call;
+    /// `cancel` stops it between tiles.
+    pub fn decode(
+        &mut self,
+        latents: &Tensor5,
+        tiling: &TilingConfig,
+        on_progress: &mut dyn FnMut(Progress),
+        cancel: &CancelFlag,
+    ) -> Result<Decoded, GenerationError> {
+        let vae = loaded(Stage::Decode, self.vae.as_mut())?;
+        let plan = vae.plan(latents.shape(), tiling)?;
+        let tiles = plan.decoder_calls();
+        let mut tile = 0;
+        let video = vae.decode_while(latents, &plan, || {
+            tile += 1;
+            on_progress(Progress::Tile { tile, tiles });
+            !cancel.is_cancelled()
+        });
+        match video {
+            Err(VaeError::Cancelled { .. }) => Err(GenerationError::Cancelled {
+                stage: Stage::Decode,
+            }),
+            other => Ok(Decoded {
+                video: other?,
+                decoder_calls: tiles,
+            }),
+        }
     }
 
     /// One generation: validate `request`, encode the prompts, denoise from the seeded noise
@@ -333,119 +534,50 @@ impl Pipeline {
         cancel: &CancelFlag,
     ) -> Result<Generated, GenerationError> {
         let size = request.validate()?;
-        let settings = self.vae.settings().clone();
-        let shape = size.latent_shape(
-            settings.latent_channels,
-            settings.spatial_compression_ratio,
-            settings.temporal_compression_ratio,
-        );
-        let true_cfg = request.cfg_scale > 1.0;
-        if let Some(e) = self
-            .engines
-            .as_ref()
-            .filter(|e| e.manifest().backend == BackendKind::TensorRt)
-        {
-            // TensorRT engines are built for a shape range: refuse a size outside it up front
-            // (CPU and CUDA sessions take any shape).
-            let mut s = shape;
-            s[0] = if true_cfg { 2 } else { 1 };
-            e.check_shape(
-                Component::Transformer,
-                crate::transformer::HIDDEN_STATES,
-                &s,
-            )?;
+        for stage in Stage::ALL {
+            let present = match stage {
+                Stage::TextEncoders => self.text.is_some(),
+                Stage::Denoise => self.transformer.is_some(),
+                Stage::Decode => self.vae.is_some(),
+            };
+            if !present {
+                return Err(GenerationError::NotLoaded { stage });
+            }
         }
-        let init =
-            initial_latents(shape, request.seed, request.initial_latents.clone()).map_err(|e| {
-                match e {
-                    PipelineError::Setting { reason, .. } => {
-                        GenerateRequest::invalid(Setting::InitialLatents, reason)
-                    }
-                    other => GenerationError::Pipeline(other),
-                }
-            })?;
+        let init = self.initial_latents(size, request.seed, request.initial_latents.clone())?;
         let mut timings = vec![];
 
         on_progress(Progress::Stage(Stage::TextEncoders));
         let t = Instant::now();
-        let prompt = self.text.encode(&[request.prompt.as_str()], || {})?;
-        let negative = match (&request.negative_prompt, true_cfg) {
-            (Some(n), true) => Some(self.text.encode(&[n.as_str()], || {})?),
-            _ => None,
-        };
-        let truncated = [Some(&prompt), negative.as_ref()]
-            .into_iter()
-            .flatten()
-            .any(|e| !e.llama_truncated.is_empty() || !e.clip_truncated.is_empty());
+        let negative = request
+            .negative_prompt
+            .as_deref()
+            .filter(|_| request.sampling.true_cfg());
+        let prompts = self.encode(&request.prompt, negative)?;
         timings.push((Stage::TextEncoders, t.elapsed()));
 
         on_progress(Progress::Stage(Stage::Denoise));
         let t = Instant::now();
-        let sampling = DenoiseSettings {
-            steps: request.steps,
-            shift: request.flow_shift,
-            direction: request.direction,
-            embedded_guidance: self
-                .transformer
-                .takes_guidance()
-                .then_some(request.embedded_guidance),
-            true_cfg: true_cfg.then_some(TrueCfg {
-                scale: request.cfg_scale,
-            }),
-        };
-        let mut model = Cancellable {
-            model: &mut self.transformer,
-            cancel,
-        };
-        let latents = denoise(
-            &mut model,
+        let latents = self.denoise(
+            &request.sampling,
             init,
-            &prompt.text,
-            negative.as_ref().map(|n| &n.text),
-            &sampling,
-            |r, _| {
-                on_progress(Progress::Step {
-                    step: r.step,
-                    steps: r.steps,
-                    elapsed: r.elapsed,
-                })
-            },
-        );
-        let latents = match latents {
-            Err(_) if cancel.is_cancelled() => {
-                return Err(GenerationError::Cancelled {
-                    stage: Stage::Denoise,
-                });
-            }
-            other => other?,
-        };
+            &prompts.prompt,
+            prompts.negative.as_ref(),
+            on_progress,
+            cancel,
+        )?;
         timings.push((Stage::Denoise, t.elapsed()));
 
         on_progress(Progress::Stage(Stage::Decode));
         let t = Instant::now();
-        let plan = self.vae.plan(latents.shape(), &request.tiling)?;
-        let tiles = plan.decoder_calls();
-        let mut tile = 0;
-        let video = self.vae.decode_while(&latents, &plan, || {
-            tile += 1;
-            on_progress(Progress::Tile { tile, tiles });
-            !cancel.is_cancelled()
-        });
-        let video = match video {
-            Err(VaeError::Cancelled { .. }) => {
-                return Err(GenerationError::Cancelled {
-                    stage: Stage::Decode,
-                });
-            }
-            other => other?,
-        };
+        let decoded = self.decode(&latents, &request.tiling, on_progress, cancel)?;
         timings.push((Stage::Decode, t.elapsed()));
         Ok(Generated {
             latents,
-            video,
+            video: decoded.video,
             seed: request.initial_latents.is_none().then_some(request.seed),
-            truncated,
-            decoder_calls: tiles,
+            truncated: prompts.truncated,
+            decoder_calls: decoded.decoder_calls,
             timings,
         })
     }
@@ -464,7 +596,7 @@ mod tests {
             ..GenerateRequest::new("a cat")
         };
         assert!(ok.validate().is_ok());
-        let cases: [(GenerateRequest, Setting); 8] = [
+        let cases: [(GenerateRequest, Setting); 9] = [
             (GenerateRequest::new("  "), Setting::Prompt),
             (
                 GenerateRequest {
@@ -489,37 +621,62 @@ mod tests {
             ),
             (
                 GenerateRequest {
-                    steps: 0,
+                    sampling: Sampling {
+                        steps: 0,
+                        ..ok.sampling
+                    },
                     ..ok.clone()
                 },
                 Setting::Steps,
             ),
             (
                 GenerateRequest {
-                    flow_shift: -1.0,
+                    sampling: Sampling {
+                        flow_shift: -1.0,
+                        ..ok.sampling
+                    },
                     ..ok.clone()
                 },
                 Setting::FlowShift,
             ),
             (
                 GenerateRequest {
-                    cfg_scale: f32::NAN,
+                    sampling: Sampling {
+                        cfg_scale: f32::NAN,
+                        ..ok.sampling
+                    },
                     ..ok.clone()
                 },
                 Setting::CfgScale,
             ),
             (
                 GenerateRequest {
-                    cfg_scale: 4.0,
+                    sampling: Sampling {
+                        cfg_scale: 4.0,
+                        ..ok.sampling
+                    },
                     ..ok.clone()
                 },
                 Setting::NegativePrompt,
             ),
+            (
+                GenerateRequest {
+                    tiling: TilingConfig {
+                        spatial: Some(crate::vae_tiling::SpatialTiling {
+                            tile: 256,
+                            stride: 300,
+                        }),
+                        ..TilingConfig::default()
+                    },
+                    ..ok.clone()
+                },
+                Setting::TileStride,
+            ),
         ];
         for (req, want) in cases {
             match req.validate() {
-                Err(GenerationError::Invalid { setting, .. }) => assert_eq!(setting, want),
-                other => panic!("{want}: {other:?}"),
+                Ok(_) => panic!("{want}: accepted"),
+                Err(e) => assert_eq!(e.setting, want),
             }
         }
     }

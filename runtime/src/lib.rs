@@ -15,6 +15,7 @@ pub mod memory;
 pub mod noise;
 pub mod pipeline;
 pub mod scheduler;
+pub mod setting;
 pub mod tensor;
 pub mod text;
 pub mod transformer;

@@ -12,6 +12,7 @@ use hyvideo_bundle::{Component, Manifest, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
 use crate::engine_set::ModelFiles;
+use crate::setting::{InvalidSetting, Setting};
 use crate::tensor::Tensor5;
 use crate::text::{ClipPrompts, LlamaPrompts, TextError, Tokens};
 use crate::transformer::{TextConditioning, TransformerError};
@@ -26,21 +27,14 @@ pub enum PipelineError {
     Text(#[from] TextError),
     #[error(transparent)]
     Transformer(#[from] TransformerError),
-    #[error("{flag}: {reason}")]
-    Setting { flag: &'static str, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
     #[error("{component} returned shape {found:?}; expected {expected}")]
     OutputShape {
         component: &'static str,
         found: Vec<usize>,
         expected: String,
     },
-}
-
-fn setting(flag: &'static str, reason: impl Into<String>) -> PipelineError {
-    PipelineError::Setting {
-        flag,
-        reason: reason.into(),
-    }
 }
 
 /// The video to make: pixel size and frame count.
@@ -91,16 +85,9 @@ impl VideoSize {
         })
     }
 
-    /// [`checked`](Self::checked), the error naming `generate`'s flags.
-    pub fn new(height: usize, width: usize, frames: usize) -> Result<VideoSize, PipelineError> {
-        Self::checked(height, width, frames).map_err(|e| {
-            let flag = match e.dimension {
-                SizeDimension::Height => "--video-size height",
-                SizeDimension::Width => "--video-size width",
-                SizeDimension::Frames => "--video-length",
-            };
-            setting(flag, e.reason)
-        })
+    /// [`checked`](Self::checked), the error naming the [`Setting`].
+    pub fn new(height: usize, width: usize, frames: usize) -> Result<VideoSize, InvalidSetting> {
+        Ok(Self::checked(height, width, frames)?)
     }
 
     /// Latent shape `[1, C, (F − 1)/4 + 1, H/8, W/8]` (diffusers `prepare_latents`).
@@ -272,7 +259,7 @@ impl TextEncoders {
     }
 }
 
-/// Initial latents: `--latents FILE` when given (its shape must be the one `size` implies),
+/// Initial latents: the given ones (their shape must be the one the video size implies),
 /// else `torch.randn` with `torch.Generator("cpu").manual_seed(seed)`.
 pub fn initial_latents(
     shape: [usize; 5],
@@ -281,16 +268,16 @@ pub fn initial_latents(
 ) -> Result<Tensor5, PipelineError> {
     match from_file {
         Some(t) if t.shape() == shape => Ok(t),
-        Some(t) => Err(setting(
-            "--latents",
+        Some(t) => Err(InvalidSetting::new(
+            Setting::InitialLatents,
             format!(
                 "shape {:?} does not match the video size and length (latents {shape:?})",
                 t.shape()
             ),
-        )),
-        None => {
-            crate::noise::randn_latents(shape, seed).map_err(|e| setting("--seed", e.to_string()))
-        }
+        )
+        .into()),
+        None => crate::noise::randn_latents(shape, seed)
+            .map_err(|e| InvalidSetting::new(Setting::Seed, e.to_string()).into()),
     }
 }
 
@@ -307,11 +294,11 @@ mod tests {
         for (h, w, f, flag) in [
             (720, 1270, 129, "width"),
             (0, 16, 1, "height"),
-            (16, 16, 8, "--video-length"),
-            (16, 16, 0, "--video-length"),
+            (16, 16, 8, "frames"),
+            (16, 16, 0, "frames"),
         ] {
             let e = VideoSize::new(h, w, f).unwrap_err().to_string();
-            assert!(e.contains(flag), "{e}");
+            assert!(e.starts_with(flag), "{e}");
         }
     }
 
@@ -319,7 +306,9 @@ mod tests {
     fn latents_from_a_file_must_have_the_right_shape() {
         let t = Tensor5::zeros([1, 4, 3, 4, 6]);
         assert!(initial_latents([1, 4, 3, 4, 6], 0, Some(t.clone())).is_ok());
-        let e = initial_latents([1, 4, 3, 4, 8], 0, Some(t)).unwrap_err();
-        assert!(e.to_string().contains("--latents"), "{e}");
+        match initial_latents([1, 4, 3, 4, 8], 0, Some(t)) {
+            Err(PipelineError::Invalid(i)) => assert_eq!(i.setting, Setting::InitialLatents),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -11,6 +11,7 @@
 
 use std::ops::Range;
 
+use crate::setting::{InvalidSetting, Setting};
 use crate::tensor::Tensor5;
 
 /// diffusers' `enable_tiling()` defaults, in pixels and frames.
@@ -76,41 +77,33 @@ impl Default for TilingConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TilingError {
-    #[error("{flag} = {value}: {reason}")]
-    BadSetting {
-        flag: &'static str,
-        value: usize,
-        reason: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
     #[error("latents must have at least one frame and a non-empty spatial size, got {0:?}")]
     EmptyLatents([usize; 5]),
 }
 
 impl TilingConfig {
-    /// Check the settings (names the CLI flag at fault).
+    /// Check the settings (names the setting at fault).
     pub fn validate(&self) -> Result<(), TilingError> {
-        let bad = |flag, value, reason: String| {
-            Err(TilingError::BadSetting {
-                flag,
-                value,
-                reason,
-            })
+        let bad = |setting, value, reason: String| {
+            Err(InvalidSetting::new(setting, format!("{value}: {reason}")).into())
         };
         if let Some(s) = self.spatial {
             let r = self.spatial_ratio;
             if s.tile == 0 || s.tile % r != 0 {
                 return bad(
-                    "--vae-tile-size",
+                    Setting::TileSize,
                     s.tile,
                     format!("must be a positive multiple of {r}"),
                 );
             }
             if s.stride == 0 || s.stride % r != 0 || s.stride > s.tile {
                 return bad(
-                    "--vae-tile-stride",
+                    Setting::TileStride,
                     s.stride,
                     format!(
-                        "must be a positive multiple of {r} and at most --vae-tile-size ({})",
+                        "must be a positive multiple of {r} and at most the tile size ({})",
                         s.tile
                     ),
                 );
@@ -120,17 +113,17 @@ impl TilingConfig {
             let r = self.temporal_ratio;
             if t.tile == 0 || t.tile % r != 0 {
                 return bad(
-                    "--vae-tile-frames",
+                    Setting::TileFrames,
                     t.tile,
                     format!("must be a positive multiple of {r}"),
                 );
             }
             if t.stride == 0 || t.stride % r != 0 || t.stride > t.tile {
                 return bad(
-                    "--vae-tile-stride-frames",
+                    Setting::TileStrideFrames,
                     t.stride,
                     format!(
-                        "must be a positive multiple of {r} and at most --vae-tile-frames ({})",
+                        "must be a positive multiple of {r} and at most the tile frames ({})",
                         t.tile
                     ),
                 );
@@ -513,7 +506,11 @@ mod tests {
     }
 
     #[test]
-    fn settings_are_validated_naming_the_flag() {
+    fn settings_are_validated_naming_the_setting() {
+        let setting = |cfg: &TilingConfig| match cfg.validate() {
+            Err(TilingError::Invalid(i)) => Some(i.setting),
+            _ => None,
+        };
         let mut cfg = TilingConfig {
             spatial: Some(SpatialTiling {
                 tile: 256,
@@ -521,29 +518,21 @@ mod tests {
             }),
             ..TilingConfig::default()
         };
-        let e = cfg.validate().unwrap_err().to_string();
-        assert!(e.contains("--vae-tile-stride"), "{e}");
+        assert_eq!(setting(&cfg), Some(Setting::TileStride));
+        assert!(cfg.validate().unwrap_err().to_string().contains("300"));
         cfg.spatial = Some(SpatialTiling {
             tile: 250,
             stride: 192,
         });
-        assert!(
-            cfg.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--vae-tile-size")
-        );
+        assert_eq!(setting(&cfg), Some(Setting::TileSize));
         cfg.spatial = None;
         cfg.temporal = Some(TemporalTiling {
             tile: 16,
             stride: 10,
         });
-        assert!(
-            cfg.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--vae-tile-stride-frames")
-        );
+        assert_eq!(setting(&cfg), Some(Setting::TileStrideFrames));
+        cfg.temporal = None;
+        assert_eq!(setting(&cfg), None);
     }
 
     /// A stand-in decoder with the VAE's shape contract (nearest upsampling x8 spatially,

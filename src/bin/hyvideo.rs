@@ -11,18 +11,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hyvideo::denoise::denoise;
-use hyvideo::engine_set::ModelFiles;
 use hyvideo::generation::{
-    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Setting, Stage, StageConfigs,
+    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Sampling, Stage,
 };
 use hyvideo::latents::{TensorFile, read_latents_named, write_latents};
-use hyvideo::transformer::{TextConditioning, Transformer};
-use hyvideo::vae::VaeDecoder;
+use hyvideo::transformer::TextConditioning;
 use hyvideo::video::{Video, VideoFormat, save_video};
 use hyvideo_bundle::AttentionKernel;
-use hyvideo_bundle::Manifest;
-use hyvideo_cli::cli::{RuntimeArgs, SamplingArgs, TilingArgs};
+use hyvideo_cli::cli::{RuntimeArgs, SamplingArgs, TilingArgs, flagged_message};
 use hyvideo_engines::BackendKind;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -252,54 +248,83 @@ fn progress(total: usize, what: &str) -> ProgressBar {
     pb
 }
 
+/// A library error with a setting at fault named by its flag.
+fn flagged(e: GenerationError) -> anyhow::Error {
+    match e.invalid_setting() {
+        Some(i) => anyhow::anyhow!(flagged_message(i)),
+        None => e.into(),
+    }
+}
+
+/// A progress bar that follows a stage's steps or tiles as [`Progress`] events arrive.
+#[derive(Default)]
+struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn on(&mut self, event: Progress) {
+        match event {
+            Progress::Stage(_) => self.finish(),
+            Progress::Step { steps, elapsed, .. } => {
+                let b = self.bar.get_or_insert_with(|| progress(steps, "denoise"));
+                b.set_message(format!("{:.2} s/step", elapsed.as_secs_f64()));
+                b.inc(1);
+            }
+            Progress::Tile { tiles, .. } => {
+                let b = self.bar.get_or_insert_with(|| progress(tiles, "vae tiles"));
+                b.inc(1);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The pipeline of `bundle` with `stages`, on the engines and backends `runtime` names.
+fn load_pipeline(bundle: &Path, runtime: &RuntimeArgs, stages: &[Stage]) -> Result<Pipeline> {
+    let engines = runtime.engine_set(bundle)?;
+    Pipeline::load_stages(bundle, engines, &runtime.stage_configs(), stages)
+        .map_err(flagged)
+        .with_context(|| format!("loading {}", bundle.display()))
+}
+
 fn decode(args: DecodeArgs) -> Result<()> {
     VideoFormat::from_path(&args.save_path)?;
     check_output_dir("--save-path", &args.save_path)?;
-    let manifest = Manifest::load(&args.bundle)?;
+    let tiling = args.tiling.config();
+    tiling.validate().map_err(|e| match e {
+        hyvideo::vae_tiling::TilingError::Invalid(i) => anyhow::anyhow!(flagged_message(&i)),
+        other => other.into(),
+    })?;
     let t0 = Instant::now();
-    let engines = args.runtime.engine_set(&args.bundle)?;
-    let files = ModelFiles {
-        bundle: &args.bundle,
-        manifest: &manifest,
-        engines: engines.as_ref(),
-    };
-    let mut vae = VaeDecoder::load_with(
-        &files,
-        &args
-            .runtime
-            .config_for(hyvideo_bundle::Component::VaeDecoder),
-    )
-    .with_context(|| format!("loading the VAE decoder of {}", args.bundle.display()))?;
+    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &[Stage::Decode])?;
     let load_s = t0.elapsed().as_secs_f64();
-    let latents = read_latents_named(
-        &args.latents,
-        &args.latents_name,
-        vae.settings().latent_channels,
-    )?;
-    let plan = vae.plan(latents.shape(), &args.tiling.config())?;
-    eprintln!(
-        "decoding latents {:?} -> video {:?} in {} decoder call(s) on {}",
-        latents.shape(),
-        plan.output_shape,
-        plan.decoder_calls(),
-        vae.provider()
-    );
-    let pb = progress(plan.decoder_calls(), "vae tiles");
+    let channels = pipeline.vae_settings().map_err(flagged)?.latent_channels;
+    let latents = read_latents_named(&args.latents, &args.latents_name, channels)?;
+    let provider = pipeline.vae().map_err(flagged)?.provider();
+    eprintln!("decoding latents {:?} on {provider}", latents.shape());
+    let mut bars = Bars::default();
     let t1 = Instant::now();
-    let video = vae.decode(&latents, &plan, || pb.inc(1))?;
-    pb.finish_and_clear();
+    let decoded = pipeline.decode(&latents, &tiling, &mut |e| bars.on(e), &CancelFlag::new());
+    bars.finish();
+    let decoded = decoded.map_err(flagged)?;
     let decode_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    let video = Video::new(video.shape(), video.into_data())?;
+    let video = Video::new(decoded.video.shape(), decoded.video.into_data())?;
     let written = save_video(&args.save_path, &video, args.fps)?;
     let write_s = t2.elapsed().as_secs_f64();
     report(
         &[
             ("load vae".into(), load_s),
-            (format!("decode ({:>3} t)", plan.decoder_calls()), decode_s),
+            (format!("decode ({:>3} t)", decoded.decoder_calls), decode_s),
             ("write video".into(), write_s),
         ],
-        vae.provider(),
+        provider,
     );
     for w in written {
         println!("wrote {}", w.display());
@@ -318,66 +343,57 @@ fn read_text(file: &TensorFile, prefix: &str) -> Result<TextConditioning> {
 
 fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
     check_output_dir("--output-latents", &args.output_latents)?;
+    let sampling = args.sampling.sampling();
+    sampling
+        .validate()
+        .map_err(|e| anyhow::anyhow!(flagged_message(&e)))?;
     let embeds = TensorFile::open(&args.prompt_embeds)?;
     let text = read_text(&embeds, "")?;
-    let negative = if args.sampling.cfg_scale > 1.0 {
+    let negative = if sampling.true_cfg() {
         Some(read_text(&embeds, "negative_").context("--cfg-scale > 1 needs a negative prompt")?)
     } else {
         None
     };
     let latents = TensorFile::open(&args.latents)?.tensor5(hyvideo::latents::LATENTS_TENSOR)?;
-    let manifest = Manifest::load(&args.bundle)?;
     let t0 = Instant::now();
-    let engines = args.runtime.engine_set(&args.bundle)?;
-    let files = ModelFiles {
-        bundle: &args.bundle,
-        manifest: &manifest,
-        engines: engines.as_ref(),
-    };
-    let mut model = Transformer::load_with(
-        &files,
-        &args
-            .runtime
-            .config_for(hyvideo_bundle::Component::Transformer),
-    )
-    .with_context(|| format!("loading the transformer of {}", args.bundle.display()))?;
+    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &[Stage::Denoise])?;
     let load_s = t0.elapsed().as_secs_f64();
-    let settings = args.sampling.settings(model.takes_guidance());
+    let provider = pipeline.transformer().map_err(flagged)?.provider();
     eprintln!(
-        "denoising latents {:?}, {} steps, shift {}, {} on {}",
+        "denoising latents {:?}, {} steps, shift {}, {} on {provider}",
         latents.shape(),
-        settings.steps,
-        settings.shift,
-        settings.direction,
-        model.provider()
+        sampling.steps,
+        sampling.flow_shift,
+        sampling.direction,
     );
-    let pb = progress(settings.steps, "denoise");
+    let mut bars = Bars::default();
+    let mut step_s = Vec::with_capacity(sampling.steps);
     let t1 = Instant::now();
-    let mut step_s = Vec::with_capacity(settings.steps);
-    let out = denoise(
-        &mut model,
+    let out = pipeline.denoise(
+        &sampling,
         latents,
         &text,
         negative.as_ref(),
-        &settings,
-        |r, _| {
-            step_s.push(r.elapsed.as_secs_f64());
-            pb.set_message(format!("{:.2} s/step", r.elapsed.as_secs_f64()));
-            pb.inc(1);
+        &mut |e| {
+            if let Progress::Step { elapsed, .. } = e {
+                step_s.push(elapsed.as_secs_f64());
+            }
+            bars.on(e)
         },
+        &CancelFlag::new(),
     );
-    pb.finish_and_clear();
-    let out = out?;
+    bars.finish();
+    let out = out.map_err(flagged)?;
     let loop_s = t1.elapsed().as_secs_f64();
     write_latents(&args.output_latents, &out)?;
     let mean = step_s.iter().sum::<f64>() / step_s.len().max(1) as f64;
     report(
         &[
             ("load transformer".into(), load_s),
-            (format!("denoise ({:>3} s)", settings.steps), loop_s),
+            (format!("denoise ({:>3} s)", sampling.steps), loop_s),
             ("  per step".into(), mean),
         ],
-        model.provider(),
+        provider,
     );
     println!("wrote {}", args.output_latents.display());
     Ok(())
@@ -462,32 +478,6 @@ struct RunRecord<'a> {
     outputs: Vec<String>,
 }
 
-/// The `generate` flag of a request setting (how library errors are shown here).
-fn setting_flag(setting: Setting) -> &'static str {
-    match setting {
-        Setting::Prompt => "--prompt",
-        Setting::NegativePrompt => "--neg-prompt",
-        Setting::Height => "--video-size height",
-        Setting::Width => "--video-size width",
-        Setting::Frames => "--video-length",
-        Setting::Steps => "--infer-steps",
-        Setting::EmbeddedGuidance => "--embedded-cfg-scale",
-        Setting::FlowShift => "--flow-shift",
-        Setting::CfgScale => "--cfg-scale",
-        Setting::InitialLatents => "--latents",
-    }
-}
-
-/// A library error with request settings named by their flags.
-fn flagged(e: GenerationError) -> anyhow::Error {
-    match e {
-        GenerationError::Invalid { setting, reason } => {
-            anyhow::anyhow!("{}: {reason}", setting_flag(setting))
-        }
-        other => other.into(),
-    }
-}
-
 fn generate(args: GenerateArgs) -> Result<()> {
     let [height, width] = <[usize; 2]>::try_from(args.video_size.as_slice())
         .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
@@ -509,17 +499,15 @@ fn generate(args: GenerateArgs) -> Result<()> {
         height,
         width,
         frames: args.video_length,
-        steps: args.sampling.infer_steps,
-        embedded_guidance: args.sampling.embedded_cfg_scale,
-        flow_shift: args.sampling.flow_shift,
-        direction: args.sampling.flow_direction,
-        cfg_scale: args.sampling.cfg_scale,
+        sampling: args.sampling.sampling(),
         seed,
         initial_latents,
         tiling: args.tiling.config(),
     };
     // Everything checked before anything loads or runs.
-    request.validate().map_err(flagged)?;
+    request
+        .validate()
+        .map_err(|e| anyhow::anyhow!(flagged_message(&e)))?;
     VideoFormat::from_path(&args.save_path)?;
     check_output_dir("--save-path", &args.save_path)?;
     if let Some(p) = &args.output_latents {
@@ -528,52 +516,16 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let mut stages: Vec<(String, f64)> = vec![];
 
     let t = Instant::now();
-    let engines = args.runtime.engine_set(&args.bundle)?;
-    use hyvideo_bundle::Component as C;
-    let rt = &args.runtime;
-    let configs = StageConfigs {
-        text: rt.config_for(C::TextEncoder),
-        transformer: rt.config_for(C::Transformer),
-        vae: rt.config_for(C::VaeDecoder),
-    };
-    let mut pipeline = Pipeline::load(&args.bundle, engines, &configs)
-        .map_err(flagged)
-        .with_context(|| format!("loading {}", args.bundle.display()))?;
+    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
     stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
     let manifest_sha256 = hyvideo_bundle::hash::sha256_file(&args.bundle.join("manifest.yaml"))?;
     if args.latents.is_none() {
         eprintln!("seed {seed}");
     }
 
-    let mut bar: Option<ProgressBar> = None;
-    let generated = pipeline.generate(
-        &request,
-        &mut |event| match event {
-            Progress::Stage(stage) => {
-                if let Some(b) = bar.take() {
-                    b.finish_and_clear();
-                }
-                bar = match stage {
-                    Stage::Denoise => Some(progress(request.steps, "denoise")),
-                    _ => None,
-                };
-            }
-            Progress::Step { elapsed, .. } => {
-                if let Some(b) = &bar {
-                    b.set_message(format!("{:.2} s/step", elapsed.as_secs_f64()));
-                    b.inc(1);
-                }
-            }
-            Progress::Tile { tiles, .. } => {
-                let b = bar.get_or_insert_with(|| progress(tiles, "vae tiles"));
-                b.inc(1);
-            }
-        },
-        &CancelFlag::new(),
-    );
-    if let Some(b) = bar.take() {
-        b.finish_and_clear();
-    }
+    let mut bars = Bars::default();
+    let generated = pipeline.generate(&request, &mut |e| bars.on(e), &CancelFlag::new());
+    bars.finish();
     let generated = generated.map_err(flagged)?;
     if generated.truncated {
         eprintln!(
@@ -584,7 +536,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     for (stage, d) in &generated.timings {
         let name = match stage {
             Stage::TextEncoders => "text encoders".to_string(),
-            Stage::Denoise => format!("denoise ({:>3} s)", request.steps),
+            Stage::Denoise => format!("denoise ({:>3} s)", request.sampling.steps),
             Stage::Decode => format!("decode ({:>3} t)", generated.decoder_calls),
         };
         stages.push((name, d.as_secs_f64()));
@@ -601,7 +553,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     stages.push(("write video".into(), t.elapsed().as_secs_f64()));
     outputs.extend(written.iter().map(|w| w.display().to_string()));
 
-    let model = pipeline.transformer();
+    let model = pipeline.transformer().map_err(flagged)?;
     let manifest = pipeline.manifest();
     let record = RunRecord {
         prompt: &args.prompt,
@@ -610,10 +562,10 @@ fn generate(args: GenerateArgs) -> Result<()> {
         video_length: args.video_length,
         seed: generated.seed,
         latents: args.latents.as_ref().map(|p| p.display().to_string()),
-        infer_steps: request.steps,
+        infer_steps: request.sampling.steps,
         embedded_cfg_scale: args.sampling.embedded_cfg_scale,
-        flow_shift: request.flow_shift,
-        flow_direction: request.direction,
+        flow_shift: request.sampling.flow_shift,
+        flow_direction: request.sampling.direction,
         cfg_scale: args.sampling.cfg_scale,
         fps: args.fps,
         tiling: TilingRecord::from(&args.tiling.config()),
@@ -751,7 +703,7 @@ fn native_python(explicit: Option<&Path>, script: &Path) -> PathBuf {
 }
 
 fn bench_cmd(args: BenchArgs) -> Result<()> {
-    use hyvideo::pipeline::{TextEncoders, VideoSize, initial_latents};
+    use hyvideo::pipeline::VideoSize;
     use hyvideo::transformer::{StepInput, VelocityModel};
     use hyvideo_cli::bench::{max_abs_diff, rows, table};
     use std::collections::BTreeMap;
@@ -769,54 +721,48 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             hyvideo::text::MAX_SEQUENCE_LENGTH
         );
     }
-    let size = VideoSize::new(s.height, s.width, s.frames)?;
-    if s.steps == 0 {
-        bail!("steps must be at least 1");
-    }
-    let manifest = Manifest::load(&args.bundle)?;
+    let request = GenerateRequest {
+        height: s.height,
+        width: s.width,
+        frames: s.frames,
+        sampling: Sampling {
+            steps: s.steps,
+            embedded_guidance: s.embedded_guidance_scale,
+            flow_shift: s.flow_shift,
+            ..Sampling::default()
+        },
+        seed: s.seed,
+        tiling: args.tiling.config(),
+        ..GenerateRequest::new(s.prompt.clone())
+    };
+    let size: VideoSize = request
+        .validate()
+        .map_err(|e| anyhow::anyhow!(flagged_message(&e)))?;
     let t = Instant::now();
-    let engines = args.runtime.engine_set(&args.bundle)?;
-    let files = ModelFiles {
-        bundle: &args.bundle,
-        manifest: &manifest,
-        engines: engines.as_ref(),
-    };
-    use hyvideo_bundle::Component as C;
-    let rt = &args.runtime;
-    let mut text = TextEncoders::load_with(&files, &rt.config_for(C::TextEncoder))?;
-    let mut model = Transformer::load_with(&files, &rt.config_for(C::Transformer))?;
-    let mut vae = VaeDecoder::load_with(&files, &rt.config_for(C::VaeDecoder))?;
+    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
     let load_s = t.elapsed().as_secs_f64();
-    let vs = vae.settings().clone();
-    let shape = size.latent_shape(
-        vs.latent_channels,
-        vs.spatial_compression_ratio,
-        vs.temporal_compression_ratio,
-    );
-    let sampling = hyvideo::denoise::DenoiseSettings {
-        steps: s.steps,
-        shift: s.flow_shift,
-        direction: hyvideo::scheduler::FlowDirection::Reverse,
-        embedded_guidance: model.takes_guidance().then_some(s.embedded_guidance_scale),
-        true_cfg: None,
-    };
-    let tiling = args.tiling.config();
+    let provider = pipeline.transformer().map_err(flagged)?.provider();
+    let cancel = CancelFlag::new();
+    let sampling = request.sampling;
+    let tiling = &request.tiling;
     let (w, r) = (args.warmup, args.runs);
     let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let init = pipeline
+        .initial_latents(size, s.seed, None)
+        .map_err(flagged)?;
     eprintln!(
-        "bench: {}x{} px, {} frames, {} steps, latents {shape:?}, {} warm-up + {} runs per stage on {}",
+        "bench: {}x{} px, {} frames, {} steps, latents {:?}, {} warm-up + {} runs per stage on {provider}",
         s.height,
         s.width,
         s.frames,
         s.steps,
+        init.shape(),
         w,
         r,
-        model.provider()
     );
 
-    let (secs, enc) = timed(w, r, || Ok(text.encode(&[s.prompt.as_str()], || {})?))?;
+    let (secs, enc) = timed(w, r, || pipeline.encode(&s.prompt, None).map_err(flagged))?;
     ours.insert("text_encoders".into(), secs);
-    let init = initial_latents(shape, s.seed, None)?;
     let sigmas = hyvideo::scheduler::sigmas(s.steps, s.flow_shift);
     let t0 = [sigmas[0] * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
     let g = [s.embedded_guidance_scale * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
@@ -828,28 +774,35 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     };
     // One step as the loop runs it: the text cropped to the prompt's valid tokens (the graph
     // takes no padding; see `Transformer::predict_observed`).
-    let step_text = enc.text.cropped_to_prompts();
-    let (secs, _) = timed(w, r, || Ok(model.predict(&step_input(&init, &step_text))?))?;
+    let step_text = enc.prompt.cropped_to_prompts();
+    let (secs, _) = timed(w, r, || {
+        let model = pipeline.transformer_mut().map_err(flagged)?;
+        Ok(model.predict(&step_input(&init, &step_text))?)
+    })?;
     ours.insert("transformer_step".into(), secs);
     let (secs, latents) = timed(w, r, || {
-        Ok(denoise(
-            &mut model,
-            init.clone(),
-            &enc.text,
-            None,
-            &sampling,
-            |_, _| {},
-        )?)
+        pipeline
+            .denoise(
+                &sampling,
+                init.clone(),
+                &enc.prompt,
+                None,
+                &mut |_| {},
+                &cancel,
+            )
+            .map_err(flagged)
     })?;
     ours.insert("denoise_loop".into(), secs);
-    let plan = vae.plan(latents.shape(), &tiling)?;
-    let (secs, decoded) = timed(w, r, || Ok(vae.decode(&latents, &plan, || {})?))?;
+    let (secs, decoded) = timed(w, r, || {
+        pipeline
+            .decode(&latents, tiling, &mut |_| {}, &cancel)
+            .map_err(flagged)
+    })?;
     ours.insert("vae_decode".into(), secs);
     let (secs, _) = timed(0, r, || {
-        let e = text.encode(&[s.prompt.as_str()], || {})?;
-        let x = initial_latents(shape, s.seed, None)?;
-        let x = denoise(&mut model, x, &e.text, None, &sampling, |_, _| {})?;
-        Ok(vae.decode(&x, &plan, || {})?)
+        pipeline
+            .generate(&request, &mut |_| {}, &cancel)
+            .map_err(flagged)
     })?;
     ours.insert("end_to_end".into(), secs);
     let rss = hyvideo::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64);
@@ -914,24 +867,30 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         let (es, e) = nf.f32("prompt_embeds")?;
         let (ms, m) = nf.i64("prompt_attention_mask")?;
         let (ps, p) = nf.f32("pooled_prompt_embeds")?;
-        let d_embeds = max_abs_diff(enc.text.embeds(), &e).unwrap_or(f64::NAN);
-        let d_pooled = max_abs_diff(enc.text.pooled(), &p).unwrap_or(f64::NAN);
+        let d_embeds = max_abs_diff(enc.prompt.embeds(), &e).unwrap_or(f64::NAN);
+        let d_pooled = max_abs_diff(enc.prompt.pooled(), &p).unwrap_or(f64::NAN);
         diffs.insert("text_encoders".into(), d_embeds.max(d_pooled));
         let ntext = hyvideo::transformer::TextConditioning::new((&es, e), (&ms, m), (&ps, p))?;
         let ninit = nf.tensor5("init_latents")?;
+        let model = pipeline.transformer_mut().map_err(flagged)?;
         let step = model.predict(&step_input(&ninit, &ntext.cropped_to_prompts()))?;
         let (_, nstep) = nf.f32("step_sample")?;
         diffs.insert(
             "transformer_step".into(),
             max_abs_diff(step.data(), &nstep).unwrap_or(f64::NAN),
         );
-        let fin = denoise(&mut model, ninit, &ntext, None, &sampling, |_, _| {})?;
+        let fin = pipeline
+            .denoise(&sampling, ninit, &ntext, None, &mut |_| {}, &cancel)
+            .map_err(flagged)?;
         let nfinal = nf.tensor5("final_latents")?;
         diffs.insert(
             "denoise_loop".into(),
             max_abs_diff(fin.data(), nfinal.data()).unwrap_or(f64::NAN),
         );
-        let dec = vae.decode(&nfinal, &plan, || {})?;
+        let dec = pipeline
+            .decode(&nfinal, tiling, &mut |_| {}, &cancel)
+            .map_err(flagged)?
+            .video;
         let (_, ndec) = nf.f32("decoded")?;
         diffs.insert(
             "vae_decode".into(),
@@ -939,16 +898,13 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         );
         diffs.insert(
             "end_to_end".into(),
-            max_abs_diff(decoded.data(), &ndec).unwrap_or(f64::NAN),
+            max_abs_diff(decoded.video.data(), &ndec).unwrap_or(f64::NAN),
         );
     }
 
     let rows = rows(&ours, &native, &diffs);
     println!("{}", table(&rows));
-    println!(
-        "load engines: {load_s:.3} s; provider: {}",
-        model.provider()
-    );
+    println!("load engines: {load_s:.3} s; provider: {provider}");
     if let Some(m) = rss {
         println!("peak RSS hyvideo: {m:.1} MiB");
     }
@@ -961,7 +917,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             "rows": rows,
             "peak_rss_mib": rss,
             "native_peak_rss_mib": native_rss,
-            "provider": model.provider().to_string(),
+            "provider": provider.to_string(),
             "threads": args.runtime.session.threads,
             "load_seconds": load_s,
         });

@@ -2,7 +2,7 @@
 //! a fresh load), progress events, and cancellation between steps and between tiles.
 
 use hyvideo::generation::{
-    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Stage, StageConfigs,
+    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Sampling, Stage, StageConfigs,
 };
 use hyvideo_engines::SessionConfig;
 
@@ -15,9 +15,14 @@ fn request(seed: u64) -> GenerateRequest {
         height: 32,
         width: 48,
         frames: 9,
-        steps: 4,
         seed,
-        ..GenerateRequest::new("A cat walks on the grass, realistic style.")
+        ..GenerateRequest {
+            sampling: Sampling {
+                steps: 4,
+                ..Sampling::default()
+            },
+            ..GenerateRequest::new("A cat walks on the grass, realistic style.")
+        }
     }
 }
 
@@ -137,5 +142,65 @@ fn cancellation_stops_between_steps_and_between_tiles() {
     assert!(
         p.generate(&request(3), &mut |_| {}, &CancelFlag::new())
             .is_ok()
+    );
+}
+
+/// A pipeline of some stages runs those (decode-only gives exactly what the full pipeline's
+/// decode gave), refuses the others by name, and reports a setting found out of range inside a
+/// stage by its setting.
+#[test]
+fn pipelines_of_some_stages_run_those_and_name_the_missing_ones() {
+    let config = SessionConfig::default().with_intra_threads(Some(2));
+    let configs = StageConfigs::all(config);
+    let mut full = load();
+    let a = full
+        .generate(&request(42), &mut |_| {}, &CancelFlag::new())
+        .unwrap();
+    let mut decoder =
+        Pipeline::load_stages(full_bundle(), None, &configs, &[Stage::Decode]).unwrap();
+    let tiling = request(42).tiling;
+    let mut tiles = 0;
+    let d = decoder
+        .decode(
+            &a.latents,
+            &tiling,
+            &mut |e| tiles += usize::from(matches!(e, Progress::Tile { .. })),
+            &CancelFlag::new(),
+        )
+        .unwrap();
+    assert_eq!(d.video.data(), a.video.data());
+    assert_eq!((d.decoder_calls, tiles), (a.decoder_calls, a.decoder_calls));
+    assert!(matches!(
+        decoder.generate(&request(42), &mut |_| {}, &CancelFlag::new()),
+        Err(GenerationError::NotLoaded {
+            stage: Stage::TextEncoders
+        })
+    ));
+    assert!(matches!(
+        decoder.encode("a cat", None),
+        Err(GenerationError::NotLoaded {
+            stage: Stage::TextEncoders
+        })
+    ));
+    // The loop's own check of a setting, surfaced as that setting.
+    let prompts = full.encode("a cat", None).unwrap();
+    let bad = Sampling {
+        steps: 0,
+        ..Sampling::default()
+    };
+    let e = full
+        .denoise(
+            &bad,
+            a.latents.clone(),
+            &prompts.prompt,
+            None,
+            &mut |_| {},
+            &CancelFlag::new(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.invalid_setting().map(|i| i.setting),
+        Some(hyvideo::generation::Setting::Steps),
+        "{e}"
     );
 }
