@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 
 use hyvideo::engine_set::{
     ENGINE_MANIFEST, EngineEntry, EngineManifest, EngineSet, EngineSetError, FORMAT,
-    FORMAT_VERSION, bundle_manifest_sha, io, short,
+    FORMAT_VERSION, bundle_manifest_sha, engine_dir_name, io,
 };
 use hyvideo::graph_load;
 use hyvideo::text::{LlamaPrompts, MAX_SEQUENCE_LENGTH, TextError};
 use hyvideo::vae_tiling;
 use hyvideo_bundle::profile::{ProfileContext, ProfileError, Range3, ShapePreset, input_ranges};
 use hyvideo_bundle::{AttentionKernel, Component, Manifest};
-use hyvideo_engines::identity::{DeviceIdentity, detect};
+use hyvideo_engines::identity::detect;
 use hyvideo_engines::profile::profile_hash;
 use hyvideo_engines::{
     Backend, BackendKind, Engine, EngineError, InputProfile, SessionConfig, TensorRtOptions,
@@ -98,11 +98,6 @@ pub fn component_profiles(
     Ok(out)
 }
 
-/// The directory name engines for `identity`, `precision` and profiles hash `profiles` go to.
-pub fn engine_dir_name(identity: &DeviceIdentity, precision: &str, profiles: &str) -> String {
-    format!("{}-{precision}-{}", identity.slug(), short(profiles))
-}
-
 fn backend_for(kind: BackendKind, device_id: i32, options: TensorRtOptions) -> Backend {
     match kind {
         BackendKind::Cpu => Backend::Cpu,
@@ -147,7 +142,7 @@ pub fn build(
         .collect();
     let hash = profile_hash(&all);
     let precision = manifest.precision;
-    let dir = out_root.join(engine_dir_name(&identity, &precision.to_string(), &hash));
+    let dir = out_root.join(engine_dir_name(&identity, precision, &hash));
     if dir.join(ENGINE_MANIFEST).is_file()
         && !rebuild
         && let Ok(m) = EngineManifest::load(&dir)
@@ -321,20 +316,5 @@ mod tests {
             let e = ShapePreset::load(&f).unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains("p.yaml"), "{e}");
         }
-    }
-
-    #[test]
-    fn engine_directories_are_named_for_what_they_are_bound_to() {
-        let id = DeviceIdentity {
-            backend: BackendKind::TensorRt,
-            device: "NVIDIA H100".into(),
-            compute_capability: Some("9.0".into()),
-            onnxruntime: "1.31.1".into(),
-            tensorrt: Some("10.13.2".into()),
-        };
-        assert_eq!(
-            engine_dir_name(&id, "fp16", &"b".repeat(64)),
-            "tensorrt-nvidia-h100-sm90-trt10.13.2-ort1.31.1-fp16-bbbbbbbbbbbb"
-        );
     }
 }

@@ -24,6 +24,7 @@ use crate::checkpoint::{Checkpoint, ClipTextConfig};
 use crate::error::{ExportError, Result};
 use crate::graph::{Affine, Net};
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
+use hyvideo_bundle::Component;
 
 pub use hyvideo_bundle::components::clip::{INPUT_IDS, OUTPUT};
 
@@ -31,16 +32,13 @@ pub use hyvideo_bundle::components::clip::{INPUT_IDS, OUTPUT};
 /// transformers 4's (`text_model`, as in diffusers' HunyuanVideo `text_encoder_2/`).
 pub const CHECKPOINT_PREFIXES: [&str; 2] = ["", "text_model"];
 
-fn model_err(reason: String) -> ExportError {
-    ExportError::model(COMPONENT, reason)
-}
-
-const COMPONENT: &str = "text_encoder_2";
+/// The component this graph builder writes (what its errors name).
+const COMPONENT: Component = Component::TextEncoder2;
 
 /// The key prefix (see [`CHECKPOINT_PREFIXES`]) under which `ckpt` holds the CLIP weights.
 pub fn checkpoint_prefix(ckpt: &Checkpoint) -> Result<&'static str> {
     ckpt.probe_prefix(&CHECKPOINT_PREFIXES, "embeddings.token_embedding.weight")
-        .map_err(|e| model_err(format!("no CLIP token embedding: {e}")))
+        .map_err(|e| ExportError::of(COMPONENT, format!("no CLIP token embedding: {e}")))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -72,14 +70,6 @@ struct Clip<'a, 'w> {
 }
 
 impl Clip<'_, '_> {
-    fn op(&mut self, op: &str, prefix: &str, inputs: &[&Value], attrs: &[Attr]) -> Result<Value> {
-        self.net.op(op, prefix, inputs, attrs)
-    }
-
-    fn reshape(&mut self, prefix: &str, x: &Value, shape: &Value) -> Result<Value> {
-        self.op("Reshape", prefix, &[x, shape], &[])
-    }
-
     /// `nn.LayerNorm` of `x` [B, L, hidden] as token rows [B·L, hidden].
     fn norm_rows(&mut self, prefix: &str, x: &Value) -> Result<Value> {
         let Dims { hidden, eps, .. } = self.dims;
@@ -87,7 +77,7 @@ impl Clip<'_, '_> {
             .net
             .layer_norm(prefix, x, hidden, eps, Affine::Learned)?;
         let shape = self.net.i64s(prefix, &[-1, hidden as i64])?;
-        self.reshape(prefix, &h, &shape)
+        self.net.reshape(prefix, &h, &shape)
     }
 
     /// `CLIPAttention` on token rows [B·L, hidden] → [B, L, hidden].
@@ -109,17 +99,14 @@ impl Clip<'_, '_> {
                 (&p("v_proj"), hidden),
             ],
         )?;
-        let qkv = self.reshape(prefix, &qkv, &self.qkv_shape.clone())?;
-        let h = heads as i64;
-        let parts = self.net.split(prefix, &qkv, 2, &[h, h, h])?;
-        let [q, k, v] = <[Value; 3]>::try_from(parts)
-            .map_err(|_| model_err("Split returned the wrong number of outputs".into()))?;
-        let bias = self.bias.clone();
         let layout = Heads {
             heads,
             kv_heads: heads,
             head_dim,
         };
+        let qkv_shape = self.qkv_shape.clone();
+        let [q, k, v] = self.net.split_qkv(prefix, &qkv, &qkv_shape, layout)?;
+        let bias = self.bias.clone();
         let ctx = attention(
             self.net,
             prefix,
@@ -130,11 +117,11 @@ impl Clip<'_, '_> {
             AttentionMask::Additive(&bias),
         )?;
         let shape = self.net.i64s(prefix, &[-1, hidden as i64])?;
-        let ctx = self.reshape(prefix, &ctx, &shape)?;
+        let ctx = self.net.reshape(prefix, &ctx, &shape)?;
         let out = self
             .net
             .gemm(&p("out_proj"), &ctx, hidden, &[(&p("out_proj"), hidden)])?;
-        self.reshape(prefix, &out, &self.seq_shape.clone())
+        self.net.reshape(prefix, &out, &self.seq_shape.clone())
     }
 
     /// `CLIPMLP` on token rows → [B, L, hidden].
@@ -151,14 +138,14 @@ impl Clip<'_, '_> {
         let h = match act {
             Activation::QuickGelu => {
                 let k = self.net.f32_scalar(prefix, 1.702)?;
-                let kx = self.op("Mul", prefix, &[&h, &k], &[])?;
-                let s = self.op("Sigmoid", prefix, &[&kx], &[])?;
-                self.op("Mul", prefix, &[&h, &s], &[])?
+                let kx = self.net.op("Mul", prefix, &[&h, &k], &[])?;
+                let s = self.net.op("Sigmoid", prefix, &[&kx], &[])?;
+                self.net.op("Mul", prefix, &[&h, &s], &[])?
             }
-            Activation::Gelu => self.op("Gelu", prefix, &[&h], &[])?,
+            Activation::Gelu => self.net.op("Gelu", prefix, &[&h], &[])?,
         };
         let out = self.net.gemm(&fc2, &h, intermediate, &[(&fc2, hidden)])?;
-        self.reshape(prefix, &out, &self.seq_shape.clone())
+        self.net.reshape(prefix, &out, &self.seq_shape.clone())
     }
 
     /// `CLIPEncoderLayer` on `x` [B, L, hidden].
@@ -166,10 +153,10 @@ impl Clip<'_, '_> {
         let p = |s: &str| format!("{prefix}.{s}");
         let h = self.norm_rows(&p("layer_norm1"), x)?;
         let a = self.attention(&p("self_attn"), &h)?;
-        let x = self.op("Add", prefix, &[x, &a], &[])?;
+        let x = self.net.op("Add", prefix, &[x, &a], &[])?;
         let h = self.norm_rows(&p("layer_norm2"), &x)?;
         let m = self.mlp(&p("mlp"), &h)?;
-        self.op("Add", prefix, &[&x, &m], &[])
+        self.net.op("Add", prefix, &[&x, &m], &[])
     }
 }
 
@@ -181,10 +168,13 @@ pub fn build(net: &mut Net<'_>, cfg: &ClipTextConfig) -> Result<()> {
         "quick_gelu" => Activation::QuickGelu,
         "gelu" => Activation::Gelu,
         other => {
-            return Err(model_err(format!(
-                "{}: hidden_act `{other}` is not supported (only quick_gelu and gelu)",
-                cfg.source.display()
-            )));
+            return Err(ExportError::of(
+                COMPONENT,
+                format!(
+                    "{}: hidden_act `{other}` is not supported (only quick_gelu and gelu)",
+                    cfg.source.display()
+                ),
+            ));
         }
     };
     let dims = Dims {
@@ -276,32 +266,34 @@ pub fn build(net: &mut Net<'_>, cfg: &ClipTextConfig) -> Result<()> {
             .net
             .b
             .const_i64(auto(format!("{p}/eos")), &[cfg.eos_token_id], &[])?;
-        g.op("Equal", p, &[&ids, &eos], &[])?
+        g.net.op("Equal", p, &[&ids, &eos], &[])?
     };
-    let scores = g.op(
+    let scores = g.net.op(
         "Cast",
         p,
         &[&scores],
         &[Attr::int("to", DataType::Int32 as i64)],
     )?;
-    let pick = g.op(
+    let pick = g.net.op(
         "ArgMax",
         p,
         &[&scores],
         &[Attr::int("axis", 1), Attr::int("keepdims", 0)],
     )?;
     // Gather row b·L + pick[b] of the [B·L, hidden] states.
-    let b0 = g.op("Squeeze", p, &[&batch], &[])?;
-    let rows_idx = g.op("Range", p, &[&zero, &b0, &one], &[])?;
+    let b0 = g.net.op("Squeeze", p, &[&batch], &[])?;
+    let rows_idx = g.net.op("Range", p, &[&zero, &b0, &one], &[])?;
     let lc = g
         .net
         .b
         .const_i64(auto(format!("{p}/len")), &[len as i64], &[])?;
-    let base = g.op("Mul", p, &[&rows_idx, &lc], &[])?;
-    let flat_idx = g.op("Add", p, &[&base, &pick], &[])?;
+    let base = g.net.op("Mul", p, &[&rows_idx, &lc], &[])?;
+    let flat_idx = g.net.op("Add", p, &[&base, &pick], &[])?;
     let shape = g.net.i64s(p, &[-1, dims.hidden as i64])?;
-    let rows = g.reshape(p, &x, &shape)?;
-    let pooled = g.op("Gather", p, &[&rows, &flat_idx], &[Attr::int("axis", 0)])?;
+    let rows = g.net.reshape(p, &x, &shape)?;
+    let pooled = g
+        .net
+        .op("Gather", p, &[&rows, &flat_idx], &[Attr::int("axis", 0)])?;
     net.b.output_as(
         &pooled,
         OUTPUT,

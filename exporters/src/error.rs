@@ -26,6 +26,11 @@ pub enum ExportError {
 }
 
 impl ExportError {
+    /// A model-structure error of the graph builder of `component`.
+    pub fn of(component: hyvideo_bundle::Component, reason: impl Into<String>) -> ExportError {
+        Self::model(component.name(), reason)
+    }
+
     /// A model-structure error of `component` (config or checkpoint contents the graph builder
     /// cannot use).
     pub fn model(component: &'static str, reason: impl Into<String>) -> ExportError {

@@ -487,20 +487,9 @@ pub fn export_text_encoder(
     let mut net = Net::new(builder, &provider);
     llama::build(&mut net, &cfg)?;
     let sizes = |s: Size| (s == Size::HiddenSize).then_some(cfg.hidden_size);
-    let e = write_staged(
-        net,
-        bundle,
-        &component.spec(),
-        &sizes,
-        sources(&ckpt, model)?,
-    )?;
-    bundle.copy_file(
-        &dir.join(LlamaConfig::FILE_NAME),
-        &component.spec().config_file(),
-    )?;
-    copy_folder(model, component, bundle)?;
-    bundle.manifest_mut().components.insert(component, e);
-    Ok(())
+    let srcs = sources(&ckpt, model)?;
+    let config = dir.join(LlamaConfig::FILE_NAME);
+    finish_text_encoder(net, bundle, model, component, &sizes, srcs, &config)
 }
 
 /// Export the CLIP text encoder (`text_encoder_2`) and copy `tokenizer_2/` into the bundle.
@@ -528,17 +517,25 @@ pub fn export_text_encoder_2(
         Size::HiddenSize => Some(cfg.hidden_size),
         _ => None,
     };
-    let e = write_staged(
-        net,
-        bundle,
-        &component.spec(),
-        &sizes,
-        sources(&ckpt, model)?,
-    )?;
-    bundle.copy_file(
-        &dir.join(ClipTextConfig::FILE_NAME),
-        &component.spec().config_file(),
-    )?;
+    let srcs = sources(&ckpt, model)?;
+    let config = dir.join(ClipTextConfig::FILE_NAME);
+    finish_text_encoder(net, bundle, model, component, &sizes, srcs, &config)
+}
+
+/// The end of a text encoder's export: its graph (checked and staged), its config and its
+/// tokenizer folder into the bundle, its manifest entry.
+fn finish_text_encoder(
+    net: Net<'_>,
+    bundle: &mut BundleWriter,
+    model: &Path,
+    component: Component,
+    sizes: &dyn Fn(Size) -> Option<usize>,
+    sources: Vec<SourceFile>,
+    config: &Path,
+) -> Result<()> {
+    let spec = component.spec();
+    let e = write_staged(net, bundle, &spec, sizes, sources)?;
+    bundle.copy_file(config, &spec.config_file())?;
     copy_folder(model, component, bundle)?;
     bundle.manifest_mut().components.insert(component, e);
     Ok(())

@@ -207,6 +207,31 @@ impl<'w> Net<'w> {
         )?)
     }
 
+    /// A fused q|k|v projection reshaped to `qkv_shape` ([B, S, q + 2·kv heads, head_dim]) and
+    /// split on the heads axis into q (`heads.heads`) and k, v (`heads.kv_heads` each).
+    pub fn split_qkv(
+        &mut self,
+        prefix: &str,
+        qkv: &Value,
+        qkv_shape: &Value,
+        heads: crate::attention::Heads,
+    ) -> Result<[Value; 3]> {
+        let qkv = self.reshape(prefix, qkv, qkv_shape)?;
+        let (h, kv) = (heads.heads as i64, heads.kv_heads as i64);
+        let parts = self.split(prefix, &qkv, 2, &[h, kv, kv])?;
+        <[Value; 3]>::try_from(parts).map_err(|p| {
+            crate::error::ExportError::model(
+                "graph",
+                format!("{prefix}: Split gave {} outputs, not 3", p.len()),
+            )
+        })
+    }
+
+    /// `Reshape` of `x` to the shape tensor `shape`.
+    pub fn reshape(&mut self, prefix: &str, x: &Value, shape: &Value) -> Result<Value> {
+        self.op("Reshape", prefix, &[x, shape], &[])
+    }
+
     pub fn i64s(&mut self, prefix: &str, v: &[i64]) -> Result<Value> {
         Ok(self
             .b

@@ -32,6 +32,7 @@ use crate::checkpoint::{Checkpoint, LlamaConfig};
 use crate::error::{ExportError, Result};
 use crate::graph::Net;
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
+use hyvideo_bundle::Component;
 
 pub use hyvideo_bundle::components::llama::{ATTENTION_MASK, INPUT_IDS, OUTPUT};
 
@@ -44,22 +45,22 @@ pub const NUM_HIDDEN_LAYERS_TO_SKIP: usize = 2;
 pub const CHECKPOINT_PREFIXES: [&str; 4] =
     ["", "model", "language_model.model", "model.language_model"];
 
-fn model_err(reason: String) -> ExportError {
-    ExportError::model(COMPONENT, reason)
-}
-
-const COMPONENT: &str = "text_encoder";
+/// The component this graph builder writes (what its errors name).
+const COMPONENT: Component = Component::TextEncoder;
 
 /// The number of decoder layers whose output is `hidden_states[-(skip + 1)]`.
 pub fn layers_used(cfg: &LlamaConfig, skip: usize) -> Result<usize> {
     if cfg.num_hidden_layers <= skip {
-        return Err(model_err(format!(
-            "{}: num_hidden_layers = {} but the pipeline takes hidden_states[-{}], the output of \
+        return Err(ExportError::of(
+            COMPONENT,
+            format!(
+                "{}: num_hidden_layers = {} but the pipeline takes hidden_states[-{}], the output of \
              layer num_hidden_layers - {skip}: the model needs more than {skip} layers",
-            cfg.source.display(),
-            cfg.num_hidden_layers,
-            skip + 1
-        )));
+                cfg.source.display(),
+                cfg.num_hidden_layers,
+                skip + 1
+            ),
+        ));
     }
     Ok(cfg.num_hidden_layers - skip)
 }
@@ -81,7 +82,7 @@ pub fn inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
 /// The key prefix (see [`CHECKPOINT_PREFIXES`]) under which `ckpt` holds the Llama weights.
 pub fn checkpoint_prefix(ckpt: &Checkpoint) -> Result<&'static str> {
     ckpt.probe_prefix(&CHECKPOINT_PREFIXES, "embed_tokens.weight")
-        .map_err(|e| model_err(format!("no Llama token embedding: {e}")))
+        .map_err(|e| ExportError::of(COMPONENT, format!("no Llama token embedding: {e}")))
 }
 
 /// Sizes the graph is built for.
@@ -116,18 +117,6 @@ struct Llama<'a, 'w> {
 }
 
 impl Llama<'_, '_> {
-    fn op(&mut self, op: &str, prefix: &str, inputs: &[&Value], attrs: &[Attr]) -> Result<Value> {
-        self.net.op(op, prefix, inputs, attrs)
-    }
-
-    fn i64s(&mut self, prefix: &str, v: &[i64]) -> Result<Value> {
-        self.net.i64s(prefix, v)
-    }
-
-    fn reshape(&mut self, prefix: &str, x: &Value, shape: &Value) -> Result<Value> {
-        self.op("Reshape", prefix, &[x, shape], &[])
-    }
-
     /// `Linear`s (all with or all without bias) fused into one `Gemm` on token rows.
     fn linear(
         &mut self,
@@ -148,16 +137,16 @@ impl Llama<'_, '_> {
     fn norm_rows(&mut self, prefix: &str, x: &Value) -> Result<Value> {
         let Dims { hidden, eps, .. } = self.dims;
         let h = self.net.rms_norm(prefix, x, hidden, eps)?;
-        let shape = self.i64s(prefix, &[-1, hidden as i64])?;
-        self.reshape(prefix, &h, &shape)
+        let shape = self.net.i64s(prefix, &[-1, hidden as i64])?;
+        self.net.reshape(prefix, &h, &shape)
     }
 
     /// `rotate_half`: `cat(-x[.., d/2:], x[.., :d/2])` on the last axis.
     fn rotate_half(&mut self, prefix: &str, x: &Value) -> Result<Value> {
         let half = (self.dims.head_dim / 2) as i64;
         let parts = self.net.split(prefix, x, -1, &[half, half])?;
-        let neg = self.op("Neg", prefix, &[&parts[1]], &[])?;
-        self.op(
+        let neg = self.net.op("Neg", prefix, &[&parts[1]], &[])?;
+        self.net.op(
             "Concat",
             prefix,
             &[&neg, &parts[0]],
@@ -167,10 +156,10 @@ impl Llama<'_, '_> {
 
     /// `x * cos + rotate_half(x) * sin` on [B, L, heads, head_dim].
     fn rope(&mut self, prefix: &str, sh: &Shared, x: &Value) -> Result<Value> {
-        let xc = self.op("Mul", prefix, &[x, &sh.cos], &[])?;
+        let xc = self.net.op("Mul", prefix, &[x, &sh.cos], &[])?;
         let r = self.rotate_half(prefix, x)?;
-        let xs = self.op("Mul", prefix, &[&r, &sh.sin], &[])?;
-        self.op("Add", prefix, &[&xc, &xs], &[])
+        let xs = self.net.op("Mul", prefix, &[&r, &sh.sin], &[])?;
+        self.net.op("Add", prefix, &[&xc, &xs], &[])
     }
 
     /// Grouped-query scaled dot-product attention of q [B, L, heads, d], k, v
@@ -203,8 +192,8 @@ impl Llama<'_, '_> {
             layout,
             AttentionMask::Additive(bias),
         )?;
-        let rows = self.i64s(prefix, &[-1, (heads * head_dim) as i64])?;
-        self.reshape(prefix, &ctx, &rows)
+        let rows = self.net.i64s(prefix, &[-1, (heads * head_dim) as i64])?;
+        self.net.reshape(prefix, &ctx, &rows)
     }
 
     /// `LlamaDecoderLayer` on `x` [B, L, hidden].
@@ -232,11 +221,14 @@ impl Llama<'_, '_> {
             ],
             attention_bias,
         )?;
-        let qkv = self.reshape(&p("self_attn"), &qkv, &sh.qkv_shape)?;
-        let (h_, kv_) = (heads as i64, kv_heads as i64);
-        let parts = self.net.split(&p("self_attn"), &qkv, 2, &[h_, kv_, kv_])?;
-        let [q, k, v] = <[Value; 3]>::try_from(parts)
-            .map_err(|_| model_err("Split returned the wrong number of outputs".into()))?;
+        let layout = Heads {
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let [q, k, v] = self
+            .net
+            .split_qkv(&p("self_attn"), &qkv, &sh.qkv_shape, layout)?;
         let q = self.rope(&p("self_attn"), sh, &q)?;
         let k = self.rope(&p("self_attn"), sh, &k)?;
         let ctx = self.attention(&p("self_attn"), &q, &k, &v, &sh.bias)?;
@@ -247,8 +239,8 @@ impl Llama<'_, '_> {
             &[(&p("self_attn.o_proj"), hidden)],
             attention_bias,
         )?;
-        let o = self.reshape(prefix, &o, &sh.seq_shape)?;
-        let x = self.op("Add", prefix, &[x, &o], &[])?;
+        let o = self.net.reshape(prefix, &o, &sh.seq_shape)?;
+        let x = self.net.op("Add", prefix, &[x, &o], &[])?;
 
         let h = self.norm_rows(&p("post_attention_layernorm"), &x)?;
         let gate_up = self.linear(
@@ -264,7 +256,7 @@ impl Llama<'_, '_> {
         let i = intermediate as i64;
         let gu = self.net.split(&p("mlp"), &gate_up, 1, &[i, i])?;
         let act = self.net.silu(&p("mlp"), &gu[0])?;
-        let m = self.op("Mul", &p("mlp"), &[&act, &gu[1]], &[])?;
+        let m = self.net.op("Mul", &p("mlp"), &[&act, &gu[1]], &[])?;
         let down = self.linear(
             &p("mlp.down_proj"),
             &m,
@@ -272,8 +264,8 @@ impl Llama<'_, '_> {
             &[(&p("mlp.down_proj"), hidden)],
             mlp_bias,
         )?;
-        let down = self.reshape(prefix, &down, &sh.seq_shape)?;
-        self.op("Add", prefix, &[&x, &down], &[])
+        let down = self.net.reshape(prefix, &down, &sh.seq_shape)?;
+        self.net.op("Add", prefix, &[&x, &down], &[])
     }
 }
 
@@ -308,28 +300,30 @@ pub fn build(net: &mut Net<'_>, cfg: &LlamaConfig) -> Result<()> {
     let embed = g
         .net
         .weight("embed_tokens.weight", &[cfg.vocab_size, dims.hidden])?;
-    let mut x = g.op(
+    let mut x = g.net.op(
         "Gather",
         "embed_tokens",
         &[&embed, &ids],
         &[Attr::int("axis", 0)],
     )?;
 
-    let batch = g.op(
+    let batch = g.net.op(
         "Shape",
         pre,
         &[&ids],
         &[Attr::int("start", 0), Attr::int("end", 1)],
     )?;
-    let len = g.op(
+    let len = g.net.op(
         "Shape",
         pre,
         &[&ids],
         &[Attr::int("start", 1), Attr::int("end", 2)],
     )?;
-    let tail = g.i64s(pre, &[-1, dims.hidden as i64])?;
-    let seq_shape = g.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
-    let tail = g.i64s(
+    let tail = g.net.i64s(pre, &[-1, dims.hidden as i64])?;
+    let seq_shape = g
+        .net
+        .op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+    let tail = g.net.i64s(
         pre,
         &[
             -1,
@@ -337,54 +331,58 @@ pub fn build(net: &mut Net<'_>, cfg: &LlamaConfig) -> Result<()> {
             dims.head_dim as i64,
         ],
     )?;
-    let qkv_shape = g.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+    let qkv_shape = g
+        .net
+        .op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
 
     // Positions 0..L.
     let zero = g.net.b.const_i64(auto(format!("{pre}/zero")), &[0], &[])?;
     let one = g.net.b.const_i64(auto(format!("{pre}/one")), &[1], &[])?;
-    let l0 = g.op("Squeeze", pre, &[&len], &[])?;
-    let idx = g.op("Range", pre, &[&zero, &l0, &one], &[])?;
+    let l0 = g.net.op("Squeeze", pre, &[&len], &[])?;
+    let idx = g.net.op("Range", pre, &[&zero, &l0, &one], &[])?;
 
     // RoPE tables [L, 1, head_dim]: emb = cat(freqs, freqs), freqs = pos · inv_freq.
     let rope = "rotary_emb";
-    let pos = g.op(
+    let pos = g.net.op(
         "Cast",
         rope,
         &[&idx],
         &[Attr::int("to", DataType::Float as i64)],
     )?;
-    let ax1 = g.i64s(rope, &[1])?;
-    let pos = g.op("Unsqueeze", rope, &[&pos, &ax1], &[])?;
+    let ax1 = g.net.i64s(rope, &[1])?;
+    let pos = g.net.op("Unsqueeze", rope, &[&pos, &ax1], &[])?;
     let inv = inv_freq(dims.head_dim, cfg.rope_theta());
     let inv = g.net.b.const_f32(
         auto(format!("{rope}/inv_freq")),
         &inv,
         &[1, (dims.head_dim / 2) as i64],
     )?;
-    let freqs = g.op("Mul", rope, &[&pos, &inv], &[])?;
-    let emb = g.op("Concat", rope, &[&freqs, &freqs], &[Attr::int("axis", 1)])?;
-    let emb = g.op("Unsqueeze", rope, &[&emb, &ax1], &[])?;
-    let cos = g.op("Cos", rope, &[&emb], &[])?;
-    let sin = g.op("Sin", rope, &[&emb], &[])?;
+    let freqs = g.net.op("Mul", rope, &[&pos, &inv], &[])?;
+    let emb = g
+        .net
+        .op("Concat", rope, &[&freqs, &freqs], &[Attr::int("axis", 1)])?;
+    let emb = g.net.op("Unsqueeze", rope, &[&emb, &ax1], &[])?;
+    let cos = g.net.op("Cos", rope, &[&emb], &[])?;
+    let sin = g.net.op("Sin", rope, &[&emb], &[])?;
 
     // Causal + padding bias [B, 1, L, L]: key j visible to query i iff j <= i and mask[j] != 0.
     let m = "causal_mask";
-    let ax0 = g.i64s(m, &[0])?;
-    let qi = g.op("Unsqueeze", m, &[&idx, &ax1], &[])?;
-    let kj = g.op("Unsqueeze", m, &[&idx, &ax0], &[])?;
-    let causal = g.op("LessOrEqual", m, &[&kj, &qi], &[])?;
-    let keys = g.op(
+    let ax0 = g.net.i64s(m, &[0])?;
+    let qi = g.net.op("Unsqueeze", m, &[&idx, &ax1], &[])?;
+    let kj = g.net.op("Unsqueeze", m, &[&idx, &ax0], &[])?;
+    let causal = g.net.op("LessOrEqual", m, &[&kj, &qi], &[])?;
+    let keys = g.net.op(
         "Cast",
         m,
         &[&mask],
         &[Attr::int("to", DataType::Bool as i64)],
     )?;
-    let ax12 = g.i64s(m, &[1, 2])?;
-    let keys = g.op("Unsqueeze", m, &[&keys, &ax12], &[])?;
-    let allowed = g.op("And", m, &[&causal, &keys], &[])?;
+    let ax12 = g.net.i64s(m, &[1, 2])?;
+    let keys = g.net.op("Unsqueeze", m, &[&keys, &ax12], &[])?;
+    let allowed = g.net.op("And", m, &[&causal, &keys], &[])?;
     let zero_f = g.net.f32_scalar(m, 0.0)?;
     let min_f = g.net.f32_scalar(m, f32::MIN)?;
-    let bias = g.op("Where", m, &[&allowed, &zero_f, &min_f], &[])?;
+    let bias = g.net.op("Where", m, &[&allowed, &zero_f, &min_f], &[])?;
 
     let sh = Shared {
         seq_shape,

@@ -25,7 +25,7 @@
 
 use crate::attention::{AttentionMask, Heads, attention};
 use crate::checkpoint::TransformerConfig;
-use crate::error::{ExportError, Result};
+use crate::error::Result;
 use crate::graph::{Affine, Net};
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 
@@ -36,12 +36,6 @@ pub use hyvideo_bundle::components::transformer::{
 /// Channels of the sinusoidal timestep projection (`Timesteps(num_channels=256)`).
 const TIME_PROJ_DIM: usize = 256;
 const NORM_EPS: f32 = 1e-6;
-
-fn model_err(reason: String) -> ExportError {
-    ExportError::model(COMPONENT, reason)
-}
-
-const COMPONENT: &str = "transformer";
 
 /// Frequencies of `get_timestep_embedding(.., 256, flip_sin_to_cos=True,
 /// downscale_freq_shift=0)`: `exp(-ln(10000) · i / 128)`, computed in f32 as torch does.
@@ -105,16 +99,8 @@ struct Dit<'a, 'w> {
 }
 
 impl Dit<'_, '_> {
-    fn i64s(&mut self, prefix: &str, v: &[i64]) -> Result<Value> {
-        self.net.i64s(prefix, v)
-    }
-
-    fn op(&mut self, op: &str, prefix: &str, inputs: &[&Value], attrs: &[Attr]) -> Result<Value> {
-        self.net.op(op, prefix, inputs, attrs)
-    }
-
     fn shape_slice(&mut self, prefix: &str, x: &Value, start: i64, end: i64) -> Result<Value> {
-        self.op(
+        self.net.op(
             "Shape",
             prefix,
             &[x],
@@ -123,12 +109,8 @@ impl Dit<'_, '_> {
     }
 
     fn rows(&mut self, prefix: &str, x: &Value, width: usize) -> Result<Value> {
-        let shape = self.i64s(prefix, &[-1, width as i64])?;
-        self.op("Reshape", prefix, &[x, &shape], &[])
-    }
-
-    fn reshape(&mut self, prefix: &str, x: &Value, shape: &Value) -> Result<Value> {
-        self.op("Reshape", prefix, &[x, shape], &[])
+        let shape = self.net.i64s(prefix, &[-1, width as i64])?;
+        self.net.op("Reshape", prefix, &[x, &shape], &[])
     }
 
     /// `Linear`s fused into one `Gemm` on `x` [B, S, i] (or [B, i]), result 2-D [B·S, Σo].
@@ -154,16 +136,16 @@ impl Dit<'_, '_> {
     ) -> Result<Value> {
         let y = self.linear_rows(module, x, i, &[(module, o)])?;
         if o == self.dims.d {
-            self.reshape(module, &y, &sh.seq_shape)
+            self.net.reshape(module, &y, &sh.seq_shape)
         } else {
-            let tail = self.i64s(module, &[-1, o as i64])?;
-            let shape = self.op(
+            let tail = self.net.i64s(module, &[-1, o as i64])?;
+            let shape = self.net.op(
                 "Concat",
                 module,
                 &[&sh.batch, &tail],
                 &[Attr::int("axis", 0)],
             )?;
-            self.reshape(module, &y, &shape)
+            self.net.reshape(module, &y, &shape)
         }
     }
 
@@ -174,12 +156,13 @@ impl Dit<'_, '_> {
             &timestep_frequencies(),
             &[1, (TIME_PROJ_DIM / 2) as i64],
         )?;
-        let ax = self.i64s(prefix, &[1])?;
-        let t = self.op("Unsqueeze", prefix, &[t, &ax], &[])?;
-        let arg = self.op("Mul", prefix, &[&t, &freqs], &[])?;
-        let cos = self.op("Cos", prefix, &[&arg], &[])?;
-        let sin = self.op("Sin", prefix, &[&arg], &[])?;
-        self.op("Concat", prefix, &[&cos, &sin], &[Attr::int("axis", 1)])
+        let ax = self.net.i64s(prefix, &[1])?;
+        let t = self.net.op("Unsqueeze", prefix, &[t, &ax], &[])?;
+        let arg = self.net.op("Mul", prefix, &[&t, &freqs], &[])?;
+        let cos = self.net.op("Cos", prefix, &[&arg], &[])?;
+        let sin = self.net.op("Sin", prefix, &[&arg], &[])?;
+        self.net
+            .op("Concat", prefix, &[&cos, &sin], &[Attr::int("axis", 1)])
     }
 
     /// `linear_2(act(linear_1(x)))` on [B, i] (`TimestepEmbedding`, `PixArtAlphaTextProjection`
@@ -203,17 +186,17 @@ impl Dit<'_, '_> {
     fn modulation(&mut self, sh: &Shared, module: &str, n: usize) -> Result<Vec<Value>> {
         let d = self.dims.d;
         let m = self.net.gemm(module, &sh.temb_act, d, &[(module, n * d)])?;
-        let shape = self.i64s(module, &[-1, 1, (n * d) as i64])?;
-        let m = self.reshape(module, &m, &shape)?;
+        let shape = self.net.i64s(module, &[-1, 1, (n * d) as i64])?;
+        let m = self.net.reshape(module, &m, &shape)?;
         self.net.split(module, &m, 2, &vec![d as i64; n])
     }
 
     /// `x * (1 + scale) + shift`.
     fn modulate(&mut self, prefix: &str, x: &Value, shift: &Value, scale: &Value) -> Result<Value> {
         let one = self.net.f32_scalar(prefix, 1.0)?;
-        let s1 = self.op("Add", prefix, &[scale, &one], &[])?;
-        let y = self.op("Mul", prefix, &[x, &s1], &[])?;
-        self.op("Add", prefix, &[&y, shift], &[])
+        let s1 = self.net.op("Add", prefix, &[scale, &one], &[])?;
+        let y = self.net.op("Mul", prefix, &[x, &s1], &[])?;
+        self.net.op("Add", prefix, &[&y, shift], &[])
     }
 
     /// `x + gate * y`.
@@ -224,21 +207,18 @@ impl Dit<'_, '_> {
         gate: &Value,
         y: &Value,
     ) -> Result<Value> {
-        let g = self.op("Mul", prefix, &[y, gate], &[])?;
-        self.op("Add", prefix, &[x, &g], &[])
+        let g = self.net.op("Mul", prefix, &[y, gate], &[])?;
+        self.net.op("Add", prefix, &[x, &g], &[])
     }
 
     /// Split a fused q|k|v projection [B·S, 3D] into three [B, S, heads, head_dim] tensors.
     fn split_qkv(&mut self, prefix: &str, sh: &Shared, qkv: &Value) -> Result<[Value; 3]> {
-        let qkv = self.reshape(prefix, qkv, &sh.qkv_shape)?;
-        let h = self.dims.heads as i64;
-        let outs = self.net.split(prefix, &qkv, 2, &[h, h, h])?;
-        match <[Value; 3]>::try_from(outs) {
-            Ok(v) => Ok(v),
-            Err(_) => Err(model_err(
-                "Split returned the wrong number of outputs".into(),
-            )),
-        }
+        let heads = Heads {
+            heads: self.dims.heads,
+            kv_heads: self.dims.heads,
+            head_dim: self.dims.head_dim,
+        };
+        self.net.split_qkv(prefix, qkv, &sh.qkv_shape, heads)
     }
 
     /// `x * cos + rotate_pairs(x) * sin` on [B, S, heads, head_dim] (diffusers
@@ -246,10 +226,10 @@ impl Dit<'_, '_> {
     fn rope(&mut self, prefix: &str, sh: &Shared, x: &Value) -> Result<Value> {
         // A MatMul with the constant signed permutation is exact (one ±1 term per output) and
         // several times faster than a Gather on the last axis in ONNX Runtime.
-        let xc = self.op("Mul", prefix, &[x, &sh.cos], &[])?;
-        let rotated = self.op("MatMul", prefix, &[x, &sh.rotate], &[])?;
-        let xs = self.op("Mul", prefix, &[&rotated, &sh.sin], &[])?;
-        self.op("Add", prefix, &[&xc, &xs], &[])
+        let xc = self.net.op("Mul", prefix, &[x, &sh.cos], &[])?;
+        let rotated = self.net.op("MatMul", prefix, &[x, &sh.rotate], &[])?;
+        let xs = self.net.op("Mul", prefix, &[&rotated, &sh.sin], &[])?;
+        self.net.op("Add", prefix, &[&xc, &xs], &[])
     }
 
     /// Scaled dot-product attention of q, k, v [B, S, heads, head_dim] (no mask); result as
@@ -274,8 +254,8 @@ impl Dit<'_, '_> {
 
     /// Slice `x` [B, S, ..] along the sequence axis.
     fn seq_slice(&mut self, prefix: &str, x: &Value, start: &Value, end: &Value) -> Result<Value> {
-        let axes = self.i64s(prefix, &[1])?;
-        self.op("Slice", prefix, &[x, start, end, &axes], &[])
+        let axes = self.net.i64s(prefix, &[1])?;
+        self.net.op("Slice", prefix, &[x, start, end, &axes], &[])
     }
 
     /// `HunyuanVideoTransformerBlock`: returns the new (img, txt) streams.
@@ -324,7 +304,7 @@ impl Dit<'_, '_> {
         let [iq, ik] = self.qk_norm(&iq, &ik, &p("attn.norm_q"), &p("attn.norm_k"))?;
         let [tq, tk] = self.qk_norm(&tq, &tk, &p("attn.norm_added_q"), &p("attn.norm_added_k"))?;
         let cat = |s: &mut Self, a: &Value, b: &Value| {
-            s.op("Concat", prefix, &[a, b], &[Attr::int("axis", 1)])
+            s.net.op("Concat", prefix, &[a, b], &[Attr::int("axis", 1)])
         };
         let q = cat(self, &iq, &tq)?;
         let k = cat(self, &ik, &tk)?;
@@ -332,9 +312,9 @@ impl Dit<'_, '_> {
         let q = self.rope(prefix, sh, &q)?;
         let k = self.rope(prefix, sh, &k)?;
         let ctx = self.attention(&p("attn"), &q, &k, &v)?;
-        let ctx = self.reshape(prefix, &ctx, &sh.seq_shape)?;
-        let zero = self.i64s(prefix, &[0])?;
-        let end = self.i64s(prefix, &[i64::MAX])?;
+        let ctx = self.net.reshape(prefix, &ctx, &sh.seq_shape)?;
+        let zero = self.net.i64s(prefix, &[0])?;
+        let end = self.net.i64s(prefix, &[i64::MAX])?;
         let img_ctx = self.seq_slice(prefix, &ctx, &zero, &sh.n_img)?;
         let txt_ctx = self.seq_slice(prefix, &ctx, &sh.n_img, &end)?;
         let img_attn = self.linear_seq(sh, &p("attn.to_out.0"), &img_ctx, d, d)?;
@@ -373,13 +353,14 @@ impl Dit<'_, '_> {
         let h = self.linear_rows(&fc1, x, d, &[(&fc1, hidden)])?;
         let h = self.activation(prefix, &h, act)?;
         let y = self.net.gemm(&fc2, &h, hidden, &[(&fc2, d)])?;
-        self.reshape(prefix, &y, &sh.seq_shape)
+        self.net.reshape(prefix, &y, &sh.seq_shape)
     }
 
     fn activation(&mut self, prefix: &str, x: &Value, act: Activation) -> Result<Value> {
         match act {
             Activation::GeluTanh => {
-                self.op("Gelu", prefix, &[x], &[Attr::string("approximate", "tanh")])
+                self.net
+                    .op("Gelu", prefix, &[x], &[Attr::string("approximate", "tanh")])
             }
             Activation::Silu => self.net.silu(prefix, x),
         }
@@ -414,11 +395,13 @@ impl Dit<'_, '_> {
         let k = self.rope(prefix, sh, &k)?;
         let ctx = self.attention(&p("attn"), &q, &k, &v)?;
         let mlp_act = self.activation(prefix, &outs[1], Activation::GeluTanh)?;
-        let cat = self.op("Concat", prefix, &[&ctx, &mlp_act], &[Attr::int("axis", 1)])?;
+        let cat = self
+            .net
+            .op("Concat", prefix, &[&ctx, &mlp_act], &[Attr::int("axis", 1)])?;
         let out = self
             .net
             .gemm(&p("proj_out"), &cat, d + mlp, &[(&p("proj_out"), d)])?;
-        let out = self.reshape(prefix, &out, &sh.seq_shape)?;
+        let out = self.net.reshape(prefix, &out, &sh.seq_shape)?;
         self.gated_residual(prefix, x, &m[2], &out)
     }
 
@@ -435,8 +418,8 @@ impl Dit<'_, '_> {
         let pre = "context_embedder";
         // Mean of the (unrefined) text as the pooled projection (diffusers' masked mean over
         // valid tokens, which are all the graph gets).
-        let ax1 = self.i64s(pre, &[1])?;
-        let pooled = self.op(
+        let ax1 = self.net.i64s(pre, &[1])?;
+        let pooled = self.net.op(
             "ReduceMean",
             pre,
             &[text, &ax1],
@@ -447,7 +430,7 @@ impl Dit<'_, '_> {
             timestep,
         )?;
         let c_emb = self.mlp2(&format!("{pre}.time_text_embed.text_embedder"), &pooled, dt)?;
-        let temb = self.op("Add", pre, &[&t_emb, &c_emb], &[])?;
+        let temb = self.net.op("Add", pre, &[&t_emb, &c_emb], &[])?;
         let temb_act = self.net.silu(pre, &temb)?;
         let mut h = self.linear_seq(sh, &format!("{pre}.proj_in"), text, dt, d)?;
 
@@ -479,7 +462,7 @@ impl Dit<'_, '_> {
             let out = self
                 .net
                 .gemm(&p("attn.to_out.0"), &ctx, d, &[(&p("attn.to_out.0"), d)])?;
-            let out = self.reshape(&prefix, &out, &rsh.seq_shape)?;
+            let out = self.net.reshape(&prefix, &out, &rsh.seq_shape)?;
             let gates = self.modulation(&rsh, &p("norm_out.linear"), 2)?;
             h = self.gated_residual(&prefix, &h, &gates[0], &out)?;
             let n2 = self
@@ -553,7 +536,7 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         .weight("x_embedder.proj.weight", &[d, c_in, cfg.patch_size_t, p, p])?;
     let bias = g.net.weight("x_embedder.proj.bias", &[d])?;
     let pi = p as i64;
-    let patches = g.op(
+    let patches = g.net.op(
         "Conv",
         "x_embedder.proj",
         &[&hs, &w, &bias],
@@ -564,18 +547,24 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     )?;
     let batch = g.shape_slice(pre, &hs, 0, 1)?;
     let grid = g.shape_slice(pre, &patches, 2, 5)?; // [T, h, w]
-    let flat = g.i64s(pre, &[0, d as i64, -1])?;
-    let img = g.reshape(pre, &patches, &flat)?;
-    let img = g.op(
+    let flat = g.net.i64s(pre, &[0, d as i64, -1])?;
+    let img = g.net.reshape(pre, &patches, &flat)?;
+    let img = g.net.op(
         "Transpose",
         pre,
         &[&img],
         &[Attr::ints("perm", vec![0, 2, 1])],
     )?;
-    let tail = g.i64s(pre, &[-1, d as i64])?;
-    let seq_shape = g.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
-    let tail = g.i64s(pre, &[-1, (3 * dims.heads) as i64, dims.head_dim as i64])?;
-    let qkv_shape = g.op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+    let tail = g.net.i64s(pre, &[-1, d as i64])?;
+    let seq_shape = g
+        .net
+        .op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+    let tail = g
+        .net
+        .i64s(pre, &[-1, (3 * dims.heads) as i64, dims.head_dim as i64])?;
+    let qkv_shape = g
+        .net
+        .op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
 
     // RoPE over the latent grid, then identity rows for the text tokens.
     let (cos, sin) = rope_tables(&mut g, cfg, &grid, &text)?;
@@ -592,14 +581,16 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         &pooled,
         cfg.pooled_projection_dim,
     )?;
-    let mut temb = g.op("Add", pre, &[&t_emb, &p_emb], &[])?;
+    let mut temb = g.net.op("Add", pre, &[&t_emb, &p_emb], &[])?;
     if let Some(guidance) = &guidance {
         let g_emb = g.timestep_embedding("time_text_embed.guidance_embedder", guidance)?;
-        temb = g.op("Add", pre, &[&temb, &g_emb], &[])?;
+        temb = g.net.op("Add", pre, &[&temb, &g_emb], &[])?;
     }
     let temb_act = g.net.silu(pre, &temb)?;
 
-    let n_img = g.op("ReduceProd", pre, &[&grid], &[Attr::int("keepdims", 1)])?;
+    let n_img = g
+        .net
+        .op("ReduceProd", pre, &[&grid], &[Attr::int("keepdims", 1)])?;
 
     let sh = Shared {
         batch,
@@ -619,11 +610,13 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         img = ni;
         txt = nt;
     }
-    let mut x = g.op("Concat", pre, &[&img, &txt], &[Attr::int("axis", 1)])?;
+    let mut x = g
+        .net
+        .op("Concat", pre, &[&img, &txt], &[Attr::int("axis", 1)])?;
     for i in 0..cfg.num_single_layers {
         x = g.single_block(&format!("single_transformer_blocks.{i}"), &sh, &x)?;
     }
-    let zero1 = g.i64s(pre, &[0])?;
+    let zero1 = g.net.i64s(pre, &[0])?;
     let img = g.seq_slice(pre, &x, &zero1, &sh.n_img)?;
 
     // norm_out (AdaLayerNormContinuous: [scale; shift]) and proj_out.
@@ -636,30 +629,30 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     let out = g.linear_rows("proj_out", &xn, d, &[("proj_out", patch_out)])?;
 
     // Unpatchify: [B·N, p·p·C] → [B, T, h, w, C, p, p] → [B, C, T, h, p, w, p] → [B, C, T, H, W].
-    let inner = g.i64s(pre, &[c_out as i64, pi, pi])?;
-    let shape7 = g.op(
+    let inner = g.net.i64s(pre, &[c_out as i64, pi, pi])?;
+    let shape7 = g.net.op(
         "Concat",
         pre,
         &[&sh.batch, &grid, &inner],
         &[Attr::int("axis", 0)],
     )?;
-    let out = g.reshape(pre, &out, &shape7)?;
-    let out = g.op(
+    let out = g.net.reshape(pre, &out, &shape7)?;
+    let out = g.net.op(
         "Transpose",
         pre,
         &[&out],
         &[Attr::ints("perm", vec![0, 4, 1, 2, 5, 3, 6])],
     )?;
-    let mult = g.i64s(pre, &[1, pi, pi])?;
-    let thw = g.op("Mul", pre, &[&grid, &mult], &[])?;
-    let c = g.i64s(pre, &[c_out as i64])?;
-    let shape5 = g.op(
+    let mult = g.net.i64s(pre, &[1, pi, pi])?;
+    let thw = g.net.op("Mul", pre, &[&grid, &mult], &[])?;
+    let c = g.net.i64s(pre, &[c_out as i64])?;
+    let shape5 = g.net.op(
         "Concat",
         pre,
         &[&sh.batch, &c, &thw],
         &[Attr::int("axis", 0)],
     )?;
-    let out = g.reshape(pre, &out, &shape5)?;
+    let out = g.net.reshape(pre, &out, &shape5)?;
     net.b.output_as(
         &out,
         OUTPUT,
@@ -701,11 +694,13 @@ fn rope_tables(
     let one = g.net.b.const_i64(auto(format!("{pre}/one")), &[1], &[])?;
     let mut angles = Vec::with_capacity(3);
     for (axis, &dim) in cfg.rope_axes_dim.iter().enumerate() {
-        let idx = g.i64s(pre, &[axis as i64])?;
-        let size = g.op("Gather", pre, &[grid, &idx], &[Attr::int("axis", 0)])?;
-        let size0 = g.op("Squeeze", pre, &[&size], &[])?;
-        let pos = g.op("Range", pre, &[&zero, &size0, &one], &[])?;
-        let pos = g.op(
+        let idx = g.net.i64s(pre, &[axis as i64])?;
+        let size = g
+            .net
+            .op("Gather", pre, &[grid, &idx], &[Attr::int("axis", 0)])?;
+        let size0 = g.net.op("Squeeze", pre, &[&size], &[])?;
+        let pos = g.net.op("Range", pre, &[&zero, &size0, &one], &[])?;
+        let pos = g.net.op(
             "Cast",
             pre,
             &[&pos],
@@ -714,29 +709,33 @@ fn rope_tables(
         // [size] → [T, 1, 1, 1] / [1, h, 1, 1] / [1, 1, w, 1]
         let mut shape = vec![1i64; 4];
         shape[axis] = -1;
-        let shape = g.i64s(pre, &shape)?;
-        let pos = g.reshape(pre, &pos, &shape)?;
+        let shape = g.net.i64s(pre, &shape)?;
+        let pos = g.net.reshape(pre, &pos, &shape)?;
         let freqs = g.net.b.const_f32(
             auto(format!("{pre}/freqs")),
             &rope_frequencies(dim, cfg.rope_theta),
             &[1, 1, 1, dim as i64],
         )?;
-        let a = g.op("Mul", pre, &[&pos, &freqs], &[])?;
+        let a = g.net.op("Mul", pre, &[&pos, &freqs], &[])?;
         // broadcast to [T, h, w, dim]
-        let dim_t = g.i64s(pre, &[dim as i64])?;
-        let full = g.op("Concat", pre, &[grid, &dim_t], &[Attr::int("axis", 0)])?;
-        angles.push(g.op("Expand", pre, &[&a, &full], &[])?);
+        let dim_t = g.net.i64s(pre, &[dim as i64])?;
+        let full = g
+            .net
+            .op("Concat", pre, &[grid, &dim_t], &[Attr::int("axis", 0)])?;
+        angles.push(g.net.op("Expand", pre, &[&a, &full], &[])?);
     }
     let refs: Vec<&Value> = angles.iter().collect();
-    let ang = g.op("Concat", pre, &refs, &[Attr::int("axis", 3)])?;
-    let flat = g.i64s(pre, &[-1, 1, hd])?;
-    let ang = g.reshape(pre, &ang, &flat)?;
-    let cos = g.op("Cos", pre, &[&ang], &[])?;
-    let sin = g.op("Sin", pre, &[&ang], &[])?;
+    let ang = g.net.op("Concat", pre, &refs, &[Attr::int("axis", 3)])?;
+    let flat = g.net.i64s(pre, &[-1, 1, hd])?;
+    let ang = g.net.reshape(pre, &ang, &flat)?;
+    let cos = g.net.op("Cos", pre, &[&ang], &[])?;
+    let sin = g.net.op("Sin", pre, &[&ang], &[])?;
     // Text rows: cos 1, sin 0.
     let l = g.shape_slice(pre, text, 1, 2)?;
-    let tail = g.i64s(pre, &[1, hd])?;
-    let txt_shape = g.op("Concat", pre, &[&l, &tail], &[Attr::int("axis", 0)])?;
+    let tail = g.net.i64s(pre, &[1, hd])?;
+    let txt_shape = g
+        .net
+        .op("Concat", pre, &[&l, &tail], &[Attr::int("axis", 0)])?;
     let ones = g
         .net
         .b
@@ -745,10 +744,14 @@ fn rope_tables(
         .net
         .b
         .const_f32(auto(format!("{pre}/zero_f")), &[0.0], &[1, 1, 1])?;
-    let txt_cos = g.op("Expand", pre, &[&ones, &txt_shape], &[])?;
-    let txt_sin = g.op("Expand", pre, &[&zeros, &txt_shape], &[])?;
-    let cos = g.op("Concat", pre, &[&cos, &txt_cos], &[Attr::int("axis", 0)])?;
-    let sin = g.op("Concat", pre, &[&sin, &txt_sin], &[Attr::int("axis", 0)])?;
+    let txt_cos = g.net.op("Expand", pre, &[&ones, &txt_shape], &[])?;
+    let txt_sin = g.net.op("Expand", pre, &[&zeros, &txt_shape], &[])?;
+    let cos = g
+        .net
+        .op("Concat", pre, &[&cos, &txt_cos], &[Attr::int("axis", 0)])?;
+    let sin = g
+        .net
+        .op("Concat", pre, &[&sin, &txt_sin], &[Attr::int("axis", 0)])?;
     Ok((cos, sin))
 }
 

@@ -12,14 +12,12 @@ use crate::checkpoint::VaeConfig;
 use crate::error::{ExportError, Result};
 use crate::graph::Net;
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value};
+use hyvideo_bundle::Component;
 
 pub use hyvideo_bundle::components::vae_decoder::{INPUT, OUTPUT};
 
-fn model_err(reason: String) -> ExportError {
-    ExportError::model(COMPONENT, reason)
-}
-
-const COMPONENT: &str = "vae_decoder";
+/// The component this graph builder writes (what its errors name).
+const COMPONENT: Component = Component::VaeDecoder;
 
 /// Per-up-block settings derived from the config exactly as diffusers' decoder does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +32,13 @@ pub struct UpBlockPlan {
 /// Up blocks of `HunyuanVideoDecoder3D.__init__`.
 pub fn up_blocks(cfg: &VaeConfig) -> Result<Vec<UpBlockPlan>> {
     if cfg.temporal_compression_ratio != 4 {
-        return Err(model_err(format!(
-            "temporal_compression_ratio {} is not supported (only 4)",
-            cfg.temporal_compression_ratio
-        )));
+        return Err(ExportError::of(
+            COMPONENT,
+            format!(
+                "temporal_compression_ratio {} is not supported (only 4)",
+                cfg.temporal_compression_ratio
+            ),
+        ));
     }
     let n = cfg.block_out_channels.len();
     let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
@@ -271,7 +272,7 @@ pub fn build(net: &mut Net<'_>, cfg: &VaeConfig) -> Result<()> {
     let top = *cfg
         .block_out_channels
         .last()
-        .ok_or_else(|| model_err("block_out_channels is empty".into()))?;
+        .ok_or_else(|| ExportError::of(COMPONENT, "block_out_channels is empty"))?;
     let x = net.b.input(
         INPUT,
         DataType::Float,

@@ -162,6 +162,11 @@ pub fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
 }
 
+/// The directory name engines for `identity`, `precision` and profiles hash `profiles` go to.
+pub fn engine_dir_name(identity: &DeviceIdentity, precision: Precision, profiles: &str) -> String {
+    format!("{}-{precision}-{}", identity.slug(), short(profiles))
+}
+
 /// sha256 of `<bundle>/manifest.yaml`: what engines record and are checked against.
 pub fn bundle_manifest_sha(bundle: &Path) -> Result<String, EngineSetError> {
     let path = bundle.join(MANIFEST);
@@ -311,5 +316,9 @@ mod tests {
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d.iter().any(|x| x.contains("TensorRT: built for 10.13.2")));
         assert!(d.iter().any(|x| x.contains("bundle")));
+        assert_eq!(
+            engine_dir_name(&id, Precision::Fp16, &"b".repeat(64)),
+            "tensorrt-nvidia-h100-sm90-trt10.13.2-ort1.31.1-fp16-bbbbbbbbbbbb"
+        );
     }
 }

@@ -387,53 +387,6 @@ mod tests {
     /// A copy of the tiny `tokenizer/` (or `tokenizer_2/`) folder whose `tokenizer.json` stores
     /// the padding and truncation state transformers saves after a pipeline ran: padded and cut
     /// to `len` tokens (Llama: 95 + 256).
-    fn with_stored_state(folder: &str, len: usize) -> tempfile::TempDir {
-        let tmp = tempfile::tempdir().unwrap();
-        let src = fixtures().join("tiny").join(folder);
-        for f in ["tokenizer.json", "tokenizer_config.json"] {
-            std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
-        }
-        let file = tmp.path().join("tokenizer.json");
-        let mut json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        let (_, pad_id, pad) = load_tokenizer(&src).unwrap();
-        json["padding"] = serde_json::json!({
-            "strategy": {"Fixed": len},
-            "direction": "Right",
-            "pad_to_multiple_of": null,
-            "pad_id": pad_id,
-            "pad_type_id": 0,
-            "pad_token": pad,
-        });
-        json["truncation"] = serde_json::json!({
-            "direction": "Right",
-            "max_length": len,
-            "strategy": "LongestFirst",
-            "stride": 0,
-        });
-        std::fs::write(&file, serde_json::to_string(&json).unwrap()).unwrap();
-        tmp
-    }
-
-    #[test]
-    fn padding_and_truncation_stored_in_tokenizer_json_change_nothing() {
-        let p = prompts();
-        let refs: Vec<&str> = p.iter().map(String::as_str).collect();
-        let clean = LlamaPrompts::load(&fixtures().join("tiny/tokenizer")).unwrap();
-        for len in [351, 64] {
-            let dir = with_stored_state("tokenizer", len);
-            let stored = LlamaPrompts::load(dir.path()).unwrap();
-            assert_eq!(stored.crop_start(), 95, "stored state of {len} tokens");
-            assert_eq!(stored.encode(&refs).unwrap(), clean.encode(&refs).unwrap());
-        }
-        let clean = ClipPrompts::load(&fixtures().join("tiny/tokenizer_2")).unwrap();
-        for len in [77, 20] {
-            let dir = with_stored_state("tokenizer_2", len);
-            let stored = ClipPrompts::load(dir.path()).unwrap();
-            assert_eq!(stored.encode(&refs).unwrap(), clean.encode(&refs).unwrap());
-        }
-    }
-
     #[test]
     fn a_prompt_cropped_away_is_an_error_naming_it_and_the_tokenizer() {
         let dir = fixtures().join("tiny/tokenizer");

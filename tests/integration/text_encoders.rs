@@ -418,3 +418,38 @@ fn tokenizer_state_stored_in_the_model_folder_changes_no_embedding() {
     assert_eq!(a.text.pooled(), b.text.pooled());
     assert!(a.text.mask().contains(&1));
 }
+
+/// Padding and truncation stored in `tokenizer.json` (as `save_pretrained` writes them after a
+/// padded call) change nothing: the runtime sets its own.
+#[test]
+fn padding_and_truncation_stored_in_tokenizer_json_change_nothing() {
+    use hyvideo::text::{ClipPrompts, LlamaPrompts};
+    let prompts = ["A cat walks on the grass, realistic style.", "a dog"];
+    let stored = |folder: &str, len: usize| {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(tiny_model().join(folder).join(f), tmp.path().join(f)).unwrap();
+        }
+        store_tokenizer_state(tmp.path(), len);
+        tmp
+    };
+    let clean = LlamaPrompts::load(&tiny_model().join("tokenizer")).unwrap();
+    for len in [351, 64] {
+        let dir = stored("tokenizer", len);
+        let with_state = LlamaPrompts::load(dir.path()).unwrap();
+        assert_eq!(with_state.crop_start(), 95, "stored state of {len} tokens");
+        assert_eq!(
+            with_state.encode(&prompts).unwrap(),
+            clean.encode(&prompts).unwrap()
+        );
+    }
+    let clean = ClipPrompts::load(&tiny_model().join("tokenizer_2")).unwrap();
+    for len in [77, 20] {
+        let dir = stored("tokenizer_2", len);
+        let with_state = ClipPrompts::load(dir.path()).unwrap();
+        assert_eq!(
+            with_state.encode(&prompts).unwrap(),
+            clean.encode(&prompts).unwrap()
+        );
+    }
+}
