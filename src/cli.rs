@@ -1,5 +1,7 @@
-//! Command-line arguments shared by the `hyvideo` subcommands: execution backend and VAE
-//! tiling flags (names follow Tencent's `sample_video.py` where it has one).
+//! Command-line arguments shared by both binaries' subcommands: the session (backend, device,
+//! threads, library), the runtime (engines, per-component backends), sampling and VAE tiling
+//! flags (names follow Tencent's `sample_video.py` where it has one), the flag of each library
+//! [`Setting`], and the one-line error chain both binaries print.
 
 use std::path::PathBuf;
 

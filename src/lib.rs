@@ -4,7 +4,7 @@
 //! - [`cli`]: command-line arguments both binaries take (session, runtime, sampling, tiling);
 //! - [`engine_build`]: `hyvideo-export build`, engines per machine from a bundle;
 //! - [`calibrate`]: `hyvideo-export calibrate`, FP8 activation ranges from an fp32 bundle;
-//! - [`bench`]: `hyvideo bench`'s statistics and its table against the PyTorch path.
+//! - [`mod@bench`]: `hyvideo bench`'s statistics and its table against the PyTorch path.
 //!
 //! The runtime itself is the `hyvideo` library crate (`runtime/`); the layout is in
 //! `docs/architecture.md`.

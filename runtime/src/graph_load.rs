@@ -3,7 +3,7 @@
 //! Bundles carry attention in the standard `MatMul → Softmax → MatMul` form (portable: TensorRT
 //! parses and fuses it). ONNX Runtime's CPU and CUDA providers do not fuse that pattern and
 //! would materialise `[B, heads, S, S]` scores, so for them the graph is rewritten while it is
-//! loaded ((`hyvideo_onnx::fuse`)): every mask-free site becomes one
+//! loaded (`hyvideo_onnx::fuse`): every mask-free site becomes one
 //! `com.microsoft.MultiHeadAttention` (CPU: MLAS flash attention in fp32; CUDA: flash /
 //! memory-efficient kernels). The rewritten model goes to ONNX Runtime from memory, its
 //! weights still read from the bundle's external data files: nothing is written, and

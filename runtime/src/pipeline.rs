@@ -2,8 +2,8 @@
 //! engines — prompt encoding (Llama hidden states cropped past the template, CLIP pooled
 //! output), seeded initial noise, the denoising loop, the tiled VAE decode.
 //!
-//! Each stage is a function of its own so `hyvideo generate` and `hyvideo bench` time them the
-//! same way.
+//! The building blocks [`crate::generation::Pipeline`] composes: the text encoders stage
+//! ([`TextEncoders`]), video sizes and their latent shapes, the initial latents.
 
 use std::path::Path;
 

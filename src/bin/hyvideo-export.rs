@@ -3,6 +3,8 @@
 //! `onnx` exports components of a diffusers-format folder (every one it has by default);
 //! `build` makes per-machine engines from a bundle; `calibrate` records fp8 activation ranges;
 //! `inspect` prints a bundle's manifest (precision, exporter version, graph I/O, sources).
+//! The export is `hyvideo_exporters::export`; `build` and `calibrate` are this package's
+//! `engine_build` and `calibrate` modules.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

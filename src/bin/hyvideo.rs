@@ -4,7 +4,9 @@
 //! `generate` goes from a prompt and a seed to a video (text encoders, denoising loop, tiled
 //! decode) with a JSON run record; `denoise` runs the loop alone from saved prompt embeddings
 //! and initial latents; `decode` decodes saved latents into MP4 / PNG / safetensors; `bench`
-//! times every stage, optionally beside the PyTorch path.
+//! times every stage, optionally beside the PyTorch path. All four are thin over the library's
+//! `hyvideo::generation::Pipeline` (loading only the stages they run); library errors name a
+//! setting, which `hyvideo_cli::cli::setting_flag` turns into this binary's flag.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
