@@ -105,7 +105,9 @@ impl Clip<'_, '_> {
             head_dim,
         };
         let qkv_shape = self.qkv_shape.clone();
-        let [q, k, v] = self.net.split_qkv(prefix, &qkv, &qkv_shape, layout)?;
+        let [q, k, v] = self
+            .net
+            .split_qkv(prefix, &qkv, &qkv_shape, [heads, heads])?;
         let bias = self.bias.clone();
         let ctx = attention(
             self.net,

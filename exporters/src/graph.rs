@@ -208,16 +208,16 @@ impl<'w> Net<'w> {
     }
 
     /// A fused q|k|v projection reshaped to `qkv_shape` ([B, S, q + 2·kv heads, head_dim]) and
-    /// split on the heads axis into q (`heads.heads`) and k, v (`heads.kv_heads` each).
+    /// split on the heads axis into q (`heads` of them) and k, v (`kv_heads` each).
     pub fn split_qkv(
         &mut self,
         prefix: &str,
         qkv: &Value,
         qkv_shape: &Value,
-        heads: crate::attention::Heads,
+        [heads, kv_heads]: [usize; 2],
     ) -> Result<[Value; 3]> {
         let qkv = self.reshape(prefix, qkv, qkv_shape)?;
-        let (h, kv) = (heads.heads as i64, heads.kv_heads as i64);
+        let (h, kv) = (heads as i64, kv_heads as i64);
         let parts = self.split(prefix, &qkv, 2, &[h, kv, kv])?;
         <[Value; 3]>::try_from(parts).map_err(|p| {
             crate::error::ExportError::model(

@@ -221,14 +221,9 @@ impl Llama<'_, '_> {
             ],
             attention_bias,
         )?;
-        let layout = Heads {
-            heads,
-            kv_heads,
-            head_dim,
-        };
-        let [q, k, v] = self
-            .net
-            .split_qkv(&p("self_attn"), &qkv, &sh.qkv_shape, layout)?;
+        let [q, k, v] =
+            self.net
+                .split_qkv(&p("self_attn"), &qkv, &sh.qkv_shape, [heads, kv_heads])?;
         let q = self.rope(&p("self_attn"), sh, &q)?;
         let k = self.rope(&p("self_attn"), sh, &k)?;
         let ctx = self.attention(&p("self_attn"), &q, &k, &v, &sh.bias)?;

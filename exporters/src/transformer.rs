@@ -213,12 +213,8 @@ impl Dit<'_, '_> {
 
     /// Split a fused q|k|v projection [B·S, 3D] into three [B, S, heads, head_dim] tensors.
     fn split_qkv(&mut self, prefix: &str, sh: &Shared, qkv: &Value) -> Result<[Value; 3]> {
-        let heads = Heads {
-            heads: self.dims.heads,
-            kv_heads: self.dims.heads,
-            head_dim: self.dims.head_dim,
-        };
-        self.net.split_qkv(prefix, qkv, &sh.qkv_shape, heads)
+        let h = self.dims.heads;
+        self.net.split_qkv(prefix, qkv, &sh.qkv_shape, [h, h])
     }
 
     /// `x * cos + rotate_pairs(x) * sin` on [B, S, heads, head_dim] (diffusers

@@ -102,6 +102,17 @@ impl VideoSize {
     }
 }
 
+impl From<SizeError> for InvalidSetting {
+    fn from(e: SizeError) -> InvalidSetting {
+        let setting = match e.dimension {
+            SizeDimension::Height => Setting::Height,
+            SizeDimension::Width => Setting::Width,
+            SizeDimension::Frames => Setting::Frames,
+        };
+        InvalidSetting::new(setting, e.reason)
+    }
+}
+
 /// Llama hidden states past the template: `[B, 256, D]` values and the `[B, 256]` mask.
 struct Cropped {
     shape: [usize; 3],

@@ -2,8 +2,6 @@
 //! [`Setting`] to its own name for it (`hyvideo generate` to its flags, a server to its request
 //! fields), so no library message names a command-line flag.
 
-use crate::pipeline::{SizeDimension, SizeError};
-
 /// A setting of a generation request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Setting {
@@ -62,16 +60,5 @@ impl InvalidSetting {
             setting,
             reason: reason.into(),
         }
-    }
-}
-
-impl From<SizeError> for InvalidSetting {
-    fn from(e: SizeError) -> InvalidSetting {
-        let setting = match e.dimension {
-            SizeDimension::Height => Setting::Height,
-            SizeDimension::Width => Setting::Width,
-            SizeDimension::Frames => Setting::Frames,
-        };
-        InvalidSetting::new(setting, e.reason)
     }
 }
