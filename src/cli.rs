@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 use hyvideo_engines::{Backend, BackendKind, SessionConfig};
 
-use hyvideo::generation::{InvalidSetting, Sampling, Setting, StageConfigs};
+use hyvideo::generation::{InvalidSetting, Sampling, Setting, StageConfigs, TextEncoderResidency};
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
 
@@ -78,6 +78,10 @@ pub struct RuntimeArgs {
     /// Execution provider for the two text encoders (default: --backend).
     #[arg(long, value_parser = parse_backend)]
     pub text_backend: Option<BackendKind>,
+    /// Load the text encoders for each prompt and release them before the denoising loop (for a
+    /// GPU that cannot hold the Llama encoder beside the transformer; costs a load per video).
+    #[arg(long)]
+    pub release_text_encoders: bool,
 }
 
 fn parse_flow_direction(s: &str) -> Result<FlowDirection, String> {
@@ -131,6 +135,10 @@ impl RuntimeArgs {
             text: self.config_for(C::TextEncoder),
             transformer: self.config_for(C::Transformer),
             vae: self.config_for(C::VaeDecoder),
+            text_residency: match self.release_text_encoders {
+                true => TextEncoderResidency::ReleasedAfterUse,
+                false => TextEncoderResidency::Resident,
+            },
         }
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use hyvideo::engine_set::{
     ENGINE_MANIFEST, EngineEntry, EngineManifest, EngineSet, EngineSetError, FORMAT,
-    FORMAT_VERSION, bundle_manifest_sha, engine_dir_name, io,
+    FORMAT_VERSION, bundle_manifest_sha, check_context_model, engine_dir_name, io,
 };
 use hyvideo::graph_load;
 use hyvideo::text::{LlamaPrompts, MAX_SEQUENCE_LENGTH, TextError};
@@ -47,6 +47,9 @@ pub enum BuildError {
     #[error(transparent)]
     Manifest(#[from] hyvideo_bundle::ManifestError),
 }
+
+/// The engine cache folder of a TensorRT build, relative to its EP-context models.
+pub const TRT_ENGINE_DIR: &str = "trt";
 
 /// Prompt tokens the transformer's engine profile is tuned for (its optimum shape): it gets a
 /// prompt's valid tokens only, and typical prompts are tens to ~100.
@@ -190,7 +193,10 @@ pub fn build(
             BackendKind::TensorRt => {
                 let ctx = format!("{name}_ctx.onnx");
                 let options = TensorRtOptions {
-                    engine_cache_dir: Some(staging.path().join("trt")),
+                    // Relative: with an EP-context model ONNX Runtime puts the engine cache under
+                    // the context model's folder and writes this relative path into the model
+                    // (it refuses absolute ones at load), so the directory can be renamed.
+                    engine_cache_dir: Some(PathBuf::from(TRT_ENGINE_DIR)),
                     timing_cache_dir: Some(out_root.join("timing_cache")),
                     builder_optimization_level: Some(3),
                     profiles: input_profiles.clone(),
@@ -200,6 +206,7 @@ pub fn build(
                     .clone()
                     .with_backend(backend_for(kind, device_id, options));
                 Engine::load(&src, &cfg)?;
+                check_context_model(&staging.path().join(&ctx))?;
                 ctx
             }
         };

@@ -13,6 +13,8 @@ use hyvideo_bundle::profile::ShapePreset;
 use hyvideo_bundle::{AttentionKernel, Component, MANIFEST, Manifest, ManifestError, Precision};
 use hyvideo_engines::identity::{DeviceIdentity, detect};
 use hyvideo_engines::{BackendKind, EngineError, InputProfile, SessionConfig};
+use hyvideo_onnx::proto::ModelProto;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 pub const ENGINE_MANIFEST: &str = "engine.yaml";
@@ -181,6 +183,24 @@ pub struct ModelFiles<'a> {
     pub engines: Option<&'a EngineSet>,
 }
 
+/// Why a component's model file cannot be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(
+        "{component}: the TensorRT backend runs engines built ahead for this bundle's shapes \
+         (`hyvideo-export build --bundle {} --backend tensorrt --shapes <preset>`, then pass \
+         their directory as the engines); from the bundle's graph alone it would build an engine \
+         at the first call and again for every new input shape"
+        , .bundle.display()
+    )]
+    TensorRtWithoutEngines {
+        component: Component,
+        bundle: PathBuf,
+    },
+}
+
 impl<'a> ModelFiles<'a> {
     /// The bundle's own graphs.
     pub fn bundle(bundle: &'a Path, manifest: &'a Manifest) -> ModelFiles<'a> {
@@ -191,14 +211,83 @@ impl<'a> ModelFiles<'a> {
         }
     }
 
-    /// The model file of `component` (the engine's when one was built, else the bundle's).
-    pub fn path(&self, component: Component) -> Result<PathBuf, ManifestError> {
+    /// The model file of `component` on `backend`: the engine built for it when the engines
+    /// were built for that backend, else the bundle's graph (e.g. `--vae-backend cuda` beside
+    /// TensorRT engines runs the VAE from the bundle, never a TensorRT EP-context model on the
+    /// CUDA provider). TensorRT without a TensorRT engine is refused.
+    pub fn path(
+        &self,
+        component: Component,
+        backend: BackendKind,
+    ) -> Result<PathBuf, ModelFileError> {
         let entry = self.manifest.component(self.bundle, component)?;
-        Ok(self
+        let engine = self
             .engines
-            .and_then(|e| e.path(component))
-            .unwrap_or_else(|| self.bundle.join(&entry.file)))
+            .filter(|e| e.manifest.backend == backend)
+            .and_then(|e| e.path(component));
+        match engine {
+            Some(p) => Ok(p),
+            None if backend == BackendKind::TensorRt => {
+                Err(ModelFileError::TensorRtWithoutEngines {
+                    component,
+                    bundle: self.bundle.to_path_buf(),
+                })
+            }
+            None => Ok(self.bundle.join(&entry.file)),
+        }
     }
+}
+
+/// The engine paths an EP-context model (`<component>_ctx.onnx`, TensorRT) refers to: each
+/// `EPContext` node's `ep_cache_context` when it is a path (`embed_mode` 0).
+pub fn context_engine_paths(model: &ModelProto) -> Vec<String> {
+    let Some(g) = model.graph.as_ref() else {
+        return vec![];
+    };
+    g.node
+        .iter()
+        .filter(|n| n.op_type == "EPContext")
+        .filter(|n| {
+            let embed = n.attribute.iter().find(|a| a.name == "embed_mode");
+            embed.and_then(|a| a.i).unwrap_or(0) == 0
+        })
+        .filter_map(|n| n.attribute.iter().find(|a| a.name == "ep_cache_context"))
+        .filter_map(|a| a.s.as_ref())
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+/// Check that the EP-context model at `path` refers to its engines as ONNX Runtime will accept
+/// them when it loads it: relative to the model's own folder, without `..` (ONNX Runtime refuses
+/// absolute paths and any `..` for security), and present there.
+pub fn check_context_model(path: &Path) -> Result<(), EngineSetError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let bad = |reason: String| EngineSetError::Record {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let model =
+        ModelProto::decode(bytes.as_slice()).map_err(|e| bad(format!("not an ONNX model: {e}")))?;
+    let engines = context_engine_paths(&model);
+    if engines.is_empty() {
+        return Err(bad("no EPContext node refers to an engine file".into()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for e in engines {
+        if Path::new(&e).is_absolute() || e.contains("..") {
+            return Err(bad(format!(
+                "ep_cache_context `{e}` is absolute or contains `..`, which ONNX Runtime refuses: \
+                 rebuild the engines with this hyvideo (engine caches relative to the model)"
+            )));
+        }
+        if !dir.join(&e).is_file() {
+            return Err(bad(format!(
+                "ep_cache_context `{e}`: no such engine beside the model ({})",
+                dir.join(&e).display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Built engines checked against this machine and a bundle, ready to load.
@@ -227,6 +316,11 @@ impl EngineSet {
                 backend: manifest.backend.to_string(),
                 differences,
             });
+        }
+        if manifest.backend == BackendKind::TensorRt {
+            for e in manifest.components.values() {
+                check_context_model(&dir.join(&e.file))?;
+            }
         }
         Ok(EngineSet {
             dir: dir.to_path_buf(),
@@ -320,5 +414,165 @@ mod tests {
             engine_dir_name(&id, Precision::Fp16, &"b".repeat(64)),
             "tensorrt-nvidia-h100-sm90-trt10.13.2-ort1.31.1-fp16-bbbbbbbbbbbb"
         );
+    }
+
+    /// An EP-context model whose one node refers to `engine` (as TensorRT's EP writes it).
+    fn context_model(dir: &Path, engine: &str) -> PathBuf {
+        use hyvideo_onnx::proto::{AttributeProto, GraphProto, NodeProto};
+        let attr = |name: &str, i: Option<i64>, s: Option<&str>| AttributeProto {
+            name: name.into(),
+            i,
+            s: s.map(|s| s.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        let node = NodeProto {
+            op_type: "EPContext".into(),
+            domain: "com.microsoft".into(),
+            attribute: vec![
+                attr("embed_mode", Some(0), None),
+                attr("ep_cache_context", None, Some(engine)),
+            ],
+            ..Default::default()
+        };
+        let model = ModelProto {
+            graph: Some(GraphProto {
+                node: vec![node],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let path = dir.join("transformer_ctx.onnx");
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        path
+    }
+
+    #[test]
+    fn context_models_must_refer_to_engines_as_onnx_runtime_accepts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("trt")).unwrap();
+        std::fs::write(dir.path().join("trt/engine_sm90.engine"), b"x").unwrap();
+        let ok = context_model(dir.path(), "trt/engine_sm90.engine");
+        assert_eq!(
+            context_engine_paths(
+                &ModelProto::decode(std::fs::read(&ok).unwrap().as_slice()).unwrap()
+            ),
+            ["trt/engine_sm90.engine"]
+        );
+        check_context_model(&ok).unwrap();
+        let abs = dir.path().join("trt/engine_sm90.engine");
+        for (engine, needle) in [
+            (abs.to_str().unwrap(), "absolute"),
+            (
+                "../elsewhere/trt/engine_sm90.engine",
+                "absolute or contains `..`",
+            ),
+            ("trt/missing.engine", "no such engine"),
+        ] {
+            let p = context_model(dir.path(), engine);
+            let e = check_context_model(&p).unwrap_err().to_string();
+            assert!(
+                e.contains(needle) && e.contains("transformer_ctx.onnx"),
+                "{e}"
+            );
+        }
+    }
+
+    fn manifest_with_transformer() -> Manifest {
+        let mut m = Manifest::new(Precision::Fp16);
+        m.components.insert(
+            Component::Transformer,
+            hyvideo_bundle::ComponentEntry {
+                file: "transformer.onnx".into(),
+                data_file: None,
+                sha256: String::new(),
+                inputs: vec![],
+                outputs: vec![],
+                sources: vec![],
+            },
+        );
+        m
+    }
+
+    fn engines_for(backend: BackendKind) -> EngineSet {
+        let mut components = BTreeMap::new();
+        components.insert(
+            Component::Transformer,
+            EngineEntry {
+                file: "transformer_ctx.onnx".into(),
+                source_sha256: String::new(),
+                profiles: vec![],
+                attention: AttentionKernel::Standard,
+            },
+        );
+        EngineSet {
+            dir: PathBuf::from("/engines"),
+            manifest: EngineManifest {
+                format: FORMAT.into(),
+                format_version: FORMAT_VERSION,
+                backend,
+                device: "d".into(),
+                compute_capability: None,
+                onnxruntime: "1.31.1".into(),
+                tensorrt: None,
+                precision: Precision::Fp16,
+                bundle_manifest_sha256: String::new(),
+                shape_preset: "p".into(),
+                preset: ShapePreset {
+                    name: "p".into(),
+                    resolutions: vec![[720, 1280]],
+                    frames: Range3([1, 129, 129]),
+                    batch: Range3([1, 1, 2]),
+                },
+                profile_sha256: String::new(),
+                components,
+            },
+        }
+    }
+
+    #[test]
+    fn a_component_on_another_backend_than_the_engines_runs_the_bundle_graph() {
+        let m = manifest_with_transformer();
+        let bundle = Path::new("/bundle");
+        let trt = engines_for(BackendKind::TensorRt);
+        let files = ModelFiles {
+            bundle,
+            manifest: &m,
+            engines: Some(&trt),
+        };
+        let t = Component::Transformer;
+        assert_eq!(
+            files.path(t, BackendKind::TensorRt).unwrap(),
+            Path::new("/engines/transformer_ctx.onnx")
+        );
+        assert_eq!(
+            files.path(t, BackendKind::Cuda).unwrap(),
+            Path::new("/bundle/transformer.onnx"),
+            "never a TensorRT context model on the CUDA provider"
+        );
+        let cpu = engines_for(BackendKind::Cpu);
+        let files = ModelFiles {
+            engines: Some(&cpu),
+            ..files
+        };
+        assert_eq!(
+            files.path(t, BackendKind::Cpu).unwrap(),
+            Path::new("/engines/transformer_ctx.onnx")
+        );
+        // TensorRT without TensorRT engines is refused, naming the build command.
+        for engines in [None, Some(&cpu)] {
+            let files = ModelFiles { engines, ..files };
+            let e = files
+                .path(t, BackendKind::TensorRt)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("hyvideo-export build --bundle /bundle --backend tensorrt"),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            files.path(Component::VaeDecoder, BackendKind::Cpu),
+            Err(ModelFileError::Manifest(_))
+        ));
     }
 }

@@ -287,29 +287,48 @@ impl GenerationError {
     }
 }
 
-/// Session settings of each stage (their providers may differ).
+/// Session settings of each stage (their providers may differ), and whether the text
+/// encoders stay loaded.
 #[derive(Debug, Clone)]
 pub struct StageConfigs {
     pub text: SessionConfig,
     pub transformer: SessionConfig,
     pub vae: SessionConfig,
+    pub text_residency: TextEncoderResidency,
 }
 
 impl StageConfigs {
-    /// The same settings for every stage.
+    /// The same settings for every stage; text encoders resident.
     pub fn all(config: SessionConfig) -> StageConfigs {
         StageConfigs {
             text: config.clone(),
             transformer: config.clone(),
             vae: config,
+            text_residency: TextEncoderResidency::Resident,
         }
     }
 }
 
+/// Whether the text encoders stay in memory between the prompts they encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextEncoderResidency {
+    /// Loaded once with the pipeline (a server's default: no reload per request).
+    #[default]
+    Resident,
+    /// Loaded for each encoding and released before the denoising loop: the Llama encoder's
+    /// weights (16 GB in fp16) are not held while the transformer runs, at the cost of a load
+    /// per generation. For GPUs whose memory holds the transformer but not both.
+    ReleasedAfterUse,
+}
+
 /// The loaded stages of one bundle.
 pub struct Pipeline {
+    bundle: std::path::PathBuf,
     manifest: Manifest,
     engines: Option<EngineSet>,
+    stages: Vec<Stage>,
+    text_config: SessionConfig,
+    residency: TextEncoderResidency,
     text: Option<TextEncoders>,
     transformer: Option<Transformer>,
     vae: Option<VaeDecoder>,
@@ -361,7 +380,8 @@ impl Pipeline {
             engines: engines.as_ref(),
         };
         let wants = |s: Stage| stages.contains(&s);
-        let text = match wants(Stage::TextEncoders) {
+        let resident = configs.text_residency == TextEncoderResidency::Resident;
+        let text = match wants(Stage::TextEncoders) && resident {
             true => Some(TextEncoders::load_with(&files, &configs.text)?),
             false => None,
         };
@@ -374,12 +394,28 @@ impl Pipeline {
             false => None,
         };
         Ok(Pipeline {
+            bundle: bundle.to_path_buf(),
             manifest,
             engines,
+            stages: stages.to_vec(),
+            text_config: configs.text.clone(),
+            residency: configs.text_residency,
             text,
             transformer,
             vae,
         })
+    }
+
+    /// The stages whose models are in memory now.
+    pub fn resident_stages(&self) -> Vec<Stage> {
+        [
+            (Stage::TextEncoders, self.text.is_some()),
+            (Stage::Denoise, self.transformer.is_some()),
+            (Stage::Decode, self.vae.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(s, loaded)| loaded.then_some(s))
+        .collect()
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -433,12 +469,23 @@ impl Pipeline {
         prompt: &str,
         negative: Option<&str>,
     ) -> Result<Prompts, GenerationError> {
+        if self.text.is_none() && self.stages.contains(&Stage::TextEncoders) {
+            let files = ModelFiles {
+                bundle: &self.bundle,
+                manifest: &self.manifest,
+                engines: self.engines.as_ref(),
+            };
+            self.text = Some(TextEncoders::load_with(&files, &self.text_config)?);
+        }
         let text = loaded(Stage::TextEncoders, self.text.as_mut())?;
         let p = text.encode(&[prompt], || {})?;
         let n = match negative {
             Some(n) => Some(text.encode(&[n], || {})?),
             None => None,
         };
+        if self.residency == TextEncoderResidency::ReleasedAfterUse {
+            self.text = None;
+        }
         let truncated = [Some(&p), n.as_ref()]
             .into_iter()
             .flatten()
@@ -534,15 +581,8 @@ impl Pipeline {
         cancel: &CancelFlag,
     ) -> Result<Generated, GenerationError> {
         let size = request.validate()?;
-        for stage in Stage::ALL {
-            let present = match stage {
-                Stage::TextEncoders => self.text.is_some(),
-                Stage::Denoise => self.transformer.is_some(),
-                Stage::Decode => self.vae.is_some(),
-            };
-            if !present {
-                return Err(GenerationError::NotLoaded { stage });
-            }
+        if let Some(&stage) = Stage::ALL.iter().find(|s| !self.stages.contains(s)) {
+            return Err(GenerationError::NotLoaded { stage });
         }
         let init = self.initial_latents(size, request.seed, request.initial_latents.clone())?;
         let mut timings = vec![];

@@ -11,7 +11,7 @@ use hyvideo_bundle::components::{clip, llama};
 use hyvideo_bundle::{Component, Manifest, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
-use crate::engine_set::ModelFiles;
+use crate::engine_set::{ModelFileError, ModelFiles};
 use crate::setting::{InvalidSetting, Setting};
 use crate::tensor::Tensor5;
 use crate::text::{ClipPrompts, LlamaPrompts, TextError, Tokens};
@@ -21,6 +21,8 @@ use crate::transformer::{TextConditioning, TransformerError};
 pub enum PipelineError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    ModelFile(#[from] ModelFileError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -151,8 +153,9 @@ impl TextEncoders {
         files: &ModelFiles<'_>,
         config: &SessionConfig,
     ) -> Result<TextEncoders, PipelineError> {
-        let llama = files.path(Component::TextEncoder)?;
-        let clip = files.path(Component::TextEncoder2)?;
+        let backend = config.backend.kind();
+        let llama = files.path(Component::TextEncoder, backend)?;
+        let clip = files.path(Component::TextEncoder2, backend)?;
         let llama_tokens = LlamaPrompts::load(&files.bundle.join("tokenizer"))?;
         let clip_tokens = ClipPrompts::load(&files.bundle.join("tokenizer_2"))?;
         Ok(TextEncoders {

@@ -14,7 +14,7 @@ use hyvideo_bundle::AttentionKernel;
 use hyvideo_bundle::{Component, Manifest, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
-use crate::engine_set::ModelFiles;
+use crate::engine_set::{ModelFileError, ModelFiles};
 use crate::tensor::Tensor5;
 
 /// Graph I/O names, as the bundle contract declares them.
@@ -26,6 +26,8 @@ pub use hyvideo_bundle::components::transformer::{
 pub enum TransformerError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    ModelFile(#[from] ModelFileError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{what}: {reason}")]
@@ -297,7 +299,8 @@ impl Transformer {
         files: &ModelFiles<'_>,
         config: &SessionConfig,
     ) -> Result<Transformer, TransformerError> {
-        Self::load_file(&files.path(Component::Transformer)?, config)
+        let path = files.path(Component::Transformer, config.backend.kind())?;
+        Self::load_file(&path, config)
     }
 
     /// Load a transformer graph file directly.

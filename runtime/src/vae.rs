@@ -7,7 +7,7 @@ use std::path::Path;
 use hyvideo_bundle::{Component, Manifest, ManifestError, VaeSettings};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
-use crate::engine_set::ModelFiles;
+use crate::engine_set::{ModelFileError, ModelFiles};
 use crate::tensor::Tensor5;
 use crate::vae_tiling::{TilePlan, TilingConfig, TilingError, decode_tiled};
 
@@ -15,6 +15,8 @@ use crate::vae_tiling::{TilePlan, TilingConfig, TilingError, decode_tiled};
 pub enum VaeError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    ModelFile(#[from] ModelFileError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -55,7 +57,7 @@ impl VaeDecoder {
         files: &ModelFiles<'_>,
         config: &SessionConfig,
     ) -> Result<VaeDecoder, VaeError> {
-        let path = files.path(Component::VaeDecoder)?;
+        let path = files.path(Component::VaeDecoder, config.backend.kind())?;
         let settings = files
             .manifest
             .vae

@@ -381,6 +381,14 @@ fn a_per_component_provider_that_cannot_run_is_an_error() {
     }
     let o = generate(full_bundle(), &save, &["--transformer-backend", "cuda"]);
     assert_refused(&o, &["cuda", "--features cuda"], dir.path());
+    // TensorRT from the bundle's graph alone (no --engines) is refused naming the build command:
+    // it would build an engine at the first call and again for every new input shape.
+    let o = generate(full_bundle(), &save, &["--backend", "tensorrt"]);
+    assert_refused(
+        &o,
+        &["hyvideo-export build --bundle", "--backend tensorrt"],
+        dir.path(),
+    );
     // ...while per-component flags naming the CPU run as usual.
     let o = generate(
         full_bundle(),

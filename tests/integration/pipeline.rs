@@ -204,3 +204,39 @@ fn pipelines_of_some_stages_run_those_and_name_the_missing_ones() {
         "{e}"
     );
 }
+
+/// Text encoders released after each encoding (for GPUs that cannot hold them beside the
+/// transformer) give exactly the resident pipeline's results and are not held while the
+/// denoising loop runs.
+#[test]
+fn released_text_encoders_change_nothing_but_residency() {
+    use hyvideo::generation::TextEncoderResidency;
+    let mut resident = load();
+    let want = resident
+        .generate(&request(5), &mut |_| {}, &CancelFlag::new())
+        .unwrap();
+    let config = SessionConfig::default().with_intra_threads(Some(2));
+    let configs = StageConfigs {
+        text_residency: TextEncoderResidency::ReleasedAfterUse,
+        ..StageConfigs::all(config)
+    };
+    let mut released = Pipeline::load(full_bundle(), None, &configs).unwrap();
+    // Not even loaded until a prompt is encoded.
+    assert_eq!(released.resident_stages(), [Stage::Denoise, Stage::Decode]);
+    for _ in 0..2 {
+        let got = released
+            .generate(&request(5), &mut |_| {}, &CancelFlag::new())
+            .unwrap();
+        assert_eq!(got.latents.data(), want.latents.data());
+        assert_eq!(got.video.data(), want.video.data());
+        assert_eq!(released.resident_stages(), [Stage::Denoise, Stage::Decode]);
+    }
+    // generate runs encode before the loop: after encoding, only the loop's and the decoder's
+    // models are in memory.
+    released.encode("a cat", None).unwrap();
+    assert_eq!(released.resident_stages(), [Stage::Denoise, Stage::Decode]);
+    assert_eq!(
+        resident.resident_stages(),
+        [Stage::TextEncoders, Stage::Denoise, Stage::Decode]
+    );
+}
