@@ -36,6 +36,17 @@ pub enum EngineError {
         model: PathBuf,
         reason: String,
     },
+    #[error("option `{key}` of execution provider `{provider}`: {reason}")]
+    ProviderOption {
+        provider: String,
+        key: &'static str,
+        reason: String,
+    },
+    #[error(
+        "cannot read which execution provider runs each node of {model} \
+         (Session_GetEpGraphAssignmentInfo): {reason}"
+    )]
+    Placement { model: PathBuf, reason: String },
     #[error("unknown backend `{0}` (expected one of: cpu, cuda, tensorrt)")]
     UnknownBackend(String),
     #[error("model file {0} does not exist")]

@@ -7,12 +7,16 @@
 pub mod error;
 pub mod identity;
 pub mod ortlib;
+pub mod placement;
 pub mod profile;
 pub mod provider;
 pub mod session;
 
 pub use error::{EngineError, Result};
 pub use identity::DeviceIdentity;
+pub use placement::{Placement, ProviderNodes};
 pub use profile::{InputProfile, ProfilePoint};
-pub use provider::{Backend, BackendKind, TensorRtOptions};
-pub use session::{AttentionPolicy, Engine, Input, Optimization, SessionConfig, Tensor};
+pub use provider::{Backend, BackendKind, Registration, TensorRtOptions};
+pub use session::{
+    AttentionPolicy, Engine, Input, Optimization, SessionConfig, Tensor, session_entries,
+};

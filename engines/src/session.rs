@@ -1,6 +1,8 @@
 //! An ONNX Runtime session on a chosen execution provider, with plain `f32`/`i64` tensors in
 //! and `f32` tensors out. Mirrors ort's `Session` + `inputs!` usage, adding input/output name
-//! checks that name the model file, and reporting the provider that actually runs.
+//! checks that name the model file, the session config entries each backend needs
+//! ([`session_entries`]), and the node placement ONNX Runtime actually chose
+//! ([`Engine::placement`], [`Engine::ran_on`]).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,37 @@ use ort::value::TensorRef;
 
 use crate::error::{EngineError, Result};
 use crate::ortlib;
+use crate::placement::{self, Placement};
 use crate::provider::{Backend, BackendKind};
+
+/// The session config entries (`SessionOptions` config keys) a session on `backend` is created
+/// with, besides those of [`SessionConfig`]'s own settings:
+/// - `session.record_ep_graph_assignment_info = 1` always, so [`Engine::placement`] can read
+///   which provider got each node.
+/// - CPU: `session.disable_quant_qdq = 1` keeps Q/DQ pairs where the exporter put them (ONNX
+///   Runtime's QDQ propagation would move FP8 quantisation across Reshape/Transpose, for which
+///   its CPU kernels (opset < 21) have no float8 types). It also lets constant folding fold
+///   `DequantizeLinear` of FP8 weights into float initialisers, which is why it is never set
+///   for CUDA or TensorRT: they must see the FP8 weights.
+/// - CUDA and TensorRT: `session.use_device_allocator_for_initializers = 1`: weights go
+///   straight to device memory rather than through the growing arena.
+/// - TensorRT: `session.disable_cpu_ep_fallback = 1`: session creation fails if a node would
+///   run on the CPU (TensorRT and the CUDA provider registered after it must take everything).
+pub fn session_entries(backend: &Backend) -> Vec<(&'static str, String)> {
+    let on = || "1".to_string();
+    let mut entries = vec![("session.record_ep_graph_assignment_info", on())];
+    match backend {
+        Backend::Cpu => entries.push(("session.disable_quant_qdq", on())),
+        Backend::Cuda { .. } => {
+            entries.push(("session.use_device_allocator_for_initializers", on()));
+        }
+        Backend::TensorRt { .. } => {
+            entries.push(("session.use_device_allocator_for_initializers", on()));
+            entries.push(("session.disable_cpu_ep_fallback", on()));
+        }
+    }
+    entries
+}
 
 /// How ONNX Runtime should optimise the graph at session creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -139,6 +171,7 @@ pub struct Engine {
     session: Session,
     model: PathBuf,
     provider: BackendKind,
+    placement: Placement,
     inputs: Vec<String>,
     outputs: Vec<String>,
     /// Float graph inputs stored as 16-bit (fp16 / bf16 precision profiles): f32 data given to
@@ -158,6 +191,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("model", &self.model)
             .field("provider", &self.provider)
+            .field("placement", &self.placement.to_string())
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .finish()
@@ -182,7 +216,7 @@ impl Engine {
         }
         let env = ortlib::environment(config.ort_lib.as_deref())?;
         let provider = config.backend.kind();
-        let dispatch = config.backend.dispatch()?;
+        let dispatches = config.backend.dispatches()?;
         let load_err = |e: String| EngineError::ModelLoad {
             model: model.to_path_buf(),
             reason: e,
@@ -191,12 +225,11 @@ impl Engine {
         builder = builder
             .with_optimization_level(config.optimization.level())
             .map_err(|e| load_err(e.to_string()))?;
-        // Keep Q/DQ pairs where the exporter put them: ONNX Runtime's QDQ propagation would move
-        // FP8 quantisation across Reshape/Transpose, for which its CPU kernels (opset < 21) have
-        // no float8 types.
-        builder = builder
-            .with_config_entry("session.disable_quant_qdq", "1")
-            .map_err(|e| load_err(e.to_string()))?;
+        for (key, value) in session_entries(&config.backend) {
+            builder = builder
+                .with_config_entry(key, &value)
+                .map_err(|e| load_err(format!("session config `{key}`: {e}")))?;
+        }
         if let Some(out) = &config.save_optimized {
             let data = out
                 .file_name()
@@ -223,7 +256,7 @@ impl Engine {
                 .with_intra_threads(n)
                 .map_err(|e| load_err(e.to_string()))?;
         }
-        builder = builder.with_execution_providers([dispatch]).map_err(|e| {
+        builder = builder.with_execution_providers(dispatches).map_err(|e| {
             EngineError::ProviderInit {
                 provider: provider.to_string(),
                 model: model.to_path_buf(),
@@ -247,6 +280,10 @@ impl Engine {
             }
         }
         .map_err(|e| load_err(e.to_string()))?;
+        let placement = placement::read(&session).map_err(|reason| EngineError::Placement {
+            model: model.to_path_buf(),
+            reason,
+        })?;
         let inputs = session
             .inputs()
             .iter()
@@ -273,15 +310,34 @@ impl Engine {
             session,
             model: model.to_path_buf(),
             provider,
+            placement,
             inputs,
             outputs,
             half_inputs,
         })
     }
 
-    /// The execution provider this engine runs on.
+    /// The backend this engine was loaded for: its primary provider, registered successfully
+    /// (a provider that cannot be registered fails the load). Where the nodes actually went is
+    /// [`Engine::placement`]; see also [`Engine::ran_on`].
     pub fn provider(&self) -> BackendKind {
         self.provider
+    }
+
+    /// Which execution provider ONNX Runtime assigned each node to, as it partitioned the graph
+    /// at load.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The provider that runs most of the graph's nodes, from [`Engine::placement`]: `Cpu` here
+    /// for a CUDA engine means the CUDA provider took fewer nodes than the CPU. `None` for a
+    /// graph without nodes. Node counts are not compute: a TensorRT engine whose big fused
+    /// subgraphs hold fewer nodes than the CUDA provider's leftovers reports `Cuda`.
+    pub fn ran_on(&self) -> Option<BackendKind> {
+        self.placement
+            .dominant()
+            .and_then(|p| BackendKind::from_ort_name(&p.provider))
     }
 
     pub fn model_path(&self) -> &Path {
@@ -412,5 +468,131 @@ impl Engine {
                 model,
                 name: output.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::TensorRtOptions;
+
+    /// A hand-encoded ONNX ModelProto (opset 17): `out = Relu(x + y)` over float `[2]`.
+    fn add_relu_model() -> Vec<u8> {
+        fn varint(mut v: u64, out: &mut Vec<u8>) {
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        fn int(field: u64, v: u64) -> Vec<u8> {
+            let mut out = vec![];
+            varint(field << 3, &mut out);
+            varint(v, &mut out);
+            out
+        }
+        fn bytes(field: u64, b: &[u8]) -> Vec<u8> {
+            let mut out = vec![];
+            varint((field << 3) | 2, &mut out);
+            varint(b.len() as u64, &mut out);
+            out.extend_from_slice(b);
+            out
+        }
+        let value_info = |name: &str| {
+            let dim = bytes(1, &int(1, 2)); // Dimension.dim_value = 2
+            let shape = bytes(2, &dim); // TypeProto.Tensor.shape
+            let tensor = [int(1, 1), shape].concat(); // elem_type FLOAT
+            let ty = bytes(1, &tensor); // TypeProto.tensor_type
+            [bytes(1, name.as_bytes()), bytes(2, &ty)].concat()
+        };
+        let node = |ins: &[&str], out: &str, name: &str, op: &str| {
+            let mut n: Vec<u8> = ins.iter().flat_map(|i| bytes(1, i.as_bytes())).collect();
+            n.extend(bytes(2, out.as_bytes()));
+            n.extend(bytes(3, name.as_bytes()));
+            n.extend(bytes(4, op.as_bytes()));
+            n
+        };
+        let graph = [
+            bytes(1, &node(&["x", "y"], "s", "add", "Add")),
+            bytes(1, &node(&["s"], "out", "relu", "Relu")),
+            bytes(2, b"add_relu"),
+            bytes(11, &value_info("x")),
+            bytes(11, &value_info("y")),
+            bytes(12, &value_info("out")),
+        ]
+        .concat();
+        let opset = [bytes(1, b""), int(2, 17)].concat();
+        [int(1, 8), bytes(7, &graph), bytes(8, &opset)].concat()
+    }
+
+    fn entries(backend: &Backend) -> Vec<(&'static str, &str)> {
+        let mut e: Vec<_> = session_entries(backend);
+        e.sort();
+        e.iter()
+            .map(|(k, v)| (*k, if v == "1" { "1" } else { "other" }))
+            .collect()
+    }
+
+    #[test]
+    fn session_entries_per_backend() {
+        let record = ("session.record_ep_graph_assignment_info", "1");
+        let qdq = ("session.disable_quant_qdq", "1");
+        let device_init = ("session.use_device_allocator_for_initializers", "1");
+        let no_cpu = ("session.disable_cpu_ep_fallback", "1");
+        assert_eq!(entries(&Backend::Cpu), [qdq, record]);
+        assert_eq!(
+            entries(&Backend::Cuda { device_id: 1 }),
+            [record, device_init]
+        );
+        let trt = Backend::TensorRt {
+            device_id: 0,
+            options: TensorRtOptions::default(),
+        };
+        assert_eq!(entries(&trt), [no_cpu, record, device_init]);
+    }
+
+    #[test]
+    fn cpu_placement_is_read_from_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("add_relu.onnx");
+        std::fs::write(&model, add_relu_model()).unwrap();
+        let config = SessionConfig::default()
+            .with_intra_threads(Some(1))
+            .with_optimization(Optimization::Disabled);
+        let mut engine = Engine::load(&model, &config).unwrap();
+        let placement = engine.placement().clone();
+        assert_eq!(placement.total_nodes(), 2, "{placement}");
+        assert_eq!(placement.nodes_on("CPUExecutionProvider"), 2, "{placement}");
+        assert_eq!(placement.cpu_op_types(), ["Add", "Relu"]);
+        assert_eq!(placement.to_string(), "CPUExecutionProvider: 2 nodes");
+        assert_eq!(engine.provider(), BackendKind::Cpu);
+        assert_eq!(engine.ran_on(), Some(BackendKind::Cpu));
+        let shape = [2];
+        let out = engine
+            .run_one(
+                &[
+                    (
+                        "x",
+                        Input::F32 {
+                            shape: &shape,
+                            data: &[1.0, -3.0],
+                        },
+                    ),
+                    (
+                        "y",
+                        Input::F32 {
+                            shape: &shape,
+                            data: &[0.5, 1.0],
+                        },
+                    ),
+                ],
+                "out",
+            )
+            .unwrap();
+        assert_eq!(out.data, [1.5, 0.0]);
+        // The same bytes from memory place the same way.
+        let bytes = std::fs::read(&model).unwrap();
+        let engine = Engine::load_from_memory(&model, &bytes, &config).unwrap();
+        assert_eq!(engine.placement(), &placement);
     }
 }
