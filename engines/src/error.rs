@@ -30,12 +30,21 @@ pub enum EngineError {
         available: Vec<String>,
         hint: &'static str,
     },
-    #[error("execution provider `{provider}` failed to initialise for {model}: {reason}")]
+    #[error(
+        "execution provider `{provider}` failed to initialise for {model}: {reason}{}",
+        if hint.is_empty() { String::new() } else { format!(". {hint}") }
+    )]
     ProviderInit {
         provider: String,
         model: PathBuf,
         reason: String,
+        hint: &'static str,
     },
+    #[error(
+        "{model}: the TensorRT and CUDA providers cannot take every node, and a TensorRT \
+         session refuses to run any on the CPU (session.disable_cpu_ep_fallback): {reason}"
+    )]
+    CpuFallbackRefused { model: PathBuf, reason: String },
     #[error("option `{key}` of execution provider `{provider}`: {reason}")]
     ProviderOption {
         provider: String,
@@ -79,6 +88,50 @@ pub enum EngineError {
     Profile { input: String, reason: String },
     #[error("cannot identify the device: {0}")]
     Device(String),
+    #[error(
+        "the CUDA driver library libcuda.so.1 could not be loaded ({reason}): install the \
+         NVIDIA driver, which provides it (in a container, run with the NVIDIA Container \
+         Toolkit, e.g. `docker run --gpus all`)"
+    )]
+    CudaDriverMissing { reason: String },
+    #[error("CUDA driver call {call} failed: {name} ({code})")]
+    CudaCall {
+        call: &'static str,
+        code: i32,
+        name: String,
+    },
+    #[error(
+        "GPU {ordinal} does not exist: the CUDA driver sees {count} GPU(s){}",
+        match visible {
+            Some(v) => format!(" with CUDA_VISIBLE_DEVICES={v} (ordinals count the visible GPUs)"),
+            None => String::new(),
+        }
+    )]
+    NoSuchGpu {
+        ordinal: usize,
+        count: u32,
+        visible: Option<String>,
+    },
+    #[error(
+        "TensorRT not found: no libnvinfer.so.10 or libnvinfer.so could be loaded ({tried}). \
+         The dynamic loader looks in LD_LIBRARY_PATH, then ld.so.cache (`ldconfig -p`; distro \
+         and NGC packages install to /usr/lib/x86_64-linux-gnu). Install TensorRT 10 (>= 10.13), \
+         e.g. `pip install \"tensorrt-cu13-libs>=10.13,<11\"` (TensorRT 11 ships \
+         libnvinfer.so.11, which ONNX Runtime's TensorRT provider does not load) and add its \
+         site-packages/tensorrt_libs/ to LD_LIBRARY_PATH"
+    )]
+    TensorRtMissing { tried: String },
+    #[error(
+        "TensorRT {found} found; hyvideo needs TensorRT ≥ {min} (trt_load_user_initializer, \
+         for graphs over 2 GB)"
+    )]
+    TensorRtTooOld { found: String, min: String },
+    #[error(
+        "TensorRT {found} found; ONNX Runtime's TensorRT provider links TensorRT {major} \
+         (libnvinfer.so.{major}): install TensorRT {major} (>= 10.13) where the dynamic loader \
+         finds libnvinfer.so.{major}"
+    )]
+    TensorRtMajor { found: String, major: u32 },
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

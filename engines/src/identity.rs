@@ -3,15 +3,26 @@
 //! compares it with the machine's and refuses engines built for something else.
 //!
 //! As NVIDIA demoDiffusion names engine files by toolchain version and precision, and ONNX
-//! Runtime's TensorRT provider keys its engine cache by GPU and TensorRT version. The parsers are
-//! pure functions over the text of `/proc/cpuinfo`, `nvidia-smi --query-gpu=name,compute_cap
-//! --format=csv,noheader` and the `libnvinfer.so.X.Y.Z` file names, so they are tested without
-//! a GPU.
+//! Runtime's TensorRT provider keys its engine cache by GPU and TensorRT version. The GPU's
+//! name and compute capability come from the CUDA driver and the TensorRT version from
+//! `getInferLibVersion()` (see [`crate::nvlib`]); the CPU model from `/proc/cpuinfo`. Parsing,
+//! formatting and the TensorRT minimum ([`MIN_TENSORRT`]) are pure functions tested without a
+//! GPU.
 
 use std::path::Path;
 
 use crate::error::{EngineError, Result};
+use crate::nvlib;
 use crate::provider::BackendKind;
+
+/// The oldest TensorRT hyvideo runs on, `(major, minor)`: 10.13 added the parser APIs
+/// (`loadModelProto` / `loadInitializer`) behind ONNX Runtime's `trt_load_user_initializer`,
+/// without which graphs over 2 GB cannot be built.
+pub const MIN_TENSORRT: (u32, u32) = (10, 13);
+
+/// The TensorRT major version ONNX Runtime 1.31's TensorRT provider links (`libnvinfer.so.10`,
+/// `libnvonnxparser.so.10`): a newer major (found as `libnvinfer.so`) is not the one it loads.
+pub const TENSORRT_MAJOR: u32 = 10;
 
 /// The machine facts an engine depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +38,7 @@ pub struct DeviceIdentity {
 
 impl DeviceIdentity {
     /// A short, file-name-safe key: `cpu-intel-xeon-...-ort1.31.1` or
-    /// `tensorrt-nvidia-h100-sm90-trt10.9.0-ort1.31.1`.
+    /// `tensorrt-nvidia-h100-sm90-trt10.13.2-ort1.31.1`.
     pub fn slug(&self) -> String {
         let mut parts = vec![self.backend.to_string(), slugify(&self.device)];
         if let Some(cc) = &self.compute_capability {
@@ -89,28 +100,58 @@ pub fn cpu_model(cpuinfo: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// `(name, compute capability)` of GPU `index` from `nvidia-smi --query-gpu=name,compute_cap
-/// --format=csv,noheader` output (one line per GPU: `NVIDIA H100 80GB HBM3, 9.0`).
-pub fn parse_nvidia_smi(output: &str, index: usize) -> Option<(String, String)> {
-    let line = output.lines().filter(|l| !l.trim().is_empty()).nth(index)?;
-    let (name, cc) = line.rsplit_once(',')?;
-    let (name, cc) = (name.trim(), cc.trim());
-    (!name.is_empty() && cc.chars().all(|c| c.is_ascii_digit() || c == '.') && !cc.is_empty())
-        .then(|| (name.to_string(), cc.to_string()))
+/// TensorRT's `getInferLibVersion()` value as `major.minor.patch`: `major·10000 + minor·100 +
+/// patch` since TensorRT 9 (101302 → `10.13.2`), `major·1000 + minor·100 + patch` before
+/// (8601 → `8.6.1`). A value that is not positive is returned as the bare number.
+pub fn tensorrt_version_from_int(v: i32) -> String {
+    if v <= 0 {
+        return v.to_string();
+    }
+    if v >= 10_000 {
+        format!("{}.{}.{}", v / 10_000, (v / 100) % 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, (v / 100) % 10, v % 100)
+    }
 }
 
-/// The TensorRT version from `libnvinfer.so.X.Y.Z` file names (the highest found).
-pub fn tensorrt_version<'a>(file_names: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    file_names
-        .into_iter()
-        .filter_map(|f| f.strip_prefix("libnvinfer.so."))
-        .filter(|v| v.split('.').count() >= 2 && v.split('.').all(|p| p.parse::<u32>().is_ok()))
-        .max_by_key(|v| {
-            v.split('.')
-                .map(|p| p.parse::<u32>().unwrap_or(0))
-                .collect::<Vec<_>>()
-        })
-        .map(str::to_string)
+/// `(major, minor)` of a `major.minor[.patch...]` version string.
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Refuse a TensorRT older than [`MIN_TENSORRT`] (or a version that does not parse), naming
+/// what was found and why the minimum exists, and one of another major than
+/// [`TENSORRT_MAJOR`].
+pub fn check_tensorrt(version: &str) -> Result<()> {
+    let (min_major, min_minor) = MIN_TENSORRT;
+    match major_minor(version) {
+        Some((major, _)) if major > TENSORRT_MAJOR => Err(EngineError::TensorRtMajor {
+            found: version.to_string(),
+            major: TENSORRT_MAJOR,
+        }),
+        Some(found) if found >= MIN_TENSORRT => Ok(()),
+        _ => Err(EngineError::TensorRtTooOld {
+            found: version.to_string(),
+            min: format!("{min_major}.{min_minor}"),
+        }),
+    }
+}
+
+/// A folder name for TensorRT's timing cache that changes with the compute capability and the
+/// TensorRT version (a timing cache is only valid for both): `timing-sm90-trt10.13.2`. Parts
+/// the identity lacks are left out (a CPU identity gives `timing`).
+pub fn timing_cache_name(identity: &DeviceIdentity) -> String {
+    let mut name = String::from("timing");
+    if let Some(cc) = &identity.compute_capability {
+        name.push_str(&format!("-sm{}", cc.replace('.', "")));
+    }
+    if let Some(t) = &identity.tensorrt {
+        name.push_str(&format!("-trt{t}"));
+    }
+    name
 }
 
 /// The ONNX Runtime version from its build-info string (`git-branch=rel-1.31.1, ...`), else
@@ -146,51 +187,24 @@ pub fn detect(backend: BackendKind, device_id: usize) -> Result<DeviceIdentity> 
             })
         }
         BackendKind::Cuda | BackendKind::TensorRt => {
-            let out = std::process::Command::new("nvidia-smi")
-                .args(["--query-gpu=name,compute_cap", "--format=csv,noheader"])
-                .output()
-                .map_err(|e| EngineError::Device(format!("running nvidia-smi: {e}")))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let (device, cc) = parse_nvidia_smi(&text, device_id).ok_or_else(|| {
-                EngineError::Device(format!(
-                    "nvidia-smi lists no GPU {device_id} (output: {:?})",
-                    text.trim()
-                ))
-            })?;
+            let gpu = nvlib::cuda_device(device_id)?;
             let tensorrt = if backend == BackendKind::TensorRt {
-                let names = library_files();
-                Some(
-                    tensorrt_version(names.iter().map(String::as_str)).ok_or_else(|| {
-                        EngineError::Device(
-                            "no libnvinfer.so.X.Y.Z on LD_LIBRARY_PATH: install TensorRT 10".into(),
-                        )
-                    })?,
-                )
+                let (_, raw) = nvlib::tensorrt_library_version()?;
+                let version = tensorrt_version_from_int(raw);
+                check_tensorrt(&version)?;
+                Some(version)
             } else {
                 None
             };
             Ok(DeviceIdentity {
                 backend,
-                device,
-                compute_capability: Some(cc),
+                compute_capability: Some(gpu.compute_capability_string()),
+                device: gpu.name,
                 onnxruntime,
                 tensorrt,
             })
         }
     }
-}
-
-/// File names in the directories of `LD_LIBRARY_PATH`.
-fn library_files() -> Vec<String> {
-    std::env::var("LD_LIBRARY_PATH")
-        .unwrap_or_default()
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 #[cfg(test)]
@@ -205,23 +219,6 @@ mod tests {
             Some("Intel(R) Xeon(R) Platinum 8480+")
         );
         assert_eq!(cpu_model("processor : 0\n"), None);
-        let smi = "NVIDIA H100 80GB HBM3, 9.0\nNVIDIA L40S, 8.9\n";
-        assert_eq!(
-            parse_nvidia_smi(smi, 1),
-            Some(("NVIDIA L40S".into(), "8.9".into()))
-        );
-        assert_eq!(parse_nvidia_smi(smi, 2), None);
-        assert_eq!(parse_nvidia_smi("No devices were found", 0), None);
-        assert_eq!(
-            tensorrt_version([
-                "libnvinfer.so.10",
-                "libnvinfer.so.10.9.0",
-                "libnvinfer.so.10.13.2",
-                "libcudart.so.13"
-            ])
-            .as_deref(),
-            Some("10.13.2")
-        );
         assert_eq!(
             onnxruntime_version(
                 "ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc",
@@ -265,5 +262,71 @@ mod tests {
         assert_eq!(id.onnxruntime, crate::ortlib::ORT_VERSION);
         assert!(!id.device.is_empty());
         assert!(id.slug().starts_with("cpu-"));
+    }
+
+    #[test]
+    fn tensorrt_versions_and_the_minimum() {
+        assert_eq!(tensorrt_version_from_int(101302), "10.13.2");
+        assert_eq!(tensorrt_version_from_int(100900), "10.9.0");
+        assert_eq!(tensorrt_version_from_int(110001), "11.0.1");
+        assert_eq!(tensorrt_version_from_int(8601), "8.6.1");
+        assert_eq!(tensorrt_version_from_int(0), "0");
+        assert_eq!(tensorrt_version_from_int(-5), "-5");
+        assert!(check_tensorrt("10.13.2").is_ok());
+        assert!(check_tensorrt("10.13").is_ok());
+        assert!(check_tensorrt("10.14.1").is_ok());
+        let e = check_tensorrt("11.4.0").unwrap_err().to_string();
+        assert!(
+            e.contains("11.4.0") && e.contains("libnvinfer.so.10"),
+            "{e}"
+        );
+        let e = check_tensorrt("10.9.0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "TensorRT 10.9.0 found; hyvideo needs TensorRT ≥ 10.13 (trt_load_user_initializer, \
+             for graphs over 2 GB)"
+        );
+        assert!(matches!(e, EngineError::TensorRtTooOld { .. }));
+        for bad in ["8.6.1", "10", "", "ten.13", "-5"] {
+            assert!(check_tensorrt(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timing_cache_names() {
+        let mut id = DeviceIdentity {
+            backend: BackendKind::TensorRt,
+            device: "NVIDIA H100 80GB HBM3".into(),
+            compute_capability: Some("9.0".into()),
+            onnxruntime: "1.31.1".into(),
+            tensorrt: Some("10.13.2".into()),
+        };
+        assert_eq!(timing_cache_name(&id), "timing-sm90-trt10.13.2");
+        id.compute_capability = Some("12.0".into());
+        assert_eq!(timing_cache_name(&id), "timing-sm120-trt10.13.2");
+        id.tensorrt = None;
+        assert_eq!(timing_cache_name(&id), "timing-sm120");
+        id.compute_capability = None;
+        assert_eq!(timing_cache_name(&id), "timing");
+    }
+
+    /// No NVIDIA driver here: detecting a GPU backend is an error naming the driver library.
+    #[test]
+    fn gpu_detection_names_the_driver_when_it_is_absent() {
+        crate::ortlib::environment(None).unwrap();
+        for backend in [BackendKind::Cuda, BackendKind::TensorRt] {
+            match detect(backend, 0) {
+                Err(e @ EngineError::CudaDriverMissing { .. }) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("libcuda.so.1") && msg.contains("NVIDIA driver"),
+                        "{msg}"
+                    );
+                }
+                // A machine with a driver: whatever is found or refused must name it.
+                Ok(id) => assert!(id.compute_capability.is_some(), "{id:?}"),
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod identity;
+pub mod nvlib;
 pub mod ortlib;
 pub mod placement;
 pub mod profile;

@@ -82,15 +82,16 @@ impl BackendKind {
             BackendKind::Cuda => {
                 "Use the library from the `onnxruntime-gpu` wheel (pass --ort-lib or set \
                  ORT_DYLIB_PATH) on a machine with an NVIDIA driver, with CUDA 13 and cuDNN 9 \
-                 (libcudnn*.so.9) on LD_LIBRARY_PATH; from pip (`nvidia-*-cu13`, \
-                 `nvidia-cudnn-cu13`) these are site-packages/nvidia/cu13/lib and \
-                 site-packages/nvidia/cudnn/lib"
+                 (libcudnn*.so.9) on LD_LIBRARY_PATH; from pip (`nvidia-cuda-runtime`, \
+                 `nvidia-cublas`, `nvidia-curand`, `nvidia-cudnn-cu13`) these are \
+                 site-packages/nvidia/cu13/lib and site-packages/nvidia/cudnn/lib"
             }
             BackendKind::TensorRt => {
                 "Use the library from the `onnxruntime-gpu` wheel (pass --ort-lib or set \
                  ORT_DYLIB_PATH) on a machine with an NVIDIA driver, with CUDA 13, cuDNN 9 \
                  (libcudnn*.so.9) and TensorRT >= 10.13 (libnvinfer.so.10) on LD_LIBRARY_PATH; \
-                 from pip (`nvidia-*-cu13`, `nvidia-cudnn-cu13`, `tensorrt-cu13-libs`) these are \
+                 from pip (`nvidia-cuda-runtime`, `nvidia-cublas`, `nvidia-curand`, \
+                 `nvidia-cudnn-cu13`, `tensorrt-cu13-libs>=10.13,<11`) these are \
                  site-packages/nvidia/cu13/lib, site-packages/nvidia/cudnn/lib and \
                  site-packages/tensorrt_libs"
             }

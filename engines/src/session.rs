@@ -261,6 +261,7 @@ impl Engine {
                 provider: provider.to_string(),
                 model: model.to_path_buf(),
                 reason: e.to_string(),
+                hint: provider.hint(),
             }
         })?;
         let session = match bytes {
@@ -279,7 +280,17 @@ impl Engine {
                 builder.commit_from_memory(bytes)
             }
         }
-        .map_err(|e| load_err(e.to_string()))?;
+        .map_err(|e| {
+            let reason = e.to_string();
+            if reason.contains("fallback to CPU EP has been explicitly disabled") {
+                EngineError::CpuFallbackRefused {
+                    model: model.to_path_buf(),
+                    reason,
+                }
+            } else {
+                load_err(reason)
+            }
+        })?;
         let placement = placement::read(&session).map_err(|reason| EngineError::Placement {
             model: model.to_path_buf(),
             reason,
