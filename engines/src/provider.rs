@@ -2,8 +2,10 @@
 //! registers (in which order, with which options), and the checks that make a requested
 //! provider an error rather than a silent CPU fallback.
 //!
-//! Mirrors ort's typed EP option structs (`ep::CUDA`, `ep::TensorRT`); the TensorRT options are
-//! the ones NVIDIA's demoDiffusion and ONNX Runtime's TensorRT EP docs use for cached engines.
+//! The options are listed as key/values ([`Backend::registrations`], a pure function) and passed
+//! with ort's `with_arbitrary_config`, under the names ort's typed EP builders (`ep::CUDA`,
+//! `ep::TensorRT`) write; the TensorRT options are the ones NVIDIA's demoDiffusion and ONNX
+//! Runtime's TensorRT EP docs use for cached engines.
 //! Registration order follows ONNX Runtime's TensorRT EP docs: TensorRT first, then CUDA on
 //! the same device, so nodes TensorRT rejects run on CUDA rather than the CPU.
 //!
