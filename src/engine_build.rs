@@ -27,7 +27,7 @@ use hyvideo::text::{LlamaPrompts, MAX_SEQUENCE_LENGTH, TextError};
 use hyvideo::vae_tiling;
 use hyvideo_bundle::profile::{ProfileContext, ProfileError, Range3, ShapePreset, input_ranges};
 use hyvideo_bundle::{AttentionKernel, Component, Manifest};
-use hyvideo_engines::identity::detect;
+use hyvideo_engines::identity::{detect, timing_cache_name};
 use hyvideo_engines::profile::profile_hash;
 use hyvideo_engines::{
     Backend, BackendKind, Engine, EngineError, InputProfile, SessionConfig, TensorRtOptions,
@@ -197,7 +197,7 @@ pub fn build(
                     // the context model's folder and writes this relative path into the model
                     // (it refuses absolute ones at load), so the directory can be renamed.
                     engine_cache_dir: Some(PathBuf::from(TRT_ENGINE_DIR)),
-                    timing_cache_dir: Some(out_root.join("timing_cache")),
+                    timing_cache_dir: Some(out_root.join(timing_cache_name(&identity))),
                     builder_optimization_level: Some(3),
                     profiles: input_profiles.clone(),
                     ep_context_file: Some(staging.path().join(&ctx)),

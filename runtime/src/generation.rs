@@ -406,6 +406,24 @@ impl Pipeline {
         })
     }
 
+    /// Where ONNX Runtime placed each resident component's nodes: the providers that actually
+    /// run them (a requested GPU provider may leave nodes to another one).
+    pub fn placements(&self) -> Vec<(Component, hyvideo_engines::Placement)> {
+        let mut out = vec![];
+        if let Some(t) = &self.text {
+            let [l, c] = t.placements();
+            out.push((Component::TextEncoder, l.clone()));
+            out.push((Component::TextEncoder2, c.clone()));
+        }
+        if let Some(t) = &self.transformer {
+            out.push((Component::Transformer, t.placement().clone()));
+        }
+        if let Some(v) = &self.vae {
+            out.push((Component::VaeDecoder, v.placement().clone()));
+        }
+        out
+    }
+
     /// The stages whose models are in memory now.
     pub fn resident_stages(&self) -> Vec<Stage> {
         [

@@ -170,6 +170,11 @@ impl TextEncoders {
         (self.llama.provider(), self.clip.provider())
     }
 
+    /// Where ONNX Runtime placed the Llama and the CLIP graphs' nodes.
+    pub fn placements(&self) -> [&hyvideo_engines::Placement; 2] {
+        [self.llama.placement(), self.clip.placement()]
+    }
+
     /// `prompt_embeds` [B, 256, D] with its mask, and `pooled_prompt_embeds` [B, P]
     /// (diffusers `encode_prompt`).
     /// `on_encoder` is called after each of the two encoders ran.

@@ -336,6 +336,11 @@ impl Transformer {
         self.engine.provider()
     }
 
+    /// Where ONNX Runtime placed the graph's nodes (which providers actually run it).
+    pub fn placement(&self) -> &hyvideo_engines::Placement {
+        self.engine.placement()
+    }
+
     /// The attention implementation this session runs.
     pub fn attention(&self) -> AttentionKernel {
         self.attention

@@ -75,6 +75,11 @@ impl VaeDecoder {
         self.engine.provider()
     }
 
+    /// Where ONNX Runtime placed the graph's nodes (which providers actually run it).
+    pub fn placement(&self) -> &hyvideo_engines::Placement {
+        self.engine.placement()
+    }
+
     /// The tile plan for latents of `shape` under `tiling` (with this VAE's ratios).
     pub fn plan(&self, shape: [usize; 5], tiling: &TilingConfig) -> Result<TilePlan, VaeError> {
         let cfg = TilingConfig {

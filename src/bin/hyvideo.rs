@@ -222,8 +222,9 @@ fn check_output_dir(flag: &str, path: &Path) -> Result<()> {
 }
 
 /// The per-stage latency table every subcommand ends with (seconds per stage), then the peak
-/// resident memory and the execution provider that actually ran.
-fn report(stages: &[(String, f64)], provider: BackendKind) {
+/// resident memory, the execution provider asked for and where ONNX Runtime actually placed each
+/// loaded component's nodes.
+fn report(stages: &[(String, f64)], provider: BackendKind, pipeline: &Pipeline) {
     println!("stage            seconds");
     for (name, secs) in stages {
         println!("{name:<16} {secs:>8.3}");
@@ -235,6 +236,18 @@ fn report(stages: &[(String, f64)], provider: BackendKind) {
         );
     }
     println!("provider: {provider}");
+    for (component, placement) in pipeline.placements() {
+        println!("  {component}: {placement}");
+    }
+}
+
+/// Each resident component's node placement, as the run record holds it.
+fn placement_record(pipeline: &Pipeline) -> std::collections::BTreeMap<String, String> {
+    pipeline
+        .placements()
+        .into_iter()
+        .map(|(c, p)| (c.to_string(), p.to_string()))
+        .collect()
 }
 
 fn progress(total: usize, what: &str) -> ProgressBar {
@@ -327,6 +340,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
             ("write video".into(), write_s),
         ],
         provider,
+        &pipeline,
     );
     for w in written {
         println!("wrote {}", w.display());
@@ -396,6 +410,7 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
             ("  per step".into(), mean),
         ],
         provider,
+        &pipeline,
     );
     println!("wrote {}", args.output_latents.display());
     Ok(())
@@ -475,6 +490,8 @@ struct RunRecord<'a> {
     provider: String,
     /// The transformer's attention: `multi_head_attention` (fused) or `standard`.
     transformer_attention: AttentionKernel,
+    /// Where ONNX Runtime placed each resident component's nodes, per provider.
+    placement: std::collections::BTreeMap<String, String>,
     stages_seconds: Vec<(String, f64)>,
     peak_rss_mib: Option<f64>,
     outputs: Vec<String>,
@@ -577,6 +594,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         precision: manifest.precision.to_string(),
         provider: model.provider().to_string(),
         transformer_attention: model.attention(),
+        placement: placement_record(&pipeline),
         stages_seconds: stages.clone(),
         peak_rss_mib: hyvideo::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
         outputs: outputs.clone(),
@@ -585,7 +603,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let json = serde_json::to_vec_pretty(&record)?;
     hyvideo::atomic::write_file(&json_path, &json)
         .with_context(|| format!("writing {}", json_path.display()))?;
-    report(&stages, model.provider());
+    report(&stages, model.provider(), &pipeline);
     for o in outputs {
         println!("wrote {o}");
     }
@@ -920,6 +938,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             "peak_rss_mib": rss,
             "native_peak_rss_mib": native_rss,
             "provider": provider.to_string(),
+            "placement": placement_record(&pipeline),
             "threads": args.runtime.session.threads,
             "load_seconds": load_s,
         });

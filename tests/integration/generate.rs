@@ -106,6 +106,20 @@ fn check_run(extra: &[&str], prefix: &str) {
             .is_some_and(|s| s.len() >= 4)
     );
     assert_eq!(json["flow_direction"], "reverse");
+    // Where ONNX Runtime actually placed each component's nodes: all on the CPU provider here.
+    for c in [
+        "text_encoder",
+        "text_encoder_2",
+        "transformer",
+        "vae_decoder",
+    ] {
+        let p = json["placement"][c].as_str().unwrap_or_default();
+        assert!(
+            p.starts_with("CPUExecutionProvider: ") && p.contains(" nodes"),
+            "{c}: {p}"
+        );
+        assert!(!p.contains(','), "{c}: one provider only: {p}");
+    }
     assert_eq!(
         json["tiling"],
         serde_json::json!({
