@@ -27,7 +27,7 @@ use hyvideo::text::{LlamaPrompts, MAX_SEQUENCE_LENGTH, TextError};
 use hyvideo::vae_tiling;
 use hyvideo_bundle::profile::{ProfileContext, ProfileError, Range3, ShapePreset, input_ranges};
 use hyvideo_bundle::{AttentionKernel, Component, Manifest};
-use hyvideo_engines::identity::{detect, timing_cache_name};
+use hyvideo_engines::identity::{DeviceIdentity, detect, timing_cache_name};
 use hyvideo_engines::profile::profile_hash;
 use hyvideo_engines::{
     Backend, BackendKind, Engine, EngineError, InputProfile, SessionConfig, TensorRtOptions,
@@ -106,6 +106,26 @@ fn backend_for(kind: BackendKind, device_id: i32, options: TensorRtOptions) -> B
         BackendKind::Cpu => Backend::Cpu,
         BackendKind::Cuda => Backend::Cuda { device_id },
         BackendKind::TensorRt => Backend::TensorRt { device_id, options },
+    }
+}
+
+/// The TensorRT provider options of one component's build: its EP-context model at `context`,
+/// the engine cache relative to it ([`TRT_ENGINE_DIR`]: ONNX Runtime then writes that relative
+/// path into the context model and refuses absolute ones or `..` at load, and the build folder
+/// can be renamed into place), a timing cache shared under `out_root` per compute capability
+/// and TensorRT version, builder optimisation level 3 (demoDiffusion's), the explicit profile.
+pub fn tensorrt_options(
+    context: &Path,
+    out_root: &Path,
+    identity: &DeviceIdentity,
+    profiles: &[InputProfile],
+) -> TensorRtOptions {
+    TensorRtOptions {
+        engine_cache_dir: Some(PathBuf::from(TRT_ENGINE_DIR)),
+        timing_cache_dir: Some(out_root.join(timing_cache_name(identity))),
+        builder_optimization_level: Some(3),
+        profiles: profiles.to_vec(),
+        ep_context_file: Some(context.to_path_buf()),
     }
 }
 
@@ -192,16 +212,12 @@ pub fn build(
             }
             BackendKind::TensorRt => {
                 let ctx = format!("{name}_ctx.onnx");
-                let options = TensorRtOptions {
-                    // Relative: with an EP-context model ONNX Runtime puts the engine cache under
-                    // the context model's folder and writes this relative path into the model
-                    // (it refuses absolute ones at load), so the directory can be renamed.
-                    engine_cache_dir: Some(PathBuf::from(TRT_ENGINE_DIR)),
-                    timing_cache_dir: Some(out_root.join(timing_cache_name(&identity))),
-                    builder_optimization_level: Some(3),
-                    profiles: input_profiles.clone(),
-                    ep_context_file: Some(staging.path().join(&ctx)),
-                };
+                let options = tensorrt_options(
+                    &staging.path().join(&ctx),
+                    out_root,
+                    &identity,
+                    input_profiles,
+                );
                 let cfg = base
                     .clone()
                     .with_backend(backend_for(kind, device_id, options));
@@ -323,5 +339,39 @@ mod tests {
             let e = ShapePreset::load(&f).unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains("p.yaml"), "{e}");
         }
+    }
+
+    #[test]
+    fn tensorrt_builds_keep_engine_caches_relative_to_their_context_models() {
+        let id = DeviceIdentity {
+            backend: BackendKind::TensorRt,
+            device: "NVIDIA H100".into(),
+            compute_capability: Some("9.0".into()),
+            onnxruntime: "1.31.1".into(),
+            tensorrt: Some("10.13.2".into()),
+        };
+        let staging = Path::new("/models/engines/.engines-x");
+        let p = InputProfile::fixed("input_ids", vec![1, 77]).unwrap();
+        let o = tensorrt_options(
+            &staging.join("text_encoder_2_ctx.onnx"),
+            Path::new("/models/engines"),
+            &id,
+            std::slice::from_ref(&p),
+        );
+        let cache = o.engine_cache_dir.unwrap();
+        assert!(cache.is_relative() && !cache.to_string_lossy().contains(".."));
+        assert_eq!(cache, Path::new(TRT_ENGINE_DIR));
+        assert_eq!(
+            o.ep_context_file.as_deref(),
+            Some(staging.join("text_encoder_2_ctx.onnx").as_path())
+        );
+        let timing = o.timing_cache_dir.unwrap();
+        assert!(
+            timing.starts_with("/models/engines"),
+            "shared across builds"
+        );
+        let name = timing.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.contains("sm90") && name.contains("10.13.2"), "{name}");
+        assert_eq!(o.profiles, [p]);
     }
 }
