@@ -48,6 +48,51 @@ enum Command {
     /// Run the denoising loop from saved prompt embeddings and initial latents (the text
     /// encoders come later): writes the final latents for `hyvideo decode`.
     Denoise(DenoiseArgs),
+    /// Serve the OpenAI-compatible `/v1/videos` API: the engines loaded once, jobs in a durable
+    /// queue in --data-dir, one worker running them.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Bundle directory with all four components.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Address to listen on; a non-loopback one needs --api-key.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// Where the queue database and the videos live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Bearer token every /v1 request must carry.
+    #[arg(long, env = "HYVIDEO_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The job queue: `sqlite` (in --data-dir; the default). A shared PostgreSQL queue for
+    /// several servers is not available in this version.
+    #[arg(long, default_value = "sqlite")]
+    queue: String,
+    /// This worker's name in the video objects (default host:pid).
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Queued jobs at most (the running one not counted); more get 429.
+    #[arg(long, default_value_t = 100)]
+    max_queue: usize,
+    #[arg(long, default_value_t = 1000)]
+    max_steps: usize,
+    #[arg(long, default_value_t = 129)]
+    max_frames: usize,
+    /// Longest side in pixels.
+    #[arg(long, default_value_t = 1280)]
+    max_size: usize,
+    /// Seconds a worker's claim on a job lasts unless renewed (a dead worker's job runs again
+    /// after it).
+    #[arg(long, default_value_t = 30)]
+    lease_seconds: i64,
+    /// Hours a finished video is kept (its `expires_at`).
+    #[arg(long, default_value_t = 24)]
+    retention: i64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(clap::Args)]
@@ -197,6 +242,7 @@ fn main() {
         Command::Denoise(args) => denoise_cmd(args),
         Command::Generate(args) => generate(args),
         Command::Bench(args) => bench_cmd(args),
+        Command::Serve(args) => serve_cmd(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", hyvideo_cli::cli::error_chain(e.as_ref()));
@@ -945,5 +991,54 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("--json {}", p.display()))?;
     }
+    Ok(())
+}
+
+fn serve_cmd(args: ServeArgs) -> Result<()> {
+    use hyvideo_server::request::Limits;
+    use hyvideo_server::serve::{ServeConfig, Server, default_worker_id, wait_for_signal};
+    if args.queue != "sqlite" {
+        bail!(
+            "--queue {}: only `sqlite` (the default, in --data-dir) is available in this version; \
+             a PostgreSQL queue shared by several servers is not implemented yet",
+            args.queue
+        );
+    }
+    if args.lease_seconds < 3 {
+        bail!("--lease-seconds {}: at least 3", args.lease_seconds);
+    }
+    let config = ServeConfig {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_queue: args.max_queue,
+        limits: Limits {
+            max_steps: args.max_steps,
+            max_frames: args.max_frames,
+            max_size: args.max_size,
+            ..Limits::default()
+        },
+        lease_secs: args.lease_seconds,
+        retention_secs: args.retention.max(0) * 3600,
+        worker_id: args.worker_id.clone().unwrap_or_else(default_worker_id),
+        body_limit: 1 << 20,
+    };
+    if !config.listen.ip().is_loopback() && config.api_key.is_none() {
+        bail!(hyvideo_server::serve::ServeError::OpenWithoutKey(
+            config.listen
+        ));
+    }
+    let t = Instant::now();
+    let pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
+    eprintln!(
+        "serve: loaded {} in {:.1} s",
+        args.bundle.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let server = Server::start(config, pipeline)?;
+    println!("listening on http://{}", server.addr());
+    wait_for_signal()?;
+    eprintln!("serve: stopping");
+    server.stop();
     Ok(())
 }

@@ -12,6 +12,7 @@ mod generate;
 mod graphs;
 mod pipeline;
 mod precision;
+mod serve;
 mod text_encoders;
 mod transformer;
 mod vae;

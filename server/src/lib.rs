@@ -1,0 +1,18 @@
+//! hyvideo-server: `hyvideo serve` — the OpenAI Videos API (`/v1/videos`, as the `openai` SDK
+//! sends it) over a durable job queue, with one worker per process running the runtime's
+//! `Pipeline` (engines loaded once, any number of jobs).
+//!
+//! - [`request`]: create bodies (JSON or multipart) parsed and validated into job settings, each
+//!   error naming its field;
+//! - [`video`]: the video object the API answers with;
+//! - [`queue`]: the SQLite job queue (durable across restarts, leases for crashed workers);
+//! - [`error`]: the OpenAI error shape;
+//! - [`api`]: the routes; [`worker`]: the job loop.
+
+pub mod api;
+pub mod error;
+pub mod queue;
+pub mod request;
+pub mod serve;
+pub mod video;
+pub mod worker;

@@ -1,0 +1,461 @@
+//! `POST /v1/videos` bodies → validated job settings. The same fields arrive as JSON (numbers
+//! as numbers) or as multipart/form-data (what the `openai` SDK sends; every value is text), so
+//! both become a map of field → JSON value first and one parser reads it, naming the field of
+//! every error (`param`).
+//!
+//! Fields: OpenAI's `prompt`, `model`, `size` ("WIDTHxHEIGHT"), `seconds` (string or number),
+//! and HunyuanVideo's, named as diffusers' `HunyuanVideoPipeline.__call__` arguments:
+//! `num_frames` (4k + 1, wins over `seconds`), `num_inference_steps`, `guidance_scale` (the
+//! embedded guidance), `true_cfg_scale` with `negative_prompt`, `flow_shift`, `seed`, `fps`.
+//! Defaults are `hyvideo generate`'s (720 × 1280, 129 frames, 50 steps, guidance 6, shift 7,
+//! 24 fps, sampling 1 → 0).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// What a server accepts at most (its `--max-*` flags and what its engines admit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_steps: usize,
+    pub max_frames: usize,
+    /// Longest side, pixels.
+    pub max_size: usize,
+    /// Characters of a prompt (and of a negative prompt).
+    pub max_prompt_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_steps: 1000,
+            max_frames: 129,
+            max_size: 1280,
+            max_prompt_chars: 4000,
+        }
+    }
+}
+
+/// Model names accepted besides the bundle's: OpenAI's, which the SDK sends by default; they
+/// are ignored (the bundle is what runs).
+pub const OPENAI_MODELS: [&str; 2] = ["sora-2", "sora-2-pro"];
+/// The name this server answers to.
+pub const MODEL: &str = "hunyuanvideo";
+
+/// One validated job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSettings {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub model: String,
+    pub width: usize,
+    pub height: usize,
+    pub num_frames: usize,
+    pub num_inference_steps: usize,
+    pub guidance_scale: f32,
+    pub true_cfg_scale: f32,
+    pub flow_shift: f32,
+    pub seed: u64,
+    pub fps: u32,
+}
+
+impl JobSettings {
+    /// The video's length as the API reports it (`seconds`, a string).
+    pub fn seconds(&self) -> String {
+        let s = self.num_frames as f64 / self.fps.max(1) as f64;
+        let r = (s * 100.0).round() / 100.0;
+        if r.fract() == 0.0 {
+            format!("{r:.0}")
+        } else {
+            format!("{r}")
+        }
+    }
+
+    pub fn size(&self) -> String {
+        format!("{}x{}", self.width, self.height)
+    }
+}
+
+const FIELDS: [&str; 13] = [
+    "prompt",
+    "model",
+    "size",
+    "seconds",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "true_cfg_scale",
+    "negative_prompt",
+    "flow_shift",
+    "seed",
+    "fps",
+    "input_reference",
+];
+
+fn text<'a>(v: &'a Value, param: &str) -> Result<&'a str, ApiError> {
+    v.as_str()
+        .ok_or_else(|| ApiError::invalid(param, "must be a string"))
+}
+
+/// A number given as a JSON number or as text (multipart).
+fn number(v: &Value, param: &str) -> Result<f64, ApiError> {
+    let n = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(x) if x.is_finite() => Ok(x),
+        _ => Err(ApiError::invalid(
+            param,
+            format!("must be a number, got {v}"),
+        )),
+    }
+}
+
+fn integer(v: &Value, param: &str) -> Result<u64, ApiError> {
+    let x = number(v, param)?;
+    if x < 0.0 || x.fract() != 0.0 || x > u64::MAX as f64 {
+        return Err(ApiError::invalid(
+            param,
+            format!("must be a non-negative integer, got {v}"),
+        ));
+    }
+    Ok(x as u64)
+}
+
+fn in_range(param: &str, v: u64, min: u64, max: u64) -> Result<usize, ApiError> {
+    if v < min || v > max {
+        return Err(ApiError::invalid(
+            param,
+            format!("{v} is outside {min}..={max}"),
+        ));
+    }
+    Ok(v as usize)
+}
+
+/// Parse "WIDTHxHEIGHT": both positive multiples of 16, the longest side at most `max`.
+fn size(v: &Value, max: usize) -> Result<(usize, usize), ApiError> {
+    let s = text(v, "size")?;
+    let parts: Vec<&str> = s.split(['x', 'X']).collect();
+    let [w, h] = parts.as_slice() else {
+        return Err(ApiError::invalid(
+            "size",
+            format!("`{s}` is not WIDTHxHEIGHT"),
+        ));
+    };
+    let (Ok(w), Ok(h)) = (w.trim().parse::<usize>(), h.trim().parse::<usize>()) else {
+        return Err(ApiError::invalid(
+            "size",
+            format!("`{s}` is not WIDTHxHEIGHT"),
+        ));
+    };
+    if w == 0 || h == 0 || !w.is_multiple_of(16) || !h.is_multiple_of(16) {
+        return Err(ApiError::invalid(
+            "size",
+            format!("{w}x{h}: width and height must be positive multiples of 16"),
+        ));
+    }
+    if w.max(h) > max {
+        return Err(ApiError::invalid(
+            "size",
+            format!("{w}x{h}: the longest side may be at most {max} pixels here"),
+        ));
+    }
+    Ok((w, h))
+}
+
+/// The nearest 4k + 1 frame count to `seconds` at `fps` (at least 1).
+pub fn frames_for_seconds(seconds: f64, fps: u32) -> usize {
+    let f = (seconds * fps as f64).max(1.0);
+    let k = ((f - 1.0) / 4.0).round().max(0.0) as usize;
+    4 * k + 1
+}
+
+/// Validate a create body given as field → value.
+pub fn parse(fields: &BTreeMap<String, Value>, limits: &Limits) -> Result<JobSettings, ApiError> {
+    if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(k, "unknown field"));
+    }
+    if fields.contains_key("input_reference") {
+        return Err(ApiError::invalid(
+            "input_reference",
+            "image-to-video needs an image-to-video bundle; this server runs text-to-video",
+        ));
+    }
+    let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
+    let prompt = get("prompt")
+        .ok_or_else(|| ApiError::invalid("prompt", "is required"))
+        .and_then(|v| text(v, "prompt"))?;
+    let prompt_check = |param: &str, p: &str| -> Result<String, ApiError> {
+        if p.trim().is_empty() {
+            return Err(ApiError::invalid(param, "is empty"));
+        }
+        if p.chars().count() > limits.max_prompt_chars {
+            return Err(ApiError::invalid(
+                param,
+                format!("is longer than {} characters", limits.max_prompt_chars),
+            ));
+        }
+        Ok(p.to_owned())
+    };
+    let prompt = prompt_check("prompt", prompt)?;
+    let model = match get("model") {
+        None => MODEL.to_owned(),
+        Some(v) => {
+            let m = text(v, "model")?;
+            if m != MODEL && !OPENAI_MODELS.contains(&m) {
+                return Err(ApiError::invalid(
+                    "model",
+                    format!("this server runs `{MODEL}`, not `{m}`"),
+                ));
+            }
+            m.to_owned()
+        }
+    };
+    let (width, height) = match get("size") {
+        Some(v) => size(v, limits.max_size)?,
+        None => (
+            1280.min(limits.max_size / 16 * 16),
+            720.min(limits.max_size / 16 * 16),
+        ),
+    };
+    let fps = match get("fps") {
+        Some(v) => in_range("fps", integer(v, "fps")?, 1, 120)? as u32,
+        None => 24,
+    };
+    let max_frames = limits.max_frames as u64;
+    let num_frames = match (get("num_frames"), get("seconds")) {
+        (Some(v), _) => {
+            let f = in_range("num_frames", integer(v, "num_frames")?, 1, max_frames)?;
+            if !(f - 1).is_multiple_of(4) {
+                return Err(ApiError::invalid(
+                    "num_frames",
+                    format!("{f} is not of the form 4k + 1 (1, 5, 9, ..., 129)"),
+                ));
+            }
+            f
+        }
+        (None, Some(v)) => {
+            let s = number(v, "seconds")?;
+            if s <= 0.0 {
+                return Err(ApiError::invalid("seconds", format!("{s} is not positive")));
+            }
+            let f = frames_for_seconds(s, fps);
+            if f > limits.max_frames {
+                return Err(ApiError::invalid(
+                    "seconds",
+                    format!("{s} s at {fps} fps is {f} frames; at most {max_frames} here"),
+                ));
+            }
+            f
+        }
+        (None, None) => 129.min(limits.max_frames.saturating_sub(1) / 4 * 4 + 1),
+    };
+    let steps = match get("num_inference_steps") {
+        Some(v) => in_range(
+            "num_inference_steps",
+            integer(v, "num_inference_steps")?,
+            1,
+            limits.max_steps as u64,
+        )?,
+        None => 50.min(limits.max_steps),
+    };
+    let float = |k: &str, default: f32, min: f64, max: f64| -> Result<f32, ApiError> {
+        match get(k) {
+            None => Ok(default),
+            Some(v) => {
+                let x = number(v, k)?;
+                if x < min || x > max {
+                    return Err(ApiError::invalid(
+                        k,
+                        format!("{x} is outside {min}..={max}"),
+                    ));
+                }
+                Ok(x as f32)
+            }
+        }
+    };
+    let guidance_scale = float("guidance_scale", 6.0, 0.0, 100.0)?;
+    let true_cfg_scale = float("true_cfg_scale", 1.0, 1.0, 100.0)?;
+    let flow_shift = float("flow_shift", 7.0, 1e-3, 100.0)?;
+    let negative_prompt = match get("negative_prompt") {
+        Some(v) => Some(prompt_check(
+            "negative_prompt",
+            text(v, "negative_prompt")?,
+        )?),
+        None => None,
+    };
+    if true_cfg_scale > 1.0 && negative_prompt.is_none() {
+        return Err(ApiError::invalid(
+            "negative_prompt",
+            "true_cfg_scale above 1 (true classifier-free guidance) needs a negative_prompt",
+        ));
+    }
+    let seed = match get("seed") {
+        Some(v) => integer(v, "seed")?,
+        None => random_seed(),
+    };
+    Ok(JobSettings {
+        prompt,
+        negative_prompt,
+        model,
+        width,
+        height,
+        num_frames,
+        num_inference_steps: steps,
+        guidance_scale,
+        true_cfg_scale,
+        flow_shift,
+        seed,
+        fps,
+    })
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing OS random source leaves seed 0: still a valid, recorded seed.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) >> 1
+}
+
+/// A fresh job id: `video_` and 24 random hex digits (never built from user input).
+pub fn new_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("video_{hex}")
+}
+
+/// Whether `id` has the form [`new_id`] makes (checked before any lookup or path).
+pub fn is_job_id(id: &str) -> bool {
+    id.strip_prefix("video_")
+        .is_some_and(|h| h.len() == 24 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> BTreeMap<String, Value> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn err(v: Value) -> ApiError {
+        parse(&body(v), &Limits::default()).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_are_generates_and_text_numbers_parse() {
+        let s = parse(
+            &body(json!({"prompt": "a cat", "seed": 3})),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.width, s.height, s.num_frames, s.num_inference_steps),
+            (1280, 720, 129, 50)
+        );
+        assert_eq!(
+            (s.guidance_scale, s.flow_shift, s.fps, s.seed),
+            (6.0, 7.0, 24, 3)
+        );
+        assert_eq!(s.model, MODEL);
+        // Multipart sends every value as text.
+        let m = parse(
+            &body(json!({"prompt": "a cat", "size": "480x320", "seconds": "4",
+                         "num_inference_steps": "8", "guidance_scale": "5.5", "seed": "9"})),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!((m.width, m.height, m.num_frames), (480, 320, 97));
+        assert_eq!(
+            (m.num_inference_steps, m.guidance_scale, m.seed),
+            (8, 5.5, 9)
+        );
+        assert_eq!(m.seconds(), "4.04");
+        // num_frames wins over seconds.
+        let n = parse(
+            &body(json!({"prompt": "x", "seconds": 4, "num_frames": 33})),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(n.num_frames, 33);
+        assert_eq!(frames_for_seconds(0.01, 24), 1);
+        assert_eq!(frames_for_seconds(5.375, 24), 129);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        for (b, param) in [
+            (json!({}), "prompt"),
+            (json!({"prompt": "  "}), "prompt"),
+            (json!({"prompt": 3}), "prompt"),
+            (json!({"prompt": "a", "colour": "red"}), "colour"),
+            (json!({"prompt": "a", "model": "other"}), "model"),
+            (json!({"prompt": "a", "size": "1280"}), "size"),
+            (json!({"prompt": "a", "size": "1270x720"}), "size"),
+            (json!({"prompt": "a", "size": "2048x1152"}), "size"),
+            (json!({"prompt": "a", "num_frames": 8}), "num_frames"),
+            (json!({"prompt": "a", "num_frames": 133}), "num_frames"),
+            (json!({"prompt": "a", "seconds": "ten"}), "seconds"),
+            (json!({"prompt": "a", "seconds": 60}), "seconds"),
+            (
+                json!({"prompt": "a", "num_inference_steps": 0}),
+                "num_inference_steps",
+            ),
+            (
+                json!({"prompt": "a", "num_inference_steps": 2.5}),
+                "num_inference_steps",
+            ),
+            (
+                json!({"prompt": "a", "num_inference_steps": 5000}),
+                "num_inference_steps",
+            ),
+            (
+                json!({"prompt": "a", "guidance_scale": "NaN"}),
+                "guidance_scale",
+            ),
+            (
+                json!({"prompt": "a", "true_cfg_scale": 4}),
+                "negative_prompt",
+            ),
+            (json!({"prompt": "a", "flow_shift": 0}), "flow_shift"),
+            (json!({"prompt": "a", "seed": -1}), "seed"),
+            (json!({"prompt": "a", "fps": 0}), "fps"),
+            (
+                json!({"prompt": "a", "input_reference": "x"}),
+                "input_reference",
+            ),
+            (json!({"prompt": "a".repeat(4001)}), "prompt"),
+        ] {
+            let e = err(b.clone());
+            assert_eq!(e.param.as_deref(), Some(param), "{b}: {e:?}");
+            assert!(e.message.starts_with(param), "{b}: {}", e.message);
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn ids_are_server_made_and_checked() {
+        let a = new_id();
+        assert!(is_job_id(&a), "{a}");
+        assert_ne!(a, new_id());
+        for bad in [
+            "video_../../etc",
+            "video_",
+            "x",
+            "video_0123456789abcdef0123456g",
+        ] {
+            assert!(!is_job_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Starting and stopping a server: the checks made before anything listens (no non-loopback
+//! address without an API key), the data dir and its SQLite queue (jobs a previous process left
+//! running are released to run again), the one worker thread holding the loaded `Pipeline`, the
+//! HTTP listener, and a graceful stop (no new jobs; the running one is cancelled and, as its
+//! lease is released at the next start, runs again).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyvideo::generation::Pipeline;
+
+use crate::api::{AppState, router};
+use crate::queue::{QueueError, SqliteQueue};
+use crate::request::Limits;
+use crate::worker::{Running, Worker};
+
+/// Everything `hyvideo serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_key: Option<String>,
+    pub max_queue: usize,
+    pub limits: Limits,
+    pub lease_secs: i64,
+    pub retention_secs: i64,
+    pub worker_id: String,
+    pub body_limit: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {0} without an API key: pass --api-key KEY (or set \
+         HYVIDEO_API_KEY), or listen on a loopback address such as 127.0.0.1"
+    )]
+    OpenWithoutKey(SocketAddr),
+    #[error("{}: {source}", .path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the server runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    running: Running,
+    stop_http: Option<tokio::sync::oneshot::Sender<()>>,
+    http: Option<std::thread::JoinHandle<()>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Check the configuration, open the queue, start the worker on `pipeline` and listen.
+    pub fn start(config: ServeConfig, pipeline: Pipeline) -> Result<Server, ServeError> {
+        if !config.listen.ip().is_loopback() && config.api_key.is_none() {
+            return Err(ServeError::OpenWithoutKey(config.listen));
+        }
+        let videos = config.data_dir.join("videos");
+        std::fs::create_dir_all(&videos).map_err(|source| ServeError::DataDir {
+            path: videos.clone(),
+            source,
+        })?;
+        let queue = Arc::new(SqliteQueue::open(&config.data_dir.join("queue.sqlite3"))?);
+        let released = queue.release_orphans(&config.worker_id)?;
+        if released > 0 {
+            eprintln!("serve: {released} job(s) left running by a previous process will run again");
+        }
+        let running: Running = Arc::new(Mutex::new(Default::default()));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AppState {
+            queue: queue.clone(),
+            data_dir: config.data_dir.clone(),
+            limits: config.limits.clone(),
+            api_key: config.api_key.clone(),
+            max_queue: config.max_queue,
+            running: running.clone(),
+            ready: AtomicBool::new(true),
+            poll_after_ms: 1000,
+            body_limit: config.body_limit,
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(ServeError::Runtime)?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(config.listen))
+            .map_err(|source| ServeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(state);
+        let http = std::thread::spawn(move || {
+            rt.block_on(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    eprintln!("serve: {e}");
+                }
+            });
+        });
+        let worker = Worker {
+            queue,
+            pipeline,
+            data_dir: config.data_dir.clone(),
+            id: config.worker_id.clone(),
+            lease_secs: config.lease_secs,
+            retention_secs: config.retention_secs,
+            running: running.clone(),
+            shutdown: shutdown.clone(),
+            idle: Duration::from_millis(100),
+        };
+        let worker = std::thread::spawn(move || worker.run());
+        eprintln!(
+            "serve: listening on http://{addr} (worker {})",
+            config.worker_id
+        );
+        Ok(Server {
+            addr,
+            shutdown,
+            running,
+            stop_http: Some(stop_tx),
+            http: Some(http),
+            worker: Some(worker),
+        })
+    }
+
+    /// Where it listens (the port chosen when `listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop taking jobs, cancel the running one (it runs again at the next start) and stop
+    /// listening; returns when both threads are done.
+    pub fn stop(mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Ok(r) = self.running.lock() {
+            for c in r.values() {
+                c.cancel();
+            }
+        }
+        if let Some(tx) = self.stop_http.take() {
+            let _ = tx.send(());
+        }
+        for t in [self.worker.take(), self.http.take()].into_iter().flatten() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Block until SIGINT or SIGTERM.
+pub fn wait_for_signal() -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
+}
+
+/// `host:pid`, the default worker id.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}

@@ -1,0 +1,252 @@
+//! The job loop of one server process: claim the oldest runnable job from the queue (with a
+//! lease this worker renews while it runs), run it on the loaded `Pipeline` — the engines are
+//! loaded once for every job — reporting progress from the real step and tile counts, stop it
+//! when it is deleted (cooperative cancellation between denoising steps and decode tiles), and
+//! write the MP4 and its first-frame PNG under temporary names renamed into place before the
+//! job is marked completed. A worker that dies leaves its lease to run out; the job then runs
+//! again from the start on whichever worker claims it (attempts are counted by the queue).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyvideo::generation::{
+    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Sampling,
+};
+use hyvideo::video::{Video, save_video};
+
+use crate::queue::{Job, SqliteQueue};
+use crate::request::JobSettings;
+use crate::video::progress;
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a job's files live under the data dir (from its server-made id only).
+pub fn video_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("videos").join(format!("{id}.mp4"))
+}
+
+pub fn thumbnail_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("videos").join(format!("{id}.png"))
+}
+
+/// The running jobs' cancel flags, shared with the API (DELETE cancels through them).
+pub type Running = Arc<Mutex<HashMap<String, CancelFlag>>>;
+
+/// What one worker needs.
+pub struct Worker {
+    pub queue: Arc<SqliteQueue>,
+    pub pipeline: Pipeline,
+    pub data_dir: PathBuf,
+    pub id: String,
+    pub lease_secs: i64,
+    pub retention_secs: i64,
+    pub running: Running,
+    pub shutdown: Arc<AtomicBool>,
+    /// How long to wait when the queue is empty.
+    pub idle: Duration,
+}
+
+/// What ended a job.
+enum Outcome {
+    Completed {
+        timings: serde_json::Value,
+    },
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+    /// Deleted while it ran, or its lease lost to another worker: nothing to record.
+    Abandoned,
+}
+
+impl Worker {
+    /// Run jobs until `shutdown` is set (the running job is finished first); between jobs,
+    /// delete the videos whose retention ran out.
+    pub fn run(mut self) {
+        let mut last_sweep = Instant::now() - Duration::from_secs(3600);
+        while !self.shutdown.load(Ordering::SeqCst) {
+            if last_sweep.elapsed() >= Duration::from_secs(60) {
+                last_sweep = Instant::now();
+                self.sweep_expired();
+            }
+            match self.queue.claim(&self.id, self.lease_secs, now()) {
+                Ok(Some(job)) => self.run_job(job),
+                Ok(None) => std::thread::sleep(self.idle),
+                Err(e) => {
+                    eprintln!("worker {}: claiming a job: {e}", self.id);
+                    std::thread::sleep(self.idle);
+                }
+            }
+        }
+    }
+
+    /// `--retention`: every finished job past its `expires_at` loses its files and its row.
+    fn sweep_expired(&self) {
+        match self.queue.expired(now()) {
+            Ok(ids) => {
+                for id in ids {
+                    let _ = std::fs::remove_file(video_path(&self.data_dir, &id));
+                    let _ = std::fs::remove_file(thumbnail_path(&self.data_dir, &id));
+                    if let Err(e) = self.queue.delete(&id) {
+                        eprintln!("retention: deleting {id}: {e}");
+                    }
+                }
+            }
+            Err(e) => eprintln!("retention: {e}"),
+        }
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let id = job.id.clone();
+        eprintln!(
+            "job {id}: started by {} (attempt {})",
+            self.id, job.attempts
+        );
+        let cancel = CancelFlag::new();
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(id.clone(), cancel.clone());
+        }
+        let outcome = match serde_json::from_str::<JobSettings>(&job.settings) {
+            Ok(s) => self.generate(&id, &s, &cancel),
+            Err(e) => Outcome::Failed {
+                code: "invalid_job",
+                message: format!("stored settings do not parse: {e}"),
+            },
+        };
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&id);
+        }
+        let t = now();
+        let recorded = match outcome {
+            Outcome::Completed { timings } => {
+                let result = serde_json::json!({ "timings": timings }).to_string();
+                self.queue
+                    .complete(&id, &self.id, &result, t + self.retention_secs, t)
+            }
+            Outcome::Failed { code, message } => {
+                eprintln!("job {id}: failed ({code}): {message}");
+                self.queue.fail(&id, &self.id, code, &message, t)
+            }
+            Outcome::Abandoned => {
+                eprintln!("job {id}: stopped (deleted or taken over)");
+                Ok(false)
+            }
+        };
+        match recorded {
+            Ok(true) => eprintln!("job {id}: recorded"),
+            Ok(false) => {
+                // Deleted meanwhile (or taken over): leave no files behind.
+                let _ = std::fs::remove_file(video_path(&self.data_dir, &id));
+                let _ = std::fs::remove_file(thumbnail_path(&self.data_dir, &id));
+            }
+            Err(e) => eprintln!("job {id}: recording the result: {e}"),
+        }
+    }
+
+    fn generate(&mut self, id: &str, s: &JobSettings, cancel: &CancelFlag) -> Outcome {
+        let request = GenerateRequest {
+            negative_prompt: s.negative_prompt.clone(),
+            height: s.height,
+            width: s.width,
+            frames: s.num_frames,
+            sampling: Sampling {
+                steps: s.num_inference_steps,
+                embedded_guidance: s.guidance_scale,
+                flow_shift: s.flow_shift,
+                cfg_scale: s.true_cfg_scale,
+                ..Sampling::default()
+            },
+            seed: s.seed,
+            ..GenerateRequest::new(s.prompt.clone())
+        };
+        let (queue, worker, lease) = (self.queue.clone(), self.id.clone(), self.lease_secs);
+        let mut last_renew = Instant::now();
+        let mut last_progress = 0u8;
+        let (mut step, mut steps, mut tile, mut tiles) = (0, s.num_inference_steps, 0, 0);
+        let mut on_progress = |e: Progress| {
+            match e {
+                Progress::Step {
+                    step: i, steps: n, ..
+                } => (step, steps) = (i, n),
+                Progress::Tile { tile: i, tiles: n } => (tile, tiles) = (i, n),
+                Progress::Stage(_) => {}
+            }
+            let p = progress(step, steps, tile, tiles);
+            let renew = last_renew.elapsed() >= Duration::from_secs((lease / 3).max(1) as u64);
+            let held = if renew {
+                last_renew = Instant::now();
+                queue.renew(id, &worker, lease, now()).unwrap_or(true)
+            } else if p != last_progress {
+                queue.set_progress(id, &worker, p).unwrap_or(true)
+            } else {
+                true
+            };
+            last_progress = p;
+            if !held {
+                cancel.cancel();
+            }
+        };
+        let t = Instant::now();
+        let generated = self.pipeline.generate(&request, &mut on_progress, cancel);
+        let generated = match generated {
+            Ok(g) => g,
+            Err(GenerationError::Cancelled { .. }) => return Outcome::Abandoned,
+            Err(e) => {
+                let code = if e.invalid_setting().is_some() {
+                    "invalid_request"
+                } else {
+                    "generation_failed"
+                };
+                return Outcome::Failed {
+                    code,
+                    message: e.to_string(),
+                };
+            }
+        };
+        let gen_s = t.elapsed().as_secs_f64();
+        let write = || -> Result<(), String> {
+            let path = video_path(&self.data_dir, id);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let shape = generated.video.shape();
+            let video =
+                Video::new(shape, generated.video.data().to_vec()).map_err(|e| e.to_string())?;
+            save_video(&path, &video, s.fps).map_err(|e| e.to_string())?;
+            let [_, c, _, h, w] = shape;
+            let frame: Vec<f32> = (0..c)
+                .flat_map(|ch| {
+                    let start = ch * shape[2] * h * w;
+                    generated.video.data()[start..start + h * w].iter().copied()
+                })
+                .collect();
+            let first = Video::new([1, c, 1, h, w], frame).map_err(|e| e.to_string())?;
+            save_video(&thumbnail_path(&self.data_dir, id), &first, s.fps)
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        };
+        if let Err(message) = write() {
+            return Outcome::Failed {
+                code: "write_failed",
+                message,
+            };
+        }
+        let mut timings = serde_json::Map::new();
+        for (stage, d) in &generated.timings {
+            timings.insert(stage.to_string(), d.as_secs_f64().into());
+        }
+        timings.insert("total".into(), gen_s.into());
+        Outcome::Completed {
+            timings: timings.into(),
+        }
+    }
+}
