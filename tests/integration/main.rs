@@ -13,6 +13,7 @@ mod graphs;
 mod pipeline;
 mod precision;
 mod serve;
+mod serve_process;
 mod text_encoders;
 mod transformer;
 mod vae;
