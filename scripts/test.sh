@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: fetch the pinned ONNX Runtime library (once),
-# then build and run every test of the workspace. Extra arguments go to `cargo test`.
+# then build and run every test of the workspace, then the openai-SDK test of `hyvideo serve`
+# (tests/openai_sdk/). Extra arguments go to `cargo test` (and skip the SDK test).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 ./scripts/setup.sh
 cargo test --workspace --locked "$@"
+# `hyvideo serve` as the real openai SDK drives it (a small venv: openai and its few deps).
+if [ "$#" -eq 0 ]; then
+  ./tests/openai_sdk/run.sh
+fi
