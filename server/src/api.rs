@@ -38,6 +38,7 @@ pub struct AppState {
     /// `openai-poll-after-ms`.
     pub poll_after_ms: u64,
     pub body_limit: usize,
+    pub wakeup: Arc<crate::worker::Wakeup>,
 }
 
 type Shared = Arc<AppState>;
@@ -172,6 +173,7 @@ async fn create(State(state): State<Shared>, req: Request) -> Result<Response, A
     let (q, max) = (state.queue.clone(), state.max_queue);
     let id = new_id();
     let created = db(move || q.create(&id, &json, idempotency.as_deref(), max, now())).await?;
+    state.wakeup.notify();
     let stored: JobSettings = serde_json::from_str(&created.job.settings)
         .map_err(|e| ApiError::internal(format!("stored settings: {e}")))?;
     eprintln!(

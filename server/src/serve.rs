@@ -15,7 +15,7 @@ use hyvideo::generation::Pipeline;
 use crate::api::{AppState, router};
 use crate::queue::{QueueError, SqliteQueue};
 use crate::request::Limits;
-use crate::worker::{Running, Worker};
+use crate::worker::{Running, Wakeup, Worker};
 
 /// Everything `hyvideo serve` is configured with.
 #[derive(Debug, Clone)]
@@ -59,6 +59,7 @@ pub struct Server {
     addr: SocketAddr,
     shutdown: Arc<AtomicBool>,
     running: Running,
+    wakeup: Arc<Wakeup>,
     stop_http: Option<tokio::sync::oneshot::Sender<()>>,
     http: Option<std::thread::JoinHandle<()>>,
     worker: Option<std::thread::JoinHandle<()>>,
@@ -82,6 +83,7 @@ impl Server {
         }
         let running: Running = Arc::new(Mutex::new(Default::default()));
         let shutdown = Arc::new(AtomicBool::new(false));
+        let wakeup = Arc::new(Wakeup::default());
         let state = Arc::new(AppState {
             queue: queue.clone(),
             data_dir: config.data_dir.clone(),
@@ -92,6 +94,7 @@ impl Server {
             ready: AtomicBool::new(true),
             poll_after_ms: 1000,
             body_limit: config.body_limit,
+            wakeup: wakeup.clone(),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -131,7 +134,8 @@ impl Server {
             retention_secs: config.retention_secs,
             running: running.clone(),
             shutdown: shutdown.clone(),
-            idle: Duration::from_millis(100),
+            idle: Duration::from_secs(1),
+            wakeup: wakeup.clone(),
         };
         let worker = std::thread::spawn(move || worker.run());
         eprintln!(
@@ -142,6 +146,7 @@ impl Server {
             addr,
             shutdown,
             running,
+            wakeup,
             stop_http: Some(stop_tx),
             http: Some(http),
             worker: Some(worker),
@@ -157,6 +162,7 @@ impl Server {
     /// listening; returns when both threads are done.
     pub fn stop(mut self) {
         self.shutdown.store(true, Ordering::SeqCst);
+        self.wakeup.notify();
         if let Ok(r) = self.running.lock() {
             for c in r.values() {
                 c.cancel();

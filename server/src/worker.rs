@@ -41,6 +41,34 @@ pub fn thumbnail_path(data_dir: &Path, id: &str) -> PathBuf {
 /// The running jobs' cancel flags, shared with the API (DELETE cancels through them).
 pub type Running = Arc<Mutex<HashMap<String, CancelFlag>>>;
 
+/// Wakes an idle worker when a job is created in this process (jobs created by other processes
+/// on a shared queue are found by the worker's periodic look).
+#[derive(Default)]
+pub struct Wakeup {
+    pending: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Wakeup {
+    pub fn notify(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            *p = true;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Wait for a notification or `timeout`, whichever comes first.
+    pub fn wait(&self, timeout: Duration) {
+        if let Ok(p) = self.pending.lock() {
+            let (mut p, _) = self
+                .cv
+                .wait_timeout_while(p, timeout, |pending| !*pending)
+                .unwrap_or_else(|e| e.into_inner());
+            *p = false;
+        }
+    }
+}
+
 /// What one worker needs.
 pub struct Worker {
     pub queue: Arc<SqliteQueue>,
@@ -51,8 +79,9 @@ pub struct Worker {
     pub retention_secs: i64,
     pub running: Running,
     pub shutdown: Arc<AtomicBool>,
-    /// How long to wait when the queue is empty.
+    /// Longest wait when the queue is empty (a create in this process wakes it at once).
     pub idle: Duration,
+    pub wakeup: Arc<Wakeup>,
 }
 
 /// What ended a job.
@@ -80,7 +109,7 @@ impl Worker {
             }
             match self.queue.claim(&self.id, self.lease_secs, now()) {
                 Ok(Some(job)) => self.run_job(job),
-                Ok(None) => std::thread::sleep(self.idle),
+                Ok(None) => self.wakeup.wait(self.idle),
                 Err(e) => {
                     eprintln!("worker {}: claiming a job: {e}", self.id);
                     std::thread::sleep(self.idle);
