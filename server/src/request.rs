@@ -79,7 +79,8 @@ impl JobSettings {
     }
 }
 
-const FIELDS: [&str; 13] = [
+/// Every field a create body may have.
+pub const FIELDS: [&str; 13] = [
     "prompt",
     "model",
     "size",
@@ -116,12 +117,25 @@ fn number(v: &Value, param: &str) -> Result<f64, ApiError> {
     }
 }
 
+/// A non-negative integer, exact over the whole `u64` range (a seed of 2⁶⁴ − 1 stays that seed).
 fn integer(v: &Value, param: &str) -> Result<u64, ApiError> {
+    let exact = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    if let Some(n) = exact {
+        return Ok(n);
+    }
+    // Integral floats such as `8.0` are integers too; anything else is refused.
     let x = number(v, param)?;
-    if x < 0.0 || x.fract() != 0.0 || x > u64::MAX as f64 {
+    if x < 0.0 || x.fract() != 0.0 || x >= u64::MAX as f64 {
         return Err(ApiError::invalid(
             param,
-            format!("must be a non-negative integer, got {v}"),
+            format!(
+                "must be a non-negative integer at most {}, got {v}",
+                u64::MAX
+            ),
         ));
     }
     Ok(x as u64)
@@ -168,11 +182,12 @@ fn size(v: &Value, max: usize) -> Result<(usize, usize), ApiError> {
     Ok((w, h))
 }
 
-/// The nearest 4k + 1 frame count to `seconds` at `fps` (at least 1).
+/// The nearest 4k + 1 frame count to `seconds` at `fps` (at least 1; saturating, so an absurd
+/// duration is a large count that the frame limit refuses, never an overflow).
 pub fn frames_for_seconds(seconds: f64, fps: u32) -> usize {
     let f = (seconds * fps as f64).max(1.0);
     let k = ((f - 1.0) / 4.0).round().max(0.0) as usize;
-    4 * k + 1
+    k.saturating_mul(4).saturating_add(1)
 }
 
 /// Validate a create body given as field → value.
@@ -391,6 +406,28 @@ mod tests {
         assert_eq!(n.num_frames, 33);
         assert_eq!(frames_for_seconds(0.01, 24), 1);
         assert_eq!(frames_for_seconds(5.375, 24), 129);
+        assert_eq!(frames_for_seconds(1e300, 24), usize::MAX);
+        let e = err(json!({"prompt": "a", "seconds": 1e300}));
+        assert_eq!(e.param.as_deref(), Some("seconds"));
+        // Seeds are exact over the whole u64 range; 2^64 is refused, not clamped.
+        let s = parse(
+            &body(json!({"prompt": "a", "seed": 9007199254740993u64})),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(s.seed, 9007199254740993);
+        let s = parse(
+            &body(json!({"prompt": "a", "seed": "18446744073709551615"})),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(s.seed, u64::MAX);
+        assert_eq!(
+            err(json!({"prompt": "a", "seed": "18446744073709551616"}))
+                .param
+                .as_deref(),
+            Some("seed")
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod common;
 mod engines;
 mod generate;
 mod graphs;
+mod http_client;
 mod pipeline;
 mod precision;
 mod serve;

@@ -12,18 +12,20 @@
 //! error shape, never a 5xx or a dropped connection.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use hyvideo_server::request::FIELDS;
 use serde_json::{Value, json};
 
 use crate::common::list_dir;
 use crate::generate::full_bundle;
+use crate::http_client::{get, get_stream, http, try_http};
 
 // ---------------------------------------------------------------------------------------------
 // The server process.
@@ -135,166 +137,6 @@ impl Serve {
             panic!("the server exited ({status:?}):\n{}", self.log());
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A tiny HTTP/1.1 client (each request on a fresh connection, `Connection: close`).
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// Chunked: the terminating zero-size chunk arrived (the body was not cut short).
-    complete: bool,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn invalid(m: impl Into<String>) -> std::io::Error {
-    std::io::Error::new(ErrorKind::InvalidData, m.into())
-}
-
-/// De-chunk a `Transfer-Encoding: chunked` body; whether the final chunk was there.
-fn dechunk(mut rest: &[u8]) -> std::io::Result<(Vec<u8>, bool)> {
-    let mut out = vec![];
-    while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&rest[..p]);
-        let size = size.split(';').next().unwrap_or("").trim();
-        let n = usize::from_str_radix(size, 16).map_err(|_| invalid(format!("chunk `{size}`")))?;
-        if n == 0 {
-            return Ok((out, true));
-        }
-        let data = rest
-            .get(p + 2..p + 2 + n)
-            .ok_or_else(|| invalid("a chunk cut short"))?;
-        out.extend_from_slice(data);
-        rest = rest.get(p + 2 + n + 2..).unwrap_or(&[]);
-    }
-    Ok((out, false))
-}
-
-fn parse_answer(raw: &[u8]) -> std::io::Result<Answer> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| invalid(format!("no header end in {} bytes", raw.len())))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid(format!("status line of `{head}`")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let body = &raw[split + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let (body, complete) = if chunked {
-        dechunk(body)?
-    } else {
-        (body.to_vec(), true)
-    };
-    Ok(Answer {
-        status,
-        headers,
-        body,
-        complete,
-    })
-}
-
-fn request_bytes(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut out = req.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// One request; the answer read until the server closes the connection.
-fn try_http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Answer> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(&request_bytes(addr, method, path, headers, body))?;
-    let mut raw = vec![];
-    s.read_to_end(&mut raw)?;
-    parse_answer(&raw)
-}
-
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Answer {
-    try_http(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-fn get(addr: SocketAddr, path: &str) -> Answer {
-    http(addr, "GET", path, &[], b"")
-}
-
-/// A GET whose answer streams: read until the server closes or `limit` passes; whether it
-/// closed.
-fn get_stream(addr: SocketAddr, path: &str, limit: Duration) -> (Answer, bool) {
-    let t = Instant::now();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    s.write_all(&request_bytes(addr, "GET", path, &[], b""))
-        .unwrap();
-    let mut raw = vec![];
-    let mut buf = [0u8; 8192];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("GET {path}: {e}"),
-        }
-        if t.elapsed() > limit {
-            break false;
-        }
-    };
-    (parse_answer(&raw).unwrap(), closed)
 }
 
 /// POST a JSON create body; the new job's id.
@@ -685,22 +527,6 @@ impl Rng {
     }
 }
 
-const FIELDS: [&str; 13] = [
-    "prompt",
-    "model",
-    "size",
-    "seconds",
-    "num_frames",
-    "num_inference_steps",
-    "guidance_scale",
-    "true_cfg_scale",
-    "negative_prompt",
-    "flow_shift",
-    "seed",
-    "fps",
-    "input_reference",
-];
-
 const ODD_FIELDS: [&str; 10] = [
     "colour",
     "",
@@ -870,7 +696,10 @@ fn multipart(r: &mut Rng, boundary: &str) -> Vec<u8> {
 }
 
 /// One fuzzed request: headers and body.
-fn fuzz_case(r: &mut Rng) -> (Vec<(String, String)>, Vec<u8>) {
+/// A create request to send: its headers and its body.
+type Case = (Vec<(String, String)>, Vec<u8>);
+
+fn fuzz_case(r: &mut Rng) -> Case {
     let json_type = || vec![("Content-Type".to_owned(), "application/json".to_owned())];
     match r.below(10) {
         0..=3 => {
@@ -934,7 +763,7 @@ fn fuzz_case(r: &mut Rng) -> (Vec<(String, String)>, Vec<u8>) {
 }
 
 /// Hand-picked bodies tried before the random ones.
-fn edge_cases() -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+fn edge_cases() -> Vec<Case> {
     let j = |b: &str| {
         (
             vec![("Content-Type".to_owned(), "application/json".to_owned())],
