@@ -377,6 +377,18 @@ impl SqliteQueue {
         Ok(changed > 0)
     }
 
+    /// Give back a job `worker` holds without finishing it (a graceful stop): its lease ends now,
+    /// so the next claim — by any worker, or by this server after its restart — runs it again
+    /// (the attempt is counted). False when `worker` no longer holds it.
+    pub fn release(&self, id: &str, worker: &str) -> Result<bool, QueueError> {
+        let changed = self.conn().execute(
+            "UPDATE jobs SET lease_until = 0
+             WHERE id = ?1 AND status = 'in_progress' AND worker = ?2",
+            params![id, worker],
+        )?;
+        Ok(changed > 0)
+    }
+
     /// Record progress (capped at 100) if `worker` holds the job; false when it no longer does.
     pub fn set_progress(&self, id: &str, worker: &str, progress: u8) -> Result<bool, QueueError> {
         let changed = self.conn().execute(
@@ -600,6 +612,23 @@ mod tests {
 
     fn ids(jobs: &[Job]) -> Vec<&str> {
         jobs.iter().map(|job| job.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_released_job_is_claimable_at_once_only_by_its_holders_release() {
+        let q = queue();
+        add(&q, "a", 1);
+        let job = q.claim("w1", LEASE, 2).unwrap().unwrap();
+        assert_eq!(job.id, "a");
+        assert!(
+            q.claim("w2", LEASE, 3).unwrap().is_none(),
+            "lease still live"
+        );
+        assert!(!q.release("a", "w2").unwrap(), "only the holder releases");
+        assert!(q.release("a", "w1").unwrap());
+        let again = q.claim("w2", LEASE, 4).unwrap().unwrap();
+        assert_eq!((again.id.as_str(), again.attempts), ("a", 2));
+        assert!(!q.release("a", "w1").unwrap(), "w1 no longer holds it");
     }
 
     #[test]

@@ -165,6 +165,16 @@ impl Worker {
                 eprintln!("job {id}: failed ({code}): {message}");
                 self.queue.fail(&id, &self.id, code, &message, t)
             }
+            Outcome::Abandoned if self.shutdown.load(Ordering::SeqCst) => {
+                // A graceful stop: hand the job back so it runs again (here after a restart,
+                // or on another worker of a shared queue).
+                match self.queue.release(&id, &self.id) {
+                    Ok(true) => eprintln!("job {id}: released for a later run (server stopping)"),
+                    Ok(false) => eprintln!("job {id}: stopped (deleted or taken over)"),
+                    Err(e) => eprintln!("job {id}: releasing it: {e}"),
+                }
+                Ok(true)
+            }
             Outcome::Abandoned => {
                 eprintln!("job {id}: stopped (deleted or taken over)");
                 Ok(false)

@@ -423,6 +423,58 @@ fn deleting_a_running_job_cancels_it_and_the_next_one_runs() {
     );
 }
 
+/// SIGTERM: the server stops within a minute with exit status 0, handing the running job back
+/// (it runs again after the restart, its attempt counted) and keeping the queued one.
+#[test]
+fn sigterm_stops_gracefully_and_the_running_job_runs_again() {
+    let data = tempfile::tempdir().unwrap();
+    let mut first = Serve::start(data.path(), &["--max-steps", "100000"]);
+    let ids = [
+        create(first.addr, job(40000, 1)),
+        create(first.addr, job(4, 2)),
+    ];
+    wait_for(&first, &ids[0], Duration::from_secs(60), running);
+    let t = Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(s) = first.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "still running:\n{}",
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", first.log());
+    let log = first.log();
+    assert!(log.contains("released for a later run"), "{log}");
+    drop(first);
+    let second = Serve::start(data.path(), &["--max-steps", "100000"]);
+    // The long job is claimable again at once (released, not waiting for its lease).
+    let v = wait_for(&second, &ids[0], Duration::from_secs(60), running);
+    assert_eq!(v["attempts"].as_u64(), Some(2), "{v}");
+    let d = http(
+        second.addr,
+        "DELETE",
+        &format!("/v1/videos/{}", ids[0]),
+        &[],
+        b"",
+    );
+    assert_eq!(d.status, 200);
+    let short = wait_for(&second, &ids[1], Duration::from_secs(60), is_final);
+    assert_eq!(
+        (short["status"].as_str(), short["attempts"].as_u64()),
+        (Some("completed"), Some(1)),
+        "{short}"
+    );
+}
+
 #[test]
 fn the_queue_survives_kill_9_and_every_job_runs_once() {
     let data = tempfile::tempdir().unwrap();
