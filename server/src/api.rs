@@ -39,6 +39,7 @@ pub struct AppState {
     pub poll_after_ms: u64,
     pub body_limit: usize,
     pub wakeup: Arc<crate::worker::Wakeup>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type Shared = Arc<AppState>;
@@ -404,6 +405,7 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
             status.as_str()
         ));
     }
+    out.push_str(&state.metrics.render());
     let mut r = (StatusCode::OK, out).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -7,10 +7,12 @@
 //! - [`video`]: the video object the API answers with;
 //! - [`queue`]: the SQLite job queue (durable across restarts, leases for crashed workers);
 //! - [`error`]: the OpenAI error shape;
-//! - [`api`]: the routes; [`worker`]: the job loop.
+//! - [`api`]: the routes; [`worker`]: the job loop; [`metrics`]: timings and failure counts;
+//!   [`serve`]: starting and stopping.
 
 pub mod api;
 pub mod error;
+pub mod metrics;
 pub mod queue;
 pub mod request;
 pub mod serve;

@@ -84,6 +84,7 @@ impl Server {
         let running: Running = Arc::new(Mutex::new(Default::default()));
         let shutdown = Arc::new(AtomicBool::new(false));
         let wakeup = Arc::new(Wakeup::default());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let state = Arc::new(AppState {
             queue: queue.clone(),
             data_dir: config.data_dir.clone(),
@@ -95,6 +96,7 @@ impl Server {
             poll_after_ms: 1000,
             body_limit: config.body_limit,
             wakeup: wakeup.clone(),
+            metrics: metrics.clone(),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -136,6 +138,7 @@ impl Server {
             shutdown: shutdown.clone(),
             idle: Duration::from_secs(1),
             wakeup: wakeup.clone(),
+            metrics,
         };
         let worker = std::thread::spawn(move || worker.run());
         eprintln!(

@@ -82,6 +82,7 @@ pub struct Worker {
     /// Longest wait when the queue is empty (a create in this process wakes it at once).
     pub idle: Duration,
     pub wakeup: Arc<Wakeup>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What ended a job.
@@ -157,12 +158,16 @@ impl Worker {
         let t = now();
         let recorded = match outcome {
             Outcome::Completed { timings } => {
+                if let Some(total) = timings.get("total").and_then(|v| v.as_f64()) {
+                    self.metrics.job_done(total);
+                }
                 let result = serde_json::json!({ "timings": timings }).to_string();
                 self.queue
                     .complete(&id, &self.id, &result, t + self.retention_secs, t)
             }
             Outcome::Failed { code, message } => {
                 eprintln!("job {id}: failed ({code}): {message}");
+                self.metrics.failed(code);
                 self.queue.fail(&id, &self.id, code, &message, t)
             }
             Outcome::Abandoned if self.shutdown.load(Ordering::SeqCst) => {
@@ -208,14 +213,20 @@ impl Worker {
             ..GenerateRequest::new(s.prompt.clone())
         };
         let (queue, worker, lease) = (self.queue.clone(), self.id.clone(), self.lease_secs);
+        let metrics = self.metrics.clone();
         let mut last_renew = Instant::now();
         let mut last_progress = 0u8;
         let (mut step, mut steps, mut tile, mut tiles) = (0, s.num_inference_steps, 0, 0);
         let mut on_progress = |e: Progress| {
             match e {
                 Progress::Step {
-                    step: i, steps: n, ..
-                } => (step, steps) = (i, n),
+                    step: i,
+                    steps: n,
+                    elapsed,
+                } => {
+                    (step, steps) = (i, n);
+                    metrics.step_done(elapsed.as_secs_f64());
+                }
                 Progress::Tile { tile: i, tiles: n } => (tile, tiles) = (i, n),
                 Progress::Stage(_) => {}
             }

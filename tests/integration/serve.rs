@@ -91,6 +91,14 @@ fn videos_api_creates_polls_serves_lists_and_deletes() {
     assert_eq!(done["attempts"], 1);
     assert!(done["completed_at"].as_i64() >= done["created_at"].as_i64());
     assert!(done["timings"]["denoise"].as_f64().is_some(), "{done}");
+    let metrics = String::from_utf8(http(addr, "GET", "/metrics", &[], b"").body).unwrap();
+    for line in [
+        "hyvideo_jobs{status=\"completed\"} 1",
+        "hyvideo_job_seconds_count 1",
+        "hyvideo_step_seconds_count 4",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // The MP4 is exactly what `hyvideo generate` writes for the same settings and seed.
     let mp4 = http(addr, "GET", &format!("/v1/videos/{id}/content"), &[], b"");
