@@ -440,6 +440,11 @@ impl Pipeline {
         &self.manifest
     }
 
+    /// The engines the stages were loaded from, if any.
+    pub fn engines(&self) -> Option<&EngineSet> {
+        self.engines.as_ref()
+    }
+
     /// The transformer stage (its provider and attention, for run records).
     pub fn transformer(&self) -> Result<&Transformer, GenerationError> {
         self.transformer.as_ref().ok_or(GenerationError::NotLoaded {

@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_size: usize,
     /// Characters of a prompt (and of a negative prompt).
     pub max_prompt_chars: usize,
+    /// Width and height the loaded engines' shape profile admits at most (TensorRT engines are
+    /// built for a range; `None` for providers that take any shape).
+    pub engine_max: Option<[usize; 2]>,
 }
 
 impl Default for Limits {
@@ -35,6 +38,7 @@ impl Default for Limits {
             max_frames: 129,
             max_size: 1280,
             max_prompt_chars: 4000,
+            engine_max: None,
         }
     }
 }
@@ -182,6 +186,20 @@ fn size(v: &Value, max: usize) -> Result<(usize, usize), ApiError> {
     Ok((w, h))
 }
 
+/// The largest [width, height] and frame count a transformer engine built for latent shapes
+/// up to `max` (`[B, C, t, h, w]`) admits, through the VAE's spatial and temporal ratios.
+pub fn engine_bounds(
+    max: &[usize],
+    spatial: usize,
+    temporal: usize,
+) -> Option<([usize; 2], usize)> {
+    let [.., t, h, w] = max else {
+        return None;
+    };
+    let frames = (t.max(&1) - 1) * temporal + 1;
+    Some(([w * spatial, h * spatial], frames))
+}
+
 /// The nearest 4k + 1 frame count to `seconds` at `fps` (at least 1; saturating, so an absurd
 /// duration is a large count that the frame limit refuses, never an overflow).
 pub fn frames_for_seconds(seconds: f64, fps: u32) -> usize {
@@ -232,11 +250,23 @@ pub fn parse(fields: &BTreeMap<String, Value>, limits: &Limits) -> Result<JobSet
         }
     };
     let (width, height) = match get("size") {
-        Some(v) => size(v, limits.max_size)?,
-        None => (
-            1280.min(limits.max_size / 16 * 16),
-            720.min(limits.max_size / 16 * 16),
-        ),
+        Some(v) => {
+            let (w, h) = size(v, limits.max_size)?;
+            if let Some([mw, mh]) = limits.engine_max
+                && (w > mw || h > mh)
+            {
+                return Err(ApiError::invalid(
+                    "size",
+                    format!("{w}x{h}: the loaded engines' shape profile admits at most {mw}x{mh}"),
+                ));
+            }
+            (w, h)
+        }
+        None => {
+            let [mw, mh] = limits.engine_max.unwrap_or([usize::MAX; 2]);
+            let cap = |v: usize, m: usize| v.min(limits.max_size).min(m) / 16 * 16;
+            (cap(1280, mw), cap(720, mh))
+        }
     };
     let fps = match get("fps") {
         Some(v) => in_range("fps", integer(v, "fps")?, 1, 120)? as u32,
@@ -479,6 +509,40 @@ mod tests {
             assert!(e.message.starts_with(param), "{b}: {}", e.message);
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn engine_profiles_bound_sizes_and_frames() {
+        // 720p preset: latents up to [2, 16, 33, 90, 160].
+        assert_eq!(
+            engine_bounds(&[2, 16, 33, 90, 160], 8, 4),
+            Some(([1280, 720], 129))
+        );
+        assert_eq!(engine_bounds(&[1, 16, 1, 4, 6], 8, 4), Some(([48, 32], 1)));
+        assert_eq!(engine_bounds(&[1, 2], 8, 4), None);
+    }
+
+    #[test]
+    fn sizes_beyond_the_engines_profile_are_refused() {
+        let limits = Limits {
+            engine_max: Some([960, 544]),
+            ..Limits::default()
+        };
+        let d = parse(&body(json!({"prompt": "a"})), &limits).unwrap();
+        assert_eq!(
+            (d.width, d.height),
+            (960, 544),
+            "the default fits the engines"
+        );
+        let ok = parse(&body(json!({"prompt": "a", "size": "960x544"})), &limits).unwrap();
+        assert_eq!((ok.width, ok.height), (960, 544));
+        let e = parse(&body(json!({"prompt": "a", "size": "1280x720"})), &limits).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("size"));
+        assert!(
+            e.message.contains("shape profile admits at most 960x544"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

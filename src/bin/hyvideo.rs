@@ -1030,6 +1030,11 @@ fn serve_cmd(args: ServeArgs) -> Result<()> {
     }
     let t = Instant::now();
     let pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
+    let mut config = config;
+    if let Some((size, frames)) = engine_max_shape(&pipeline) {
+        config.limits.engine_max = Some(size);
+        config.limits.max_frames = config.limits.max_frames.min(frames);
+    }
     eprintln!(
         "serve: loaded {} in {:.1} s",
         args.bundle.display(),
@@ -1041,4 +1046,27 @@ fn serve_cmd(args: ServeArgs) -> Result<()> {
     eprintln!("serve: stopping");
     server.stop();
     Ok(())
+}
+
+/// The largest [width, height] and frame count the pipeline's TensorRT transformer engine was
+/// built for (its profile's latent grid through the VAE's ratios); `None` when nothing bounds
+/// the shape.
+fn engine_max_shape(pipeline: &Pipeline) -> Option<([usize; 2], usize)> {
+    let engines = pipeline.engines()?;
+    if engines.manifest().backend != BackendKind::TensorRt {
+        return None;
+    }
+    let vae = pipeline.vae_settings().ok()?;
+    let (ratio, t_ratio) = (
+        vae.spatial_compression_ratio,
+        vae.temporal_compression_ratio,
+    );
+    let profile = engines
+        .manifest()
+        .components
+        .get(&hyvideo_bundle::Component::Transformer)?
+        .profiles
+        .iter()
+        .find(|p| p.name == hyvideo::transformer::HIDDEN_STATES)?;
+    hyvideo_server::request::engine_bounds(&profile.max, ratio, t_ratio)
 }
