@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hyvideo::denoise::{DenoiseSettings, denoise};
+use hyvideo::engine_set::ModelFiles;
 use hyvideo::pipeline::{PipelineError, TextEncoders, VideoSize};
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::tensor::Tensor5;
@@ -140,7 +141,7 @@ pub fn calibrate(
     }
     // Loaded from memory, weights from the bundle's data file: the bundle is only read.
     let mut transformer = Transformer::load_edited(&graph_path, model, config)?;
-    let mut text = TextEncoders::load(bundle, &manifest, config)?;
+    let mut text = TextEncoders::load_with(&ModelFiles::bundle(bundle, &manifest), config)?;
     let vae = manifest.vae.as_ref();
     let (sr, tr) = vae.map_or((8, 4), |v| {
         (v.spatial_compression_ratio, v.temporal_compression_ratio)

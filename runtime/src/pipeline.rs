@@ -5,10 +5,8 @@
 //! The building blocks [`crate::generation::Pipeline`] composes: the text encoders stage
 //! ([`TextEncoders`]), video sizes and their latent shapes, the initial latents.
 
-use std::path::Path;
-
 use hyvideo_bundle::components::{clip, llama};
-use hyvideo_bundle::{Component, Manifest, ManifestError};
+use hyvideo_bundle::{Component, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
 use crate::engine_set::{ModelFileError, ModelFiles};
@@ -138,15 +136,6 @@ pub struct EncodedPrompts {
 }
 
 impl TextEncoders {
-    /// Load `text_encoder` and `text_encoder_2` and the bundle's `tokenizer/`, `tokenizer_2/`.
-    pub fn load(
-        bundle: &Path,
-        manifest: &Manifest,
-        config: &SessionConfig,
-    ) -> Result<TextEncoders, PipelineError> {
-        Self::load_with(&ModelFiles::bundle(bundle, manifest), config)
-    }
-
     /// Load the encoders `files` resolves (built engines or the bundle's graphs); the
     /// tokenizers always come from the bundle.
     pub fn load_with(

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use hyvideo_bundle::AttentionKernel;
-use hyvideo_bundle::{Component, Manifest, ManifestError};
+use hyvideo_bundle::{Component, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
 use crate::engine_set::{ModelFileError, ModelFiles};
@@ -285,15 +285,6 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// Load the bundle's `transformer` graph.
-    pub fn load(
-        bundle: &Path,
-        manifest: &Manifest,
-        config: &SessionConfig,
-    ) -> Result<Transformer, TransformerError> {
-        Self::load_with(&ModelFiles::bundle(bundle, manifest), config)
-    }
-
     /// Load the `transformer` model `files` resolves (a built engine or the bundle's graph).
     pub fn load_with(
         files: &ModelFiles<'_>,

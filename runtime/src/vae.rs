@@ -2,9 +2,7 @@
 //! tile by tile ([`crate::vae_tiling`]). Mirrors the decode step of diffusers
 //! `HunyuanVideoPipeline.__call__`: `vae.decode(latents / scaling_factor)`.
 
-use std::path::Path;
-
-use hyvideo_bundle::{Component, Manifest, ManifestError, VaeSettings};
+use hyvideo_bundle::{Component, ManifestError, VaeSettings};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
 use crate::engine_set::{ModelFileError, ModelFiles};
@@ -43,15 +41,6 @@ pub struct VaeDecoder {
 }
 
 impl VaeDecoder {
-    /// Load the bundle's `vae_decoder` graph.
-    pub fn load(
-        bundle: &Path,
-        manifest: &Manifest,
-        config: &SessionConfig,
-    ) -> Result<VaeDecoder, VaeError> {
-        Self::load_with(&ModelFiles::bundle(bundle, manifest), config)
-    }
-
     /// Load the `vae_decoder` model `files` resolves (a built engine or the bundle's graph).
     pub fn load_with(
         files: &ModelFiles<'_>,

@@ -54,6 +54,16 @@ pub enum ServeError {
     Runtime(std::io::Error),
 }
 
+impl ServeConfig {
+    /// What is refused before anything loads or listens: a non-loopback address without a key.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if !self.listen.ip().is_loopback() && self.api_key.is_none() {
+            return Err(ServeError::OpenWithoutKey(self.listen));
+        }
+        Ok(())
+    }
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
@@ -68,9 +78,7 @@ pub struct Server {
 impl Server {
     /// Check the configuration, open the queue, start the worker on `pipeline` and listen.
     pub fn start(config: ServeConfig, pipeline: Pipeline) -> Result<Server, ServeError> {
-        if !config.listen.ip().is_loopback() && config.api_key.is_none() {
-            return Err(ServeError::OpenWithoutKey(config.listen));
-        }
+        config.check()?;
         let videos = config.data_dir.join("videos");
         std::fs::create_dir_all(&videos).map_err(|source| ServeError::DataDir {
             path: videos.clone(),

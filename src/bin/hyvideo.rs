@@ -1023,11 +1023,8 @@ fn serve_cmd(args: ServeArgs) -> Result<()> {
         worker_id: args.worker_id.clone().unwrap_or_else(default_worker_id),
         body_limit: 1 << 20,
     };
-    if !config.listen.ip().is_loopback() && config.api_key.is_none() {
-        bail!(hyvideo_server::serve::ServeError::OpenWithoutKey(
-            config.listen
-        ));
-    }
+    // Refused before the engines load, which can take minutes on a GPU.
+    config.check()?;
     let t = Instant::now();
     let pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
     let mut config = config;

@@ -789,7 +789,11 @@ fn flow_direction_defaults_to_one_to_zero_and_forward_is_explicit() {
     let bundle = crate::common::transformer_bundle();
     let manifest = hyvideo_bundle::Manifest::load(bundle).unwrap();
     let config = hyvideo_engines::SessionConfig::default().with_intra_threads(Some(2));
-    let mut model = hyvideo::transformer::Transformer::load(bundle, &manifest, &config).unwrap();
+    let mut model = hyvideo::transformer::Transformer::load_with(
+        &hyvideo::engine_set::ModelFiles::bundle(bundle, &manifest),
+        &config,
+    )
+    .unwrap();
     let file = hyvideo::latents::TensorFile::open(&embeds).unwrap();
     let (es, e) = file.f32("prompt_embeds").unwrap();
     let (ms, m) = file.i64("prompt_attention_mask").unwrap();

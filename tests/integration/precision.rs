@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use hyvideo::engine_set::ModelFiles;
 use hyvideo::tensor::Tensor5;
 use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
 use hyvideo::vae::VaeDecoder;
@@ -52,7 +53,7 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 /// Relative L2 error of the bundle's transformer on the golden `video` case.
 fn transformer_video_error(b: &Path) -> f64 {
     let m = Manifest::load(b).unwrap();
-    let mut t = Transformer::load(b, &m, &cfg()).unwrap();
+    let mut t = Transformer::load_with(&ModelFiles::bundle(b, &m), &cfg()).unwrap();
     let g = |n: &str| golden("transformer.safetensors", &format!("video.{n}"));
     let (es, e) = g("encoder_hidden_states");
     let (ms, mk) = golden_i64("transformer.safetensors", "video.encoder_attention_mask");
@@ -77,7 +78,7 @@ fn fp16_graphs_stay_close_to_fp32() {
     // transformer, golden `video` case
     let e_t = transformer_video_error(b);
     // VAE decoder, golden `small` case
-    let mut vae = VaeDecoder::load(b, &m, &cfg()).unwrap();
+    let mut vae = VaeDecoder::load_with(&ModelFiles::bundle(b, &m), &cfg()).unwrap();
     let z = golden5("vae_decode.safetensors", "small.latents");
     let plan = vae.plan(z.shape(), &Default::default()).unwrap();
     let x: Tensor5 = vae.decode(&z, &plan, || {}).unwrap();

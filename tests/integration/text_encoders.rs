@@ -406,7 +406,9 @@ fn tokenizer_state_stored_in_the_model_folder_changes_no_embedding() {
     let clean = text_encoders_bundle();
     let config = SessionConfig::default().with_intra_threads(Some(2));
     let load = |b: &Path| {
-        hyvideo::pipeline::TextEncoders::load(b, &Manifest::load(b).unwrap(), &config).unwrap()
+        let m = Manifest::load(b).unwrap();
+        let files = hyvideo::engine_set::ModelFiles::bundle(b, &m);
+        hyvideo::pipeline::TextEncoders::load_with(&files, &config).unwrap()
     };
     let (mut stored, mut clean) = (load(&bundle), load(clean));
     let prompts = ["A cat walks on the grass, realistic style.", "A dog."];

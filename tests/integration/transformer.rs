@@ -29,9 +29,8 @@ fn load(bundle: &Path) -> Transformer {
 /// MultiHeadAttention; standard: the bundle's MatMul → Softmax → MatMul, TensorRT's input).
 fn load_as(bundle: &Path, attention: AttentionPolicy) -> Transformer {
     let manifest = Manifest::load(bundle).unwrap();
-    Transformer::load(
-        bundle,
-        &manifest,
+    Transformer::load_with(
+        &hyvideo::engine_set::ModelFiles::bundle(bundle, &manifest),
         &SessionConfig::default()
             .with_intra_threads(Some(2))
             .with_attention(attention),

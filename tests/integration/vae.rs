@@ -15,9 +15,8 @@ const FILE: &str = "vae_decode.safetensors";
 fn decoder() -> VaeDecoder {
     let bundle = vae_bundle();
     let manifest = Manifest::load(bundle).unwrap();
-    VaeDecoder::load(
-        bundle,
-        &manifest,
+    VaeDecoder::load_with(
+        &hyvideo::engine_set::ModelFiles::bundle(bundle, &manifest),
         &SessionConfig::default().with_intra_threads(Some(2)),
     )
     .unwrap()
