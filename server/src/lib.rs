@@ -8,11 +8,12 @@
 //! - [`queue`]: the SQLite job queue (durable across restarts, leases for crashed workers);
 //! - [`error`]: the OpenAI error shape;
 //! - [`api`]: the routes; [`worker`]: the job loop; [`metrics`]: timings and failure counts;
-//!   [`serve`]: starting and stopping.
+//!   [`serve`]: starting and stopping; [`page`]: the web page at `/`.
 
 pub mod api;
 pub mod error;
 pub mod metrics;
+pub mod page;
 pub mod queue;
 pub mod request;
 pub mod serve;
