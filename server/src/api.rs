@@ -21,14 +21,14 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::queue::{JobStatus, Order, QueueError, SqliteQueue};
+use crate::queue::{JobQueue, JobStatus, Order, QueueError, Variant};
 use crate::request::{JobSettings, Limits, is_job_id, new_id, parse};
 use crate::video::VideoObject;
-use crate::worker::{Running, now, thumbnail_path, video_path};
+use crate::worker::{Running, now, remove_files, thumbnail_path, video_path};
 
 /// What the routes share.
 pub struct AppState {
-    pub queue: Arc<SqliteQueue>,
+    pub queue: Arc<dyn JobQueue>,
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub api_key: Option<String>,
@@ -280,9 +280,17 @@ async fn content(
 ) -> Result<Response, ApiError> {
     check_key(&state, &headers)?;
     let o = object(&state, &id).await?;
-    let (path, mime) = match q.get("variant").map(String::as_str) {
-        None | Some("video") => (video_path(&state.data_dir, &o.id), "video/mp4"),
-        Some("thumbnail") => (thumbnail_path(&state.data_dir, &o.id), "image/png"),
+    let (variant, path, mime) = match q.get("variant").map(String::as_str) {
+        None | Some("video") => (
+            Variant::Video,
+            video_path(&state.data_dir, &o.id),
+            "video/mp4",
+        ),
+        Some("thumbnail") => (
+            Variant::Thumbnail,
+            thumbnail_path(&state.data_dir, &o.id),
+            "image/png",
+        ),
         Some(v) => return Err(ApiError::not_found(format!("no `{v}` variant of a video"))),
     };
     if o.status != JobStatus::Completed {
@@ -292,9 +300,16 @@ async fn content(
             o.status.as_str()
         )));
     }
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|_| ApiError::not_found(format!("the content of `{}` is gone", o.id)))?;
+    // This server's data dir first; a shared queue also has every video in the database.
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(_) => {
+            let (q, key) = (state.queue.clone(), o.id.clone());
+            db(move || q.stored_content(&key, variant))
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("the content of `{}` is gone", o.id)))?
+        }
+    };
     let len = bytes.len() as u64;
     let range = headers
         .get(header::RANGE)
@@ -336,13 +351,16 @@ async fn delete(
     {
         c.cancel();
     }
-    let q = state.queue.clone();
-    let key = id.clone();
-    if !db(move || q.delete(&key)).await? {
+    let (q, dir, key) = (state.queue.clone(), state.data_dir.clone(), id.clone());
+    let deleted = db(move || {
+        let deleted = q.delete(&key)?;
+        remove_files(&dir, &key);
+        Ok(deleted)
+    })
+    .await?;
+    if !deleted {
         return Err(ApiError::not_found(format!("no video `{id}`")));
     }
-    let _ = tokio::fs::remove_file(video_path(&state.data_dir, &id)).await;
-    let _ = tokio::fs::remove_file(thumbnail_path(&state.data_dir, &id)).await;
     eprintln!("job {id}: deleted");
     Ok(
         Json(serde_json::json!({"id": id, "object": "video.deleted", "deleted": true}))

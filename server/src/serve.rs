@@ -1,6 +1,6 @@
 //! Starting and stopping a server: the checks made before anything listens (no non-loopback
-//! address without an API key), the data dir and its SQLite queue (jobs a previous process left
-//! running are released to run again), the one worker thread holding the loaded `Pipeline`, the
+//! address without an API key), the data dir and the queue (SQLite in the data dir or a shared
+//! PostgreSQL database; jobs a previous process left running are released to run again), the one worker thread holding the loaded `Pipeline`, the
 //! HTTP listener, and a graceful stop (no new jobs; the running one is cancelled and, as its
 //! lease is released at the next start, runs again).
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyvideo::generation::Pipeline;
 
 use crate::api::{AppState, router};
-use crate::queue::{QueueError, SqliteQueue};
+use crate::queue::{JobQueue, QueueError, QueueLocation};
 use crate::request::Limits;
 use crate::worker::{Running, Wakeup, Worker};
 
@@ -22,6 +22,8 @@ use crate::worker::{Running, Wakeup, Worker};
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The queue's database (`--queue`).
+    pub queue: QueueLocation,
     pub api_key: Option<String>,
     pub max_queue: usize,
     pub limits: Limits,
@@ -84,7 +86,7 @@ impl Server {
             path: videos.clone(),
             source,
         })?;
-        let queue = Arc::new(SqliteQueue::open(&config.data_dir.join("queue.sqlite3"))?);
+        let queue: Arc<dyn JobQueue> = Arc::from(config.queue.open(&config.data_dir)?);
         let released = queue.release_orphans(&config.worker_id)?;
         if released > 0 {
             eprintln!("serve: {released} job(s) left running by a previous process will run again");

@@ -17,8 +17,9 @@ use hyvideo::generation::{
 };
 use hyvideo::video::{Video, save_video};
 
-use crate::queue::{Job, SqliteQueue};
+use crate::queue::{Content, ContentStore, Job, JobQueue};
 use crate::request::JobSettings;
+use crate::request::is_job_id;
 use crate::video::progress;
 
 /// Unix seconds now.
@@ -36,6 +37,12 @@ pub fn video_path(data_dir: &Path, id: &str) -> PathBuf {
 
 pub fn thumbnail_path(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("videos").join(format!("{id}.png"))
+}
+
+/// Remove a job's files from the data dir (those that exist).
+pub fn remove_files(data_dir: &Path, id: &str) {
+    let _ = std::fs::remove_file(video_path(data_dir, id));
+    let _ = std::fs::remove_file(thumbnail_path(data_dir, id));
 }
 
 /// The running jobs' cancel flags, shared with the API (DELETE cancels through them).
@@ -71,7 +78,7 @@ impl Wakeup {
 
 /// What one worker needs.
 pub struct Worker {
-    pub queue: Arc<SqliteQueue>,
+    pub queue: Arc<dyn JobQueue>,
     pub pipeline: Pipeline,
     pub data_dir: PathBuf,
     pub id: String,
@@ -120,18 +127,38 @@ impl Worker {
     }
 
     /// `--retention`: every finished job past its `expires_at` loses its files and its row.
+    /// Then the files in this data dir of jobs that no longer exist go too (on a shared queue
+    /// another server may have deleted or expired the job).
     fn sweep_expired(&self) {
         match self.queue.expired(now()) {
             Ok(ids) => {
                 for id in ids {
-                    let _ = std::fs::remove_file(video_path(&self.data_dir, &id));
-                    let _ = std::fs::remove_file(thumbnail_path(&self.data_dir, &id));
+                    remove_files(&self.data_dir, &id);
                     if let Err(e) = self.queue.delete(&id) {
                         eprintln!("retention: deleting {id}: {e}");
                     }
                 }
             }
             Err(e) => eprintln!("retention: {e}"),
+        }
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("videos")) else {
+            return;
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let path = e.path();
+                let stem = path.file_stem()?.to_str()?;
+                is_job_id(stem).then(|| stem.to_owned())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            if let Ok(None) = self.queue.get(&id) {
+                eprintln!("retention: {id} is gone from the queue; removing its files");
+                remove_files(&self.data_dir, &id);
+            }
         }
     }
 
@@ -162,8 +189,21 @@ impl Worker {
                     self.metrics.job_done(total);
                 }
                 let result = serde_json::json!({ "timings": timings }).to_string();
-                self.queue
-                    .complete(&id, &self.id, &result, t + self.retention_secs, t)
+                match self.stored_content(&id) {
+                    Ok(content) => self.queue.complete(
+                        &id,
+                        &self.id,
+                        &result,
+                        t + self.retention_secs,
+                        t,
+                        &content,
+                    ),
+                    Err(message) => {
+                        eprintln!("job {id}: failed (write_failed): {message}");
+                        self.metrics.failed("write_failed");
+                        self.queue.fail(&id, &self.id, "write_failed", &message, t)
+                    }
+                }
             }
             Outcome::Failed { code, message } => {
                 eprintln!("job {id}: failed ({code}): {message}");
@@ -189,10 +229,25 @@ impl Worker {
             Ok(true) => eprintln!("job {id}: recorded"),
             Ok(false) => {
                 // Deleted meanwhile (or taken over): leave no files behind.
-                let _ = std::fs::remove_file(video_path(&self.data_dir, &id));
-                let _ = std::fs::remove_file(thumbnail_path(&self.data_dir, &id));
+                remove_files(&self.data_dir, &id);
             }
             Err(e) => eprintln!("job {id}: recording the result: {e}"),
+        }
+    }
+
+    /// The finished files for a queue that stores them in its database (read back from the data
+    /// dir, where they were renamed into place); nothing for one that does not.
+    fn stored_content(&self, id: &str) -> Result<Content, String> {
+        match self.queue.content_store() {
+            ContentStore::DataDir => Ok(Content::default()),
+            ContentStore::Database => {
+                let read =
+                    |p: PathBuf| std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()));
+                Ok(Content {
+                    video: read(video_path(&self.data_dir, id))?,
+                    thumbnail: read(thumbnail_path(&self.data_dir, id))?,
+                })
+            }
         }
     }
 

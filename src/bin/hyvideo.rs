@@ -67,9 +67,15 @@ struct ServeArgs {
     /// Bearer token every /v1 request must carry.
     #[arg(long, env = "HYVIDEO_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// The job queue: `sqlite` (in --data-dir; the default). A shared PostgreSQL queue for
-    /// several servers is not available in this version.
-    #[arg(long, default_value = "sqlite")]
+    /// The job queue: `sqlite` (in --data-dir; the default, one server) or a PostgreSQL URL
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` shared by several servers (the
+    /// finished videos are stored there too).
+    #[arg(
+        long,
+        default_value = "sqlite",
+        env = "HYVIDEO_QUEUE",
+        hide_env_values = true
+    )]
     queue: String,
     /// This worker's name in the video objects (default host:pid).
     #[arg(long)]
@@ -995,21 +1001,17 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
 }
 
 fn serve_cmd(args: ServeArgs) -> Result<()> {
+    use hyvideo_server::queue::QueueLocation;
     use hyvideo_server::request::Limits;
     use hyvideo_server::serve::{ServeConfig, Server, default_worker_id, wait_for_signal};
-    if args.queue != "sqlite" {
-        bail!(
-            "--queue {}: only `sqlite` (the default, in --data-dir) is available in this version; \
-             a PostgreSQL queue shared by several servers is not implemented yet",
-            args.queue
-        );
-    }
+    let queue = QueueLocation::parse(&args.queue)?;
     if args.lease_seconds < 3 {
         bail!("--lease-seconds {}: at least 3", args.lease_seconds);
     }
     let config = ServeConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
+        queue,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_queue: args.max_queue,
         limits: Limits {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hyvideo::generation::{Pipeline, StageConfigs};
 use hyvideo_engines::SessionConfig;
+use hyvideo_server::queue::QueueLocation;
 use hyvideo_server::request::Limits;
 use hyvideo_server::serve::{ServeConfig, ServeError, Server};
 use serde_json::{Value, json};
@@ -26,6 +27,7 @@ fn config(data: &Path) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.to_path_buf(),
+        queue: QueueLocation::Sqlite,
         api_key: None,
         max_queue: 100,
         limits: Limits::default(),

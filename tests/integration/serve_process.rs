@@ -31,9 +31,9 @@ use crate::http_client::{get, get_stream, http, try_http};
 // The server process.
 
 /// A running `hyvideo serve`; dropping it kills the process (SIGKILL) and reaps it.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Its stderr.
     log: PathBuf,
     _logdir: tempfile::TempDir,
@@ -49,7 +49,7 @@ impl Drop for Serve {
 impl Serve {
     /// Start `hyvideo serve` on `data` (one intra-op thread: tests run side by side on 2 cores)
     /// and wait for its `listening on` line.
-    fn start(data: &Path, extra: &[&str]) -> Serve {
+    pub(crate) fn start(data: &Path, extra: &[&str]) -> Serve {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("serve.log");
         let child = Command::new(env!("CARGO_BIN_EXE_hyvideo"))
@@ -108,12 +108,12 @@ impl Serve {
         s
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The default worker id of this process: `host:pid`.
-    fn worker_id(&self) -> String {
+    pub(crate) fn worker_id(&self) -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
@@ -121,7 +121,7 @@ impl Serve {
     }
 
     /// `kill -9` and reap; asserts it died of SIGKILL (it was still running).
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         assert!(
             self.child.try_wait().unwrap().is_none(),
             "the server had exited already:\n{}",
@@ -132,7 +132,7 @@ impl Serve {
         assert_eq!(status.signal(), Some(9), "{status:?}");
     }
 
-    fn assert_alive(&mut self) {
+    pub(crate) fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("the server exited ({status:?}):\n{}", self.log());
         }
@@ -140,7 +140,7 @@ impl Serve {
 }
 
 /// POST a JSON create body; the new job's id.
-fn create(addr: SocketAddr, body: Value) -> String {
+pub(crate) fn create(addr: SocketAddr, body: Value) -> String {
     let a = http(
         addr,
         "POST",
@@ -155,7 +155,7 @@ fn create(addr: SocketAddr, body: Value) -> String {
 }
 
 /// A small job on the tiny bundle; `steps` sets how long it runs (~0.5 ms a step here).
-fn job(steps: u32, seed: u64) -> Value {
+pub(crate) fn job(steps: u32, seed: u64) -> Value {
     json!({
         "prompt": "A cat walks on the grass, realistic style.",
         "size": "48x32", "num_frames": 9, "num_inference_steps": steps, "seed": seed,
@@ -163,7 +163,12 @@ fn job(steps: u32, seed: u64) -> Value {
 }
 
 /// Poll `GET /v1/videos/{id}` (every 20 ms) until `until` holds; panics after `limit`.
-fn wait_for(s: &Serve, id: &str, limit: Duration, until: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_for(
+    s: &Serve,
+    id: &str,
+    limit: Duration,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
     let t = Instant::now();
     loop {
         let a = get(s.addr, &format!("/v1/videos/{id}"));
@@ -181,11 +186,11 @@ fn wait_for(s: &Serve, id: &str, limit: Duration, until: impl Fn(&Value) -> bool
     }
 }
 
-fn is_final(v: &Value) -> bool {
+pub(crate) fn is_final(v: &Value) -> bool {
     v["status"] == "completed" || v["status"] == "failed"
 }
 
-fn running(v: &Value) -> bool {
+pub(crate) fn running(v: &Value) -> bool {
     v["status"] == "in_progress" && v["progress"].as_u64().is_some_and(|p| p > 0)
 }
 
@@ -204,7 +209,7 @@ fn sse_data(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn metric(s: &Serve, status: &str) -> u64 {
+pub(crate) fn metric(s: &Serve, status: &str) -> u64 {
     let m = get(s.addr, "/metrics").text();
     let key = format!("hyvideo_jobs{{status=\"{status}\"}} ");
     m.lines()
@@ -214,7 +219,7 @@ fn metric(s: &Serve, status: &str) -> u64 {
 }
 
 /// The panics in a server log: each `panicked at` line and the message after it.
-fn panics(log: &str) -> String {
+pub(crate) fn panics(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let mut out = vec![];
     for (i, l) in lines.iter().enumerate() {
@@ -226,7 +231,7 @@ fn panics(log: &str) -> String {
 }
 
 /// Lines of the server log mentioning `id` and containing `what`.
-fn log_count(log: &str, id: &str, what: &str) -> usize {
+pub(crate) fn log_count(log: &str, id: &str, what: &str) -> usize {
     log.lines()
         .filter(|l| l.contains(id) && l.contains(what))
         .count()

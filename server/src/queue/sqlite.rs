@@ -1,13 +1,8 @@
-//! The durable job queue behind `/v1/videos`: one SQLite table of jobs (WAL mode, a busy timeout,
-//! schema created on open), claimed by workers under a lease so that a job whose worker died is
-//! run again, at most [`MAX_ATTEMPTS`] times.
-//!
-//! It mirrors the life of an OpenAI video object: `queued` → `in_progress` (with `progress`) →
-//! `completed` or `failed`, with the create request's settings and the worker's result kept as
-//! opaque JSON. Everything is synchronous (the server calls it from `spawn_blocking` and from its
-//! worker thread) and every timestamp is unix seconds passed in by the caller, so tests control
-//! time. Every write that reads before it writes runs in a `BEGIN IMMEDIATE` transaction, so two
-//! threads or two processes on the same file never claim the same job.
+//! The SQLite queue (the default, `--queue sqlite`): one table of jobs in `queue.sqlite3` in the
+//! data dir (WAL mode, synchronous FULL, a busy timeout, schema created on open). Every write
+//! that reads before it writes runs in a `BEGIN IMMEDIATE` transaction, so two threads or two
+//! processes on the same file never claim the same job. Videos stay in the data dir
+//! ([`ContentStore::DataDir`]); one server per data dir (see [`SqliteQueue::release_orphans`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,9 +11,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-/// Claims of one job after which a lease that runs out fails it (`worker_lost`) instead of
-/// handing it to another worker.
-pub const MAX_ATTEMPTS: u32 = 3;
+use super::{
+    COLUMNS, Content, ContentStore, Created, Job, JobQueue, JobStatus, MAX_ATTEMPTS, Order,
+    QueueError, RawJob, Variant,
+};
 
 /// How long a statement waits for another connection's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,107 +42,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at, seq);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, seq);
 ";
-
-/// The columns [`RawJob::from_row`] reads, in its order.
-const COLUMNS: &str = "id, created_at, status, progress, settings, attempts, worker, \
-                       error_code, error_message, started_at, completed_at, expires_at, result";
-
-/// Where a job is in its life, as the OpenAI video object spells it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    InProgress,
-    Completed,
-    Failed,
-}
-
-impl JobStatus {
-    pub const ALL: [JobStatus; 4] = [
-        JobStatus::Queued,
-        JobStatus::InProgress,
-        JobStatus::Completed,
-        JobStatus::Failed,
-    ];
-
-    /// The API's (and the database's) name of the status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::InProgress => "in_progress",
-            JobStatus::Completed => "completed",
-            JobStatus::Failed => "failed",
-        }
-    }
-
-    fn parse(s: &str) -> Option<JobStatus> {
-        JobStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-    }
-}
-
-/// One job as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Job {
-    pub id: String,
-    pub created_at: i64,
-    pub status: JobStatus,
-    /// 0..=100.
-    pub progress: u8,
-    /// The validated request as JSON (opaque to the queue).
-    pub settings: String,
-    /// Times it was claimed.
-    pub attempts: u32,
-    /// The worker that claimed it last.
-    pub worker: Option<String>,
-    /// Set when failed.
-    pub error: Option<JobError>,
-    pub started_at: Option<i64>,
-    pub completed_at: Option<i64>,
-    pub expires_at: Option<i64>,
-    /// JSON the worker stores at completion (timings etc.), opaque to the queue.
-    pub result: Option<String>,
-}
-
-/// Why a job failed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobError {
-    pub code: String,
-    pub message: String,
-}
-
-/// Order of [`SqliteQueue::list`]: by `created_at`, then insertion order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    Asc,
-    Desc,
-}
-
-/// What [`SqliteQueue::create`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Created {
-    pub job: Job,
-    /// An idempotency key matched: `job` is the one created earlier, nothing was inserted.
-    pub existing: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("{path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("queue database: {0}")]
-    Db(#[from] rusqlite::Error),
-    #[error("the queue is full ({queued} queued, at most {max})")]
-    Full { queued: usize, max: usize },
-    #[error("job `{0}` has a corrupt row: {1}")]
-    Corrupt(String, String),
-}
 
 /// The durable job queue: one SQLite connection behind a mutex (`Send + Sync`); open several
 /// (threads or processes) on the same file to share the queue.
@@ -196,11 +91,10 @@ impl SqliteQueue {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// Insert a queued job. With `idempotency_key` already used, return that job
-    /// (`existing = true`) without inserting. Refuse with [`QueueError::Full`] when `max_queued`
-    /// jobs are already queued (status Queued; the running one does not count). One transaction.
-    pub fn create(
+impl JobQueue for SqliteQueue {
+    fn create(
         &self,
         id: &str,
         settings: &str,
@@ -212,9 +106,7 @@ impl SqliteQueue {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(key) = idempotency_key {
             let sql = format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1");
-            let found = tx
-                .query_row(&sql, params![key], RawJob::from_row)
-                .optional()?;
+            let found = tx.query_row(&sql, params![key], raw_job).optional()?;
             if let Some(raw) = found {
                 return Ok(Created {
                     job: raw.into_job()?,
@@ -244,13 +136,11 @@ impl SqliteQueue {
         })
     }
 
-    pub fn get(&self, id: &str) -> Result<Option<Job>, QueueError> {
+    fn get(&self, id: &str) -> Result<Option<Job>, QueueError> {
         get_job(&self.conn(), id)
     }
 
-    /// Page of jobs after the job `after` (exclusive) in `order`; at most `limit`; and whether
-    /// more follow. An `after` that names no job (never created, or deleted) gives an empty page.
-    pub fn list(
+    fn list(
         &self,
         after: Option<&str>,
         limit: usize,
@@ -269,7 +159,7 @@ impl SqliteQueue {
                     "SELECT {COLUMNS} FROM jobs ORDER BY created_at {dir}, seq {dir} LIMIT ?1"
                 );
                 let mut stmt = conn.prepare(&sql)?;
-                stmt.query_map(params![fetch], RawJob::from_row)?
+                stmt.query_map(params![fetch], raw_job)?
                     .collect::<Result<Vec<_>, _>>()?
             }
             Some(after) => {
@@ -288,7 +178,7 @@ impl SqliteQueue {
                      ORDER BY created_at {dir}, seq {dir} LIMIT ?3"
                 );
                 let mut stmt = conn.prepare(&sql)?;
-                stmt.query_map(params![created_at, seq, fetch], RawJob::from_row)?
+                stmt.query_map(params![created_at, seq, fetch], raw_job)?
                     .collect::<Result<Vec<_>, _>>()?
             }
         };
@@ -302,17 +192,7 @@ impl SqliteQueue {
         Ok((jobs, has_more))
     }
 
-    /// Claim the oldest runnable job for `worker` with a lease until `now + lease_secs`: a Queued
-    /// job, or an InProgress job whose lease ran out (its worker died). Claiming increments
-    /// `attempts`; a job whose lease ran out after [`MAX_ATTEMPTS`] claims is instead marked
-    /// Failed with code `worker_lost` (and the next job is considered). Sets status InProgress,
-    /// progress 0, worker, started_at. Atomic (`BEGIN IMMEDIATE`).
-    pub fn claim(
-        &self,
-        worker: &str,
-        lease_secs: i64,
-        now: i64,
-    ) -> Result<Option<Job>, QueueError> {
+    fn claim(&self, worker: &str, lease_secs: i64, now: i64) -> Result<Option<Job>, QueueError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         loop {
@@ -360,15 +240,7 @@ impl SqliteQueue {
         }
     }
 
-    /// Extend the lease of `id` to `now + lease_secs` if `worker` still holds it (InProgress,
-    /// same worker); false otherwise (deleted, finished, or taken over after the lease ran out).
-    pub fn renew(
-        &self,
-        id: &str,
-        worker: &str,
-        lease_secs: i64,
-        now: i64,
-    ) -> Result<bool, QueueError> {
+    fn renew(&self, id: &str, worker: &str, lease_secs: i64, now: i64) -> Result<bool, QueueError> {
         let changed = self.conn().execute(
             "UPDATE jobs SET lease_until = ?3
              WHERE id = ?1 AND status = 'in_progress' AND worker = ?2",
@@ -377,10 +249,7 @@ impl SqliteQueue {
         Ok(changed > 0)
     }
 
-    /// Give back a job `worker` holds without finishing it (a graceful stop): its lease ends now,
-    /// so the next claim — by any worker, or by this server after its restart — runs it again
-    /// (the attempt is counted). False when `worker` no longer holds it.
-    pub fn release(&self, id: &str, worker: &str) -> Result<bool, QueueError> {
+    fn release(&self, id: &str, worker: &str) -> Result<bool, QueueError> {
         let changed = self.conn().execute(
             "UPDATE jobs SET lease_until = 0
              WHERE id = ?1 AND status = 'in_progress' AND worker = ?2",
@@ -389,8 +258,7 @@ impl SqliteQueue {
         Ok(changed > 0)
     }
 
-    /// Record progress (capped at 100) if `worker` holds the job; false when it no longer does.
-    pub fn set_progress(&self, id: &str, worker: &str, progress: u8) -> Result<bool, QueueError> {
+    fn set_progress(&self, id: &str, worker: &str, progress: u8) -> Result<bool, QueueError> {
         let changed = self.conn().execute(
             "UPDATE jobs SET progress = ?3
              WHERE id = ?1 AND status = 'in_progress' AND worker = ?2",
@@ -399,14 +267,14 @@ impl SqliteQueue {
         Ok(changed > 0)
     }
 
-    /// Mark completed (progress 100) with `result` JSON and `expires_at`, if `worker` holds it.
-    pub fn complete(
+    fn complete(
         &self,
         id: &str,
         worker: &str,
         result: &str,
         expires_at: i64,
         now: i64,
+        _content: &Content,
     ) -> Result<bool, QueueError> {
         let changed = self.conn().execute(
             "UPDATE jobs SET status = 'completed', progress = 100, result = ?3, expires_at = ?4,
@@ -417,8 +285,7 @@ impl SqliteQueue {
         Ok(changed > 0)
     }
 
-    /// Mark failed with an error, if `worker` holds it. (`expires_at` stays unset.)
-    pub fn fail(
+    fn fail(
         &self,
         id: &str,
         worker: &str,
@@ -435,18 +302,17 @@ impl SqliteQueue {
         Ok(changed > 0)
     }
 
-    /// Delete the job row (and with it its idempotency key); true if it existed.
-    pub fn delete(&self, id: &str) -> Result<bool, QueueError> {
+    fn delete(&self, id: &str) -> Result<bool, QueueError> {
         let changed = self
             .conn()
             .execute("DELETE FROM jobs WHERE id = ?1", params![id])?;
         Ok(changed > 0)
     }
 
-    /// After a restart of a single-process server: every InProgress job of a worker id that is
-    /// not `current_worker` gets its lease expired (`lease_until = 0`) so the next claim runs it
+    /// One server per SQLite data dir: after its restart every InProgress job of a worker id
+    /// that is not `current_worker` is an orphan and gets its lease expired (`lease_until = 0`) so the next claim runs it
     /// again (or fails it as `worker_lost` after [`MAX_ATTEMPTS`]). Returns how many.
-    pub fn release_orphans(&self, current_worker: &str) -> Result<usize, QueueError> {
+    fn release_orphans(&self, current_worker: &str) -> Result<usize, QueueError> {
         let changed = self.conn().execute(
             "UPDATE jobs SET lease_until = 0
              WHERE status = 'in_progress' AND (worker IS NULL OR worker <> ?1)",
@@ -455,8 +321,7 @@ impl SqliteQueue {
         Ok(changed)
     }
 
-    /// Ids of Completed/Failed jobs whose `expires_at <= now`, oldest first (for retention).
-    pub fn expired(&self, now: i64) -> Result<Vec<String>, QueueError> {
+    fn expired(&self, now: i64) -> Result<Vec<String>, QueueError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id FROM jobs
@@ -470,8 +335,7 @@ impl SqliteQueue {
         Ok(ids)
     }
 
-    /// Number of jobs per status (all four keys present), for `/metrics`.
-    pub fn counts(&self) -> Result<BTreeMap<JobStatus, usize>, QueueError> {
+    fn counts(&self) -> Result<BTreeMap<JobStatus, usize>, QueueError> {
         let conn = self.conn();
         let mut counts: BTreeMap<JobStatus, usize> = JobStatus::ALL
             .into_iter()
@@ -492,9 +356,16 @@ impl SqliteQueue {
         Ok(counts)
     }
 
-    /// Number of Queued jobs (the running ones not counted).
-    pub fn queued(&self) -> Result<usize, QueueError> {
+    fn queued(&self) -> Result<usize, QueueError> {
         count_status(&self.conn(), JobStatus::Queued)
+    }
+
+    fn content_store(&self) -> ContentStore {
+        ContentStore::DataDir
+    }
+
+    fn stored_content(&self, _id: &str, _variant: Variant) -> Result<Option<Vec<u8>>, QueueError> {
+        Ok(None)
     }
 }
 
@@ -509,93 +380,43 @@ fn count_status(conn: &Connection, status: JobStatus) -> Result<usize, QueueErro
 
 fn get_job(conn: &Connection, id: &str) -> Result<Option<Job>, QueueError> {
     let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1");
-    conn.query_row(&sql, params![id], RawJob::from_row)
+    conn.query_row(&sql, params![id], raw_job)
         .optional()?
         .map(RawJob::into_job)
         .transpose()
 }
 
-/// A row as SQLite types, checked into a [`Job`] by [`RawJob::into_job`].
-struct RawJob {
-    id: String,
-    created_at: i64,
-    status: String,
-    progress: i64,
-    settings: String,
-    attempts: i64,
-    worker: Option<String>,
-    error_code: Option<String>,
-    error_message: Option<String>,
-    started_at: Option<i64>,
-    completed_at: Option<i64>,
-    expires_at: Option<i64>,
-    result: Option<String>,
-}
-
-impl RawJob {
-    /// Reads the columns of [`COLUMNS`], in that order.
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<RawJob> {
-        Ok(RawJob {
-            id: row.get(0)?,
-            created_at: row.get(1)?,
-            status: row.get(2)?,
-            progress: row.get(3)?,
-            settings: row.get(4)?,
-            attempts: row.get(5)?,
-            worker: row.get(6)?,
-            error_code: row.get(7)?,
-            error_message: row.get(8)?,
-            started_at: row.get(9)?,
-            completed_at: row.get(10)?,
-            expires_at: row.get(11)?,
-            result: row.get(12)?,
-        })
-    }
-
-    fn into_job(self) -> Result<Job, QueueError> {
-        let corrupt = |what: String| QueueError::Corrupt(self.id.clone(), what);
-        let status = JobStatus::parse(&self.status)
-            .ok_or_else(|| corrupt(format!("unknown status `{}`", self.status)))?;
-        let progress = u8::try_from(self.progress)
-            .ok()
-            .filter(|p| *p <= 100)
-            .ok_or_else(|| corrupt(format!("progress {} is not in 0..=100", self.progress)))?;
-        let attempts = u32::try_from(self.attempts).map_err(|_| {
-            corrupt(format!(
-                "attempts {} is negative or too large",
-                self.attempts
-            ))
-        })?;
-        let error = match (self.error_code, self.error_message) {
-            (Some(code), Some(message)) => Some(JobError { code, message }),
-            (None, None) => None,
-            (Some(_), None) => return Err(corrupt("an error code without a message".to_string())),
-            (None, Some(_)) => return Err(corrupt("an error message without a code".to_string())),
-        };
-        Ok(Job {
-            id: self.id,
-            created_at: self.created_at,
-            status,
-            progress,
-            settings: self.settings,
-            attempts,
-            worker: self.worker,
-            error,
-            started_at: self.started_at,
-            completed_at: self.completed_at,
-            expires_at: self.expires_at,
-            result: self.result,
-        })
-    }
+/// Reads the columns of [`COLUMNS`], in that order.
+fn raw_job(row: &Row<'_>) -> rusqlite::Result<RawJob> {
+    Ok(RawJob {
+        id: row.get(0)?,
+        created_at: row.get(1)?,
+        status: row.get(2)?,
+        progress: row.get(3)?,
+        settings: row.get(4)?,
+        attempts: row.get(5)?,
+        worker: row.get(6)?,
+        error_code: row.get(7)?,
+        error_message: row.get(8)?,
+        started_at: row.get(9)?,
+        completed_at: row.get(10)?,
+        expires_at: row.get(11)?,
+        result: row.get(12)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::JobError;
     use std::collections::BTreeSet;
     use std::sync::{Arc, Barrier};
 
     const LEASE: i64 = 60;
+    const NONE: Content = Content {
+        video: Vec::new(),
+        thumbnail: Vec::new(),
+    };
     const MAX: usize = 1000;
 
     fn queue() -> SqliteQueue {
@@ -803,9 +624,12 @@ mod tests {
         assert_eq!(q.get("a").expect("get").expect("job").progress, 40);
         assert!(q.set_progress("a", "w1", 250).expect("progress"));
         assert_eq!(q.get("a").expect("get").expect("job").progress, 100);
-        assert!(!q.complete("a", "w2", "{}", 99, 20).expect("complete"));
         assert!(
-            q.complete("a", "w1", r#"{"secs":3}"#, 1000, 20)
+            !q.complete("a", "w2", "{}", 99, 20, &NONE)
+                .expect("complete")
+        );
+        assert!(
+            q.complete("a", "w1", r#"{"secs":3}"#, 1000, 20, &NONE)
                 .expect("complete")
         );
         let job = q.get("a").expect("get").expect("job");
@@ -837,7 +661,10 @@ mod tests {
             })
         );
         assert_eq!(job.completed_at, Some(12));
-        assert!(!q.complete("a", "w1", "{}", 99, 13).expect("complete"));
+        assert!(
+            !q.complete("a", "w1", "{}", 99, 13, &NONE)
+                .expect("complete")
+        );
     }
 
     #[test]
@@ -861,11 +688,17 @@ mod tests {
         // The old worker lost it.
         assert!(!q.renew("a", "w1", LEASE, 300).expect("renew"));
         assert!(!q.set_progress("a", "w1", 10).expect("progress"));
-        assert!(!q.complete("a", "w1", "{}", 999, 300).expect("complete"));
+        assert!(
+            !q.complete("a", "w1", "{}", 999, 300, &NONE)
+                .expect("complete")
+        );
         assert!(!q.fail("a", "w1", "x", "y", 300).expect("fail"));
         // The new one holds it.
         assert!(q.set_progress("a", "w2", 10).expect("progress"));
-        assert!(q.complete("a", "w2", "{}", 999, 300).expect("complete"));
+        assert!(
+            q.complete("a", "w2", "{}", 999, 300, &NONE)
+                .expect("complete")
+        );
     }
 
     #[test]
@@ -892,7 +725,10 @@ mod tests {
         let error = doomed.error.expect("an error");
         assert_eq!(error.code, "worker_lost");
         assert!(error.message.contains("w3"), "{}", error.message);
-        assert!(q.complete("next", "w9", "{}", 999, now).expect("complete"));
+        assert!(
+            q.complete("next", "w9", "{}", 999, now, &NONE)
+                .expect("complete")
+        );
         // With nothing else runnable, failing a lost job leaves the claim empty-handed.
         add(&q, "lonely", 3);
         for attempt in 1..=MAX_ATTEMPTS {
@@ -921,7 +757,7 @@ mod tests {
         q.claim("w", LEASE, 5).expect("claim").expect("b");
         assert!(q.delete("b").expect("delete running"));
         assert!(!q.renew("b", "w", LEASE, 6).expect("renew"));
-        assert!(!q.complete("b", "w", "{}", 9, 6).expect("complete"));
+        assert!(!q.complete("b", "w", "{}", 9, 6, &NONE).expect("complete"));
     }
 
     #[test]
@@ -937,11 +773,11 @@ mod tests {
             q.claim("w", LEASE, 10).expect("claim").expect("a job");
         }
         assert!(
-            q.complete("done_early", "w", "{}", 100, 20)
+            q.complete("done_early", "w", "{}", 100, 20, &NONE)
                 .expect("complete")
         );
         assert!(
-            q.complete("done_late", "w", "{}", 200, 20)
+            q.complete("done_late", "w", "{}", 200, 20, &NONE)
                 .expect("complete")
         );
         assert!(q.fail("failed", "w", "bad", "bad input", 20).expect("fail"));
@@ -965,7 +801,10 @@ mod tests {
         for _ in 0..3 {
             q.claim("w", LEASE, 10).expect("claim").expect("a job");
         }
-        assert!(q.complete("a", "w", "{}", 100, 20).expect("complete"));
+        assert!(
+            q.complete("a", "w", "{}", 100, 20, &NONE)
+                .expect("complete")
+        );
         assert!(q.fail("b", "w", "x", "y", 20).expect("fail"));
         let counts = q.counts().expect("counts");
         let expected: BTreeMap<JobStatus, usize> = [
@@ -1091,7 +930,7 @@ mod tests {
                     let mut got = Vec::new();
                     while let Some(job) = q.claim(worker, LEASE, 100)? {
                         assert_eq!(job.attempts, 1, "{} claimed twice", job.id);
-                        assert!(q.complete(&job.id, worker, "{}", 1000, 101)?);
+                        assert!(q.complete(&job.id, worker, "{}", 1000, 101, &NONE)?);
                         got.push(job.id);
                     }
                     Ok(got)
