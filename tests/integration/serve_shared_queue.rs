@@ -99,17 +99,17 @@ fn two_servers_on_one_postgres_queue_share_and_recover_the_jobs() {
         assert_eq!(thumb_a.body, thumb_b.body, "{id}");
     }
     // Range requests work on a video served from the database.
-    let remote = ids
+    let remote_id = ids
         .iter()
         .zip(&done)
         .find(|(_, v)| v["worker"] == "gpu-a")
         .map(|(id, _)| id.clone())
         .unwrap();
-    let whole = get(b.addr, &format!("/v1/videos/{remote}/content")).body;
+    let whole = get(b.addr, &format!("/v1/videos/{remote_id}/content")).body;
     let part = http(
         b.addr,
         "GET",
-        &format!("/v1/videos/{remote}/content"),
+        &format!("/v1/videos/{remote_id}/content"),
         &[("Range", "bytes=4-11")],
         b"",
     );
@@ -170,17 +170,31 @@ fn two_servers_on_one_postgres_queue_share_and_recover_the_jobs() {
     let log = survivor.log();
     assert_eq!(log_count(&log, &long, "(attempt 2)"), 1, "{log}");
 
-    // DELETE on a shared queue removes the row and the stored video for every server.
+    // DELETE on a shared queue removes the row and the stored video for every server; the
+    // server that made the video (dead now) drops its file at its next start's retention sweep.
+    let dead_id = if survivor_id == "gpu-a" {
+        "gpu-b"
+    } else {
+        "gpu-a"
+    };
+    let (orphan, dead_dir) = ids
+        .iter()
+        .zip(&done)
+        .find(|(_, v)| v["worker"] == dead_id)
+        .map(|(id, _)| (id.clone(), if dead_id == "gpu-a" { &dir_a } else { &dir_b }))
+        .unwrap();
+    let orphan_file = dead_dir.path().join(format!("videos/{orphan}.mp4"));
+    assert!(orphan_file.exists());
     let gone = http(
         survivor.addr,
         "DELETE",
-        &format!("/v1/videos/{remote}"),
+        &format!("/v1/videos/{orphan}"),
         &[],
         b"",
     );
     assert_eq!(gone.status, 200, "{}", gone.text());
     assert_eq!(
-        get(survivor.addr, &format!("/v1/videos/{remote}/content")).status,
+        get(survivor.addr, &format!("/v1/videos/{orphan}/content")).status,
         404
     );
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
@@ -188,7 +202,7 @@ fn two_servers_on_one_postgres_queue_share_and_recover_the_jobs() {
         .query_one(
             "SELECT (SELECT COUNT(*) FROM hyvideo_jobs WHERE id = $1)
                   + (SELECT COUNT(*) FROM hyvideo_videos WHERE id = $1)",
-            &[&remote],
+            &[&orphan],
         )
         .unwrap()
         .get(0);
@@ -200,5 +214,38 @@ fn two_servers_on_one_postgres_queue_share_and_recover_the_jobs() {
     assert_eq!(
         stored, 8,
         "the other 7 of the 8 and the long job are stored"
+    );
+    assert!(
+        orphan_file.exists(),
+        "the dead server's file is still there"
+    );
+    let dead_args = if dead_id == "gpu-a" { &args_a } else { &args_b };
+    let restarted = Serve::start(
+        dead_dir.path(),
+        &dead_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let t = Instant::now();
+    while orphan_file.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{} kept {orphan}'s file:\n{}",
+            dead_id,
+            restarted.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its other videos stay, and it serves the long job that the survivor made.
+    let kept = done.iter().filter(|v| v["worker"] == dead_id).count() - 1;
+    let files = std::fs::read_dir(dead_dir.path().join("videos"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "mp4"))
+        .count();
+    assert_eq!(files, kept);
+    let long_video = get(restarted.addr, &format!("/v1/videos/{long}/content"));
+    assert_eq!(long_video.status, 200);
+    assert_eq!(
+        long_video.body,
+        get(survivor.addr, &format!("/v1/videos/{long}/content")).body
     );
 }
