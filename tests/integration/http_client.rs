@@ -164,3 +164,51 @@ pub(crate) fn get_stream(addr: SocketAddr, path: &str, limit: Duration) -> (Answ
     };
     (parse_answer(&raw).unwrap(), closed)
 }
+
+/// One request to a server that may keep the connection open after its answer (ChromeDriver
+/// does, whatever `Connection: close` says): the answer read until its `Content-Length` bytes
+/// are in (or the server closes); an error if that takes longer than `limit`.
+pub(crate) fn try_http_sized(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    limit: Duration,
+) -> std::io::Result<Answer> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, limit)?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    s.write_all(&request_bytes(addr, method, path, headers, body))?;
+    let mut raw = vec![];
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]);
+            let len = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+            if let Some(n) = len
+                && raw.len() >= split + 4 + n
+            {
+                raw.truncate(split + 4 + n);
+                break;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e),
+        }
+        if t.elapsed() > limit {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                format!("{method} {path}: no complete answer within {limit:?}"),
+            ));
+        }
+    }
+    parse_answer(&raw)
+}

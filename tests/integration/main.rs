@@ -21,3 +21,5 @@ mod serve_shared_queue;
 mod text_encoders;
 mod transformer;
 mod vae;
+mod web_page;
+mod webdriver;

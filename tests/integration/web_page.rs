@@ -1,0 +1,319 @@
+//! The web page at `/` in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! which `scripts/setup-test-services.sh` installs), driven over WebDriver, against the server
+//! in-process on the tiny bundle with an API key: the page asks for the key, shows the server's
+//! 400 naming the field, submits a job, follows its events to `completed` and plays the MP4
+//! inline (a `<video>` at 48x32, playing); after a reload the stored key lists it again; its
+//! delete button removes it. A screenshot goes to `/tmp/hyvideo-page.png`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyvideo::generation::{Pipeline, StageConfigs};
+use hyvideo_engines::SessionConfig;
+use hyvideo_server::queue::QueueLocation;
+use hyvideo_server::request::Limits;
+use hyvideo_server::serve::{ServeConfig, Server};
+use serde_json::Value;
+
+use crate::generate::full_bundle;
+use crate::http_client::http;
+use crate::webdriver::Browser;
+
+const KEY: &str = "page-key";
+const PROMPT: &str = "A cat walks on the grass, realistic style.";
+const SCREENSHOT: &str = "/tmp/hyvideo-page.png";
+
+fn config(data: &Path) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.to_path_buf(),
+        queue: QueueLocation::Sqlite,
+        api_key: Some(KEY.into()),
+        max_queue: 100,
+        limits: Limits::default(),
+        lease_secs: 30,
+        retention_secs: 3600,
+        worker_id: "page-worker".into(),
+        body_limit: 1 << 16,
+    }
+}
+
+fn pipeline() -> Pipeline {
+    let cfg = SessionConfig::default().with_intra_threads(Some(2));
+    Pipeline::load(full_bundle(), None, &StageConfigs::all(cfg)).unwrap()
+}
+
+fn api(addr: SocketAddr, method: &str, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {KEY}");
+    let a = http(addr, method, path, &[("Authorization", auth.as_str())], b"");
+    let v = if a.body.is_empty() {
+        Value::Null
+    } else {
+        a.json()
+    };
+    (a.status, v)
+}
+
+/// Collect the page's uncaught errors, rejected promises and CSP violations in `__errors`.
+const WATCH_ERRORS: &str = "window.__errors = [];
+    addEventListener('error', e => __errors.push('error: ' + e.message));
+    addEventListener('unhandledrejection', e => __errors.push('rejection: ' + e.reason));
+    document.addEventListener('securitypolicyviolation',
+      e => __errors.push('csp: ' + e.violatedDirective + ' ' + e.blockedURI));";
+
+fn assert_no_page_errors(b: &Browser) {
+    let errors = b.js("return window.__errors;", &[]);
+    assert_eq!(errors, serde_json::json!([]), "the page's errors");
+}
+
+/// The row of `id`, its `<video>` and `<progress>`, as the test reads them.
+const ROW_STATE: &str = "const id = arguments[0];
+    const row = document.querySelector(`[data-video-id=\"${id}\"]`);
+    if (!row) return {ok: false, row: null};
+    const v = row.querySelector('video'), p = row.querySelector('progress');
+    const s = {
+      status: row.querySelector('.status').textContent,
+      progress: p.value, pct: row.querySelector('.pct').textContent,
+      rowError: row.querySelector('.error').textContent,
+      video: v && {readyState: v.readyState, paused: v.paused, t: v.currentTime,
+                   width: v.videoWidth, height: v.videoHeight, muted: v.muted, loop: v.loop,
+                   error: v.error && {code: v.error.code, message: v.error.message},
+                   src: v.src.slice(0, 5)},
+    };
+    s.ok = s.status === 'completed' && !!v && v.readyState >= 2 && !v.paused && v.currentTime > 0;
+    return s;";
+
+fn row_state(b: &Browser, id: &str, what: &str, limit: Duration) -> Value {
+    let script = format!("return (function() {{ {ROW_STATE} }}).apply(null, ['{id}']);");
+    b.wait(what, limit, &script)
+}
+
+#[test]
+fn the_page_submits_a_job_follows_it_and_plays_the_video() {
+    let t0 = Instant::now();
+    // The browser first: a missing Chromium fails at once with what to run.
+    let b = Browser::start();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(config(data.path()), pipeline()).unwrap();
+    let addr = server.addr();
+    let url = format!("http://{addr}/");
+    eprintln!("web_page: browser and server up in {:.1?}", t0.elapsed());
+
+    // The page itself: open, with a strict content security policy.
+    let page = http(addr, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("media-src blob:"),
+        "{csp}"
+    );
+
+    // Without a key the list answers 401, and the page asks for the key.
+    b.goto(&url);
+    b.js(WATCH_ERRORS, &[]);
+    let asked = b.wait(
+        "the page asks for the API key",
+        Duration::from_secs(10),
+        "const s = document.querySelector('#key-status').textContent;
+         return {ok: s.includes('API key') && document.activeElement.id === 'api-key',
+                 status: s, focus: document.activeElement.id};",
+    );
+    eprintln!("web_page: asked for the key: {}", asked["status"]);
+    b.fill("#api-key", KEY);
+    b.click("#save-key");
+    b.wait(
+        "the list loads with the key",
+        Duration::from_secs(10),
+        "const l = document.querySelector('#videos');
+         return {ok: l.dataset.loaded === 'true' && l.querySelectorAll('[data-video-id]').length === 0,
+                 list: document.querySelector('#list-status').textContent,
+                 key: document.querySelector('#key-status').textContent};",
+    );
+
+    // A frame count that is not 4k + 1: the server's 400 shown next to the form, naming the
+    // field, which is marked invalid; no job made.
+    let custom = "return [document.querySelector('#width').checkVisibility(),
+                          document.querySelector('#size').value];";
+    assert_eq!(
+        b.js(custom, &[]),
+        serde_json::json!([false, "960x544"]),
+        "custom size hidden"
+    );
+    b.click("#size option[value='custom']");
+    assert_eq!(
+        b.js(custom, &[]),
+        serde_json::json!([true, "custom"]),
+        "custom size shown"
+    );
+    b.fill("#prompt", PROMPT);
+    b.click("#size option[value='48x32']");
+    assert_eq!(b.js(custom, &[]), serde_json::json!([false, "48x32"]));
+    b.fill("#frames", "10");
+    b.fill("#steps", "4");
+    b.fill("#seed", "42");
+    b.click("#submit");
+    let shown = b.wait(
+        "the server's error on the page",
+        Duration::from_secs(10),
+        "const e = document.querySelector('#form-error').textContent;
+         const f = document.querySelector('#frames');
+         return {ok: e.includes('num_frames') && e.includes('4k + 1')
+                     && f.getAttribute('aria-invalid') === 'true'
+                     && document.activeElement === f,
+                 error: e, invalid: f.getAttribute('aria-invalid'),
+                 focus: document.activeElement.id,
+                 rows: document.querySelectorAll('[data-video-id]').length};",
+    );
+    assert_eq!(shown["rows"], 0, "{shown}");
+    eprintln!("web_page: error shown: {}", shown["error"]);
+    let (s, list) = api(addr, "GET", "/v1/videos");
+    assert_eq!((s, &list["data"]), (200, &serde_json::json!([])), "{list}");
+
+    // Fixed: the job is made, its row appears at the top and follows the events.
+    b.js(
+        "window.__statuses = [];
+         new MutationObserver(() => {
+           const s = document.querySelector('[data-video-id] .status');
+           const p = document.querySelector('[data-video-id] progress');
+           const seen = s && `${s.textContent} ${p.value}`;
+           if (seen && __statuses[__statuses.length - 1] !== seen) __statuses.push(seen);
+         }).observe(document.querySelector('#videos'),
+                    {subtree: true, childList: true, characterData: true, attributes: true});",
+        &[],
+    );
+    b.fill("#frames", "9");
+    let t_submit = Instant::now();
+    b.click("#submit");
+    let row = b.wait(
+        "the new row",
+        Duration::from_secs(10),
+        "const r = document.querySelector('#videos > [data-video-id]');
+         return {ok: !!r && document.querySelector('#form-error').textContent === ''
+                     && !document.querySelector('#frames').hasAttribute('aria-invalid'),
+                 id: r && r.dataset.videoId,
+                 error: document.querySelector('#form-error').textContent};",
+    );
+    let id = row["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("video_") && id.len() == 30, "{id}");
+
+    // Completed, and the MP4 plays inline at its size.
+    let s = row_state(
+        &b,
+        &id,
+        "the row completed with its video playing",
+        Duration::from_secs(90),
+    );
+    eprintln!(
+        "web_page: completed and playing {:.1?} after submit: {s}",
+        t_submit.elapsed()
+    );
+    let v = &s["video"];
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(48), Some(32)),
+        "{s}"
+    );
+    assert_eq!(
+        (s["progress"].as_f64(), s["pct"].as_str()),
+        (Some(100.0), Some("100%")),
+        "{s}"
+    );
+    assert_eq!(
+        (v["muted"].as_bool(), v["loop"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(v["src"], "blob:", "played from the fetched blob");
+    assert_eq!(s["rowError"], "");
+    // Playing: the position moves.
+    let mut times = vec![];
+    for _ in 0..5 {
+        let t = b.js(
+            "return document.querySelector(`[data-video-id=\"${arguments[0]}\"] video`).currentTime;",
+            &[Value::from(id.as_str())],
+        );
+        times.push(t.as_f64().unwrap());
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    assert!(
+        times.windows(2).any(|w| w[0] != w[1]),
+        "currentTime stands still: {times:?}"
+    );
+    let statuses = b.js("return window.__statuses;", &[]);
+    eprintln!("web_page: the row showed {statuses}");
+    assert_eq!(
+        statuses
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(Value::as_str),
+        Some("completed 100"),
+        "{statuses}"
+    );
+    assert_no_page_errors(&b);
+
+    // The API agrees: the job ran with the page's settings.
+    let (s, job) = api(addr, "GET", &format!("/v1/videos/{id}"));
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["progress"].as_u64(),
+            job["size"].as_str(),
+            job["num_frames"].as_u64(),
+            job["num_inference_steps"].as_u64(),
+            job["seed"].as_u64(),
+            job["prompt"].as_str(),
+        ),
+        (
+            Some("completed"),
+            Some(100),
+            Some("48x32"),
+            Some(9),
+            Some(4),
+            Some(42),
+            Some(PROMPT)
+        ),
+        "{job}"
+    );
+    assert_eq!(
+        (job["guidance_scale"].as_f64(), job["flow_shift"].as_f64()),
+        (Some(6.0), Some(7.0))
+    );
+
+    b.js("window.scrollTo(0, 0);", &[]);
+    let png = b.screenshot();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    std::fs::write(SCREENSHOT, &png).unwrap();
+    eprintln!("web_page: screenshot in {SCREENSHOT} ({} bytes)", png.len());
+
+    // A reload: the stored key lists the job again, and it plays again.
+    b.goto(&url);
+    b.js(WATCH_ERRORS, &[]);
+    let again = row_state(
+        &b,
+        &id,
+        "the listed job plays after a reload",
+        Duration::from_secs(20),
+    );
+    assert_eq!(again["video"]["width"], 48, "{again}");
+    let key = b.js("return [document.querySelector('#api-key').value, localStorage.getItem('hyvideo.apiKey')];", &[]);
+    assert_eq!(key, serde_json::json!([KEY, KEY]));
+
+    // Its delete button deletes it.
+    b.click(&format!("[data-video-id='{id}'] .delete"));
+    b.wait(
+        "the row is gone",
+        Duration::from_secs(10),
+        "return {ok: !document.querySelector('[data-video-id]') && !!document.querySelector('#videos .empty')};",
+    );
+    assert_eq!(api(addr, "GET", &format!("/v1/videos/{id}")).0, 404);
+    assert_no_page_errors(&b);
+
+    drop(b);
+    server.stop();
+    eprintln!("web_page: done in {:.1?}", t0.elapsed());
+}
