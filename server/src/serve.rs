@@ -80,6 +80,13 @@ pub struct Server {
 impl Server {
     /// Check the configuration, open the queue, start the worker on `pipeline` and listen.
     pub fn start(config: ServeConfig, pipeline: Pipeline) -> Result<Server, ServeError> {
+        Server::prepare(config)?.start(pipeline)
+    }
+
+    /// Everything that can fail before the engines are needed: the checks, the data dir and the
+    /// queue (opened, schema created, orphans released). Loading engines can take minutes on a
+    /// GPU, so `hyvideo serve` prepares first and loads after.
+    pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         config.check()?;
         let videos = config.data_dir.join("videos");
         std::fs::create_dir_all(&videos).map_err(|source| ServeError::DataDir {
@@ -91,6 +98,25 @@ impl Server {
         if released > 0 {
             eprintln!("serve: {released} job(s) left running by a previous process will run again");
         }
+        Ok(Prepared { config, queue })
+    }
+}
+
+/// A server ready to start: its configuration checked, its queue open.
+pub struct Prepared {
+    config: ServeConfig,
+    queue: Arc<dyn JobQueue>,
+}
+
+impl Prepared {
+    /// The request limits, to narrow them to what the loaded engines admit.
+    pub fn limits_mut(&mut self) -> &mut Limits {
+        &mut self.config.limits
+    }
+
+    /// Start the worker on `pipeline` and listen.
+    pub fn start(self, pipeline: Pipeline) -> Result<Server, ServeError> {
+        let Prepared { config, queue } = self;
         let running: Running = Arc::new(Mutex::new(Default::default()));
         let shutdown = Arc::new(AtomicBool::new(false));
         let wakeup = Arc::new(Wakeup::default());
@@ -165,7 +191,9 @@ impl Server {
             worker: Some(worker),
         })
     }
+}
 
+impl Server {
     /// Where it listens (the port chosen when `listen` asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -1025,21 +1025,22 @@ fn serve_cmd(args: ServeArgs) -> Result<()> {
         worker_id: args.worker_id.clone().unwrap_or_else(default_worker_id),
         body_limit: 1 << 20,
     };
-    // Refused before the engines load, which can take minutes on a GPU.
-    config.check()?;
+    // An open address without a key, an unusable data dir or queue: refused before the engines
+    // load, which can take minutes on a GPU.
+    let mut prepared = Server::prepare(config)?;
     let t = Instant::now();
     let pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
-    let mut config = config;
     if let Some((size, frames)) = engine_max_shape(&pipeline) {
-        config.limits.engine_max = Some(size);
-        config.limits.max_frames = config.limits.max_frames.min(frames);
+        let limits = prepared.limits_mut();
+        limits.engine_max = Some(size);
+        limits.max_frames = limits.max_frames.min(frames);
     }
     eprintln!(
         "serve: loaded {} in {:.1} s",
         args.bundle.display(),
         t.elapsed().as_secs_f64()
     );
-    let server = Server::start(config, pipeline)?;
+    let server = prepared.start(pipeline)?;
     println!("listening on http://{}", server.addr());
     wait_for_signal()?;
     eprintln!("serve: stopping");

@@ -249,3 +249,38 @@ fn two_servers_on_one_postgres_queue_share_and_recover_the_jobs() {
         get(survivor.addr, &format!("/v1/videos/{long}/content")).body
     );
 }
+
+/// `--queue` that is no queue, or a PostgreSQL server that does not answer: `hyvideo serve`
+/// exits non-zero naming the flag (the password hidden) before it loads any engine.
+#[test]
+fn a_bad_queue_is_refused_before_the_engines_load() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let data = tempfile::tempdir().unwrap();
+    let unreachable = format!("postgres://hy:s3cret@127.0.0.1:{port}/videos?connect_timeout=2");
+    for (queue, want) in [
+        (
+            "mysql://db/videos",
+            "--queue mysql://db/videos: not a queue location",
+        ),
+        (unreachable.as_str(), "--queue postgres://hy:***@127.0.0.1:"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hyvideo"))
+            .args(["serve", "--bundle", "/nonexistent/bundle", "--queue", queue])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("HYVIDEO_API_KEY")
+            .env_remove("HYVIDEO_QUEUE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{queue}: {stderr}");
+        assert!(stderr.contains(want), "{queue}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert!(
+            !stderr.contains("/nonexistent/bundle"),
+            "failed before loading: {stderr}"
+        );
+    }
+}
