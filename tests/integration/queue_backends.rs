@@ -210,28 +210,29 @@ fn two_handles_never_claim_the_same_job(open: Open) {
     assert_eq!(q.counts().unwrap()[&JobStatus::Completed], JOBS);
 }
 
+/// Every behaviour, each on its own empty queue.
+const BEHAVIOURS: [fn(Open); 3] = [
+    creates_and_lists,
+    claims_and_leases,
+    two_handles_never_claim_the_same_job,
+];
+
+/// Run every behaviour; `open(i)` opens a handle on the `i`-th empty queue.
+fn run_behaviours(open: &(dyn Fn(usize) -> Box<dyn JobQueue> + Sync)) {
+    for (i, behaviour) in BEHAVIOURS.into_iter().enumerate() {
+        behaviour(&|| open(i));
+    }
+}
+
 /// A fresh empty SQLite queue per behaviour (each `open` in one behaviour opens the same file).
 #[test]
 fn the_sqlite_queue_keeps_the_contract() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let current = std::sync::atomic::AtomicUsize::new(0);
-    let open = || -> Box<dyn JobQueue> {
-        let d = &dirs[current.load(std::sync::atomic::Ordering::SeqCst)];
-        QueueLocation::Sqlite.open(d.path()).unwrap()
-    };
-    for (i, behaviour) in [
-        creates_and_lists as fn(Open),
-        claims_and_leases,
-        two_handles_never_claim_the_same_job,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        current.store(i, std::sync::atomic::Ordering::SeqCst);
-        behaviour(&open);
-    }
+    let dirs: Vec<tempfile::TempDir> = (0..BEHAVIOURS.len())
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    run_behaviours(&|i| QueueLocation::Sqlite.open(dirs[i].path()).unwrap());
     // The SQLite queue keeps videos in the data dir only.
-    let q = open();
+    let q = QueueLocation::Sqlite.open(dirs[0].path()).unwrap();
     assert_eq!(q.content_store(), ContentStore::DataDir);
     assert_eq!(
         q.stored_content("video_0001", Variant::Video).unwrap(),
@@ -243,30 +244,17 @@ fn the_sqlite_queue_keeps_the_contract() {
 #[test]
 fn the_postgres_queue_keeps_the_contract_and_stores_the_videos() {
     let pg = PgServer::start();
-    let urls: Vec<String> = (0..3)
+    let urls: Vec<String> = (0..BEHAVIOURS.len())
         .map(|i| pg.database(&format!("contract_{i}")))
         .collect();
-    let current = std::sync::atomic::AtomicUsize::new(0);
-    let open = || -> Box<dyn JobQueue> {
-        let url = &urls[current.load(std::sync::atomic::Ordering::SeqCst)];
-        Box::new(PgQueue::open(url).unwrap_or_else(|e| {
+    run_behaviours(&|i| {
+        Box::new(PgQueue::open(&urls[i]).unwrap_or_else(|e| {
             panic!(
                 "{e}\nserver log:\n{}",
                 std::fs::read_to_string(pg.dir().join("server.log")).unwrap_or_default()
             )
         }))
-    };
-    for (i, behaviour) in [
-        creates_and_lists as fn(Open),
-        claims_and_leases,
-        two_handles_never_claim_the_same_job,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        current.store(i, std::sync::atomic::Ordering::SeqCst);
-        behaviour(&open);
-    }
+    });
 
     // Videos are stored with the completion, served to any handle, deleted with the job.
     let url = pg.database("content");

@@ -23,7 +23,8 @@ fn post_json(addr: SocketAddr, v: &Value, headers: &[(&str, &str)]) -> Answer {
     http(addr, "POST", "/v1/videos", &h, v.to_string().as_bytes())
 }
 
-fn config(data: &Path) -> ServeConfig {
+/// An in-process server's configuration on `data`: loopback, port 0, no key, SQLite.
+pub(crate) fn config(data: &Path) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.to_path_buf(),
@@ -38,7 +39,8 @@ fn config(data: &Path) -> ServeConfig {
     }
 }
 
-fn pipeline() -> Pipeline {
+/// The tiny bundle's pipeline, every stage, two intra-op threads.
+pub(crate) fn pipeline() -> Pipeline {
     let cfg = SessionConfig::default().with_intra_threads(Some(2));
     Pipeline::load(full_bundle(), None, &StageConfigs::all(cfg)).unwrap()
 }

@@ -9,14 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyvideo::generation::{Pipeline, StageConfigs};
-use hyvideo_engines::SessionConfig;
-use hyvideo_server::queue::QueueLocation;
-use hyvideo_server::request::Limits;
 use hyvideo_server::serve::{ServeConfig, Server};
 use serde_json::Value;
 
-use crate::generate::full_bundle;
 use crate::http_client::http;
 use crate::webdriver::Browser;
 
@@ -24,24 +19,13 @@ const KEY: &str = "page-key";
 const PROMPT: &str = "A cat walks on the grass, realistic style.";
 const SCREENSHOT: &str = "/tmp/hyvideo-page.png";
 
+/// The in-process server's configuration, with the page's key.
 fn config(data: &Path) -> ServeConfig {
     ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.to_path_buf(),
-        queue: QueueLocation::Sqlite,
         api_key: Some(KEY.into()),
-        max_queue: 100,
-        limits: Limits::default(),
-        lease_secs: 30,
-        retention_secs: 3600,
         worker_id: "page-worker".into(),
-        body_limit: 1 << 16,
+        ..crate::serve::config(data)
     }
-}
-
-fn pipeline() -> Pipeline {
-    let cfg = SessionConfig::default().with_intra_threads(Some(2));
-    Pipeline::load(full_bundle(), None, &StageConfigs::all(cfg)).unwrap()
 }
 
 fn api(addr: SocketAddr, method: &str, path: &str) -> (u16, Value) {
@@ -95,7 +79,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     // The browser first: a missing Chromium fails at once with what to run.
     let b = Browser::start();
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(config(data.path()), pipeline()).unwrap();
+    let server = Server::start(config(data.path()), crate::serve::pipeline()).unwrap();
     let addr = server.addr();
     let url = format!("http://{addr}/");
     eprintln!("web_page: browser and server up in {:.1?}", t0.elapsed());

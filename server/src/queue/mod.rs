@@ -256,6 +256,15 @@ pub trait JobQueue: Send + Sync {
     fn stored_content(&self, id: &str, variant: Variant) -> Result<Option<Vec<u8>>, QueueError>;
 }
 
+/// The error message of a job failed as `worker_lost`: its lease ran out `attempts` times,
+/// the last time under `previous`.
+pub(crate) fn worker_lost_message(previous: Option<&str>, attempts: u32) -> String {
+    format!(
+        "the worker running this job stopped (last: `{}`) {attempts} times; it is not tried again",
+        previous.unwrap_or("?")
+    )
+}
+
 /// Which database holds the queue (`--queue`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueLocation {

@@ -19,7 +19,7 @@ use postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
     COLUMNS, Content, ContentStore, Created, Job, JobQueue, JobStatus, MAX_ATTEMPTS, Order,
-    QueueError, RawJob, Variant,
+    QueueError, RawJob, Variant, worker_lost_message,
 };
 
 /// The tables' schema; `hyvideo_` names so the queue can share a database with other tables.
@@ -321,11 +321,7 @@ impl JobQueue for PgQueue {
                 let attempts = u32::try_from(attempts)
                     .map_err(|_| QueueError::Corrupt(id.clone(), format!("attempts {attempts}")))?;
                 if status == JobStatus::InProgress.as_str() && attempts >= MAX_ATTEMPTS {
-                    let message = format!(
-                        "the worker running this job stopped (last: `{}`) {attempts} times; \
-                         it is not tried again",
-                        previous.as_deref().unwrap_or("?")
-                    );
+                    let message = worker_lost_message(previous.as_deref(), attempts);
                     tx.execute(
                         "UPDATE hyvideo_jobs SET status = 'failed', error_code = 'worker_lost',
                              error_message = $2, completed_at = $3, lease_until = NULL
