@@ -116,7 +116,11 @@ impl RuntimeArgs {
     pub fn config_for(&self, component: hyvideo_bundle::Component) -> SessionConfig {
         use hyvideo_bundle::Component as C;
         let kind = match component {
-            C::Transformer => self.transformer_backend,
+            C::Transformer
+            | C::TransformerEmbed
+            | C::TransformerFirstBlock
+            | C::TransformerRestBlocks
+            | C::TransformerHead => self.transformer_backend,
             C::VaeDecoder => self.vae_backend,
             C::TextEncoder | C::TextEncoder2 => self.text_backend,
         }

@@ -80,7 +80,19 @@ pub fn profile_context(bundle: &Path, manifest: &Manifest) -> Result<ProfileCont
         tile_frames: vae_tiling::DEFAULT_TILE_FRAMES / tr + 1,
         tile_size: vae_tiling::DEFAULT_TILE_SIZE / sr,
         encoder_tokens,
+        patch_size: transformer_patch_size(bundle),
     })
+}
+
+/// The transformer's `patch_size` from the bundle's copy of its config (HunyuanVideo's 2 when
+/// the bundle has none: then no transformer stage is profiled either).
+fn transformer_patch_size(bundle: &Path) -> usize {
+    let path = bundle.join(Component::Transformer.spec().config_file());
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("patch_size")?.as_u64())
+        .map_or(2, |p| p as usize)
 }
 
 /// min / opt / max shapes of every input of every component of `manifest` for `preset`.

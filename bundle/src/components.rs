@@ -22,6 +22,16 @@ pub enum Component {
     /// diffusers' `text_encoder_2` (snake_case alone would give `text_encoder2`).
     #[serde(rename = "text_encoder_2")]
     TextEncoder2,
+    /// The transformer in stages (cut from its single graph, sharing its weight file), for
+    /// step caching: patch embedding, conditioning, token refiner, RoPE tables and the first
+    /// block's `norm1` (TeaCache's indicator) …
+    TransformerEmbed,
+    /// … the first dual block …
+    TransformerFirstBlock,
+    /// … every other block …
+    TransformerRestBlocks,
+    /// … and `norm_out`, `proj_out`, unpatchify.
+    TransformerHead,
 }
 
 /// I/O names of the transformer graph: diffusers' `HunyuanVideoTransformer3DModel.forward`
@@ -33,6 +43,32 @@ pub mod transformer {
     pub const POOLED_PROJECTIONS: &str = "pooled_projections";
     pub const GUIDANCE: &str = "guidance";
     pub const OUTPUT: &str = "sample";
+}
+
+/// The transformer's stage graphs (step caching decides between them): names of the tensors
+/// passed from stage to stage, and of the stage graphs. In the single `transformer` graph each
+/// is the output of an `Identity` named `stage/<name>`, where the stage graphs are cut from it
+/// (they share its weight file).
+pub mod transformer_stages {
+    /// Image tokens after the patch embedding, `[B, N, D]` (N = frames·height·width / p²).
+    pub const IMG_TOKENS: &str = "img_tokens";
+    /// Text tokens after the token refiner, `[B, L, D]`.
+    pub const TXT_TOKENS: &str = "txt_tokens";
+    /// The conditioning vector after SiLU, `[B, D]`: the input of every modulation.
+    pub const CONDITIONING: &str = "conditioning";
+    /// RoPE tables over the joint `[img; txt]` sequence, `[N + L, 1, head_dim]`.
+    pub const ROPE_COS: &str = "rope_cos";
+    pub const ROPE_SIN: &str = "rope_sin";
+    /// The first dual block's `norm1` output on the image tokens, `LayerNorm(x)·(1 + scale) +
+    /// shift`, `[B, N, D]`: TeaCache's indicator, and that block's attention input.
+    pub const FIRST_BLOCK_NORM1: &str = "first_block_norm1";
+    /// Image and text tokens after the first dual block.
+    pub const IMG_FIRST_BLOCK: &str = "img_after_first_block";
+    pub const TXT_FIRST_BLOCK: &str = "txt_after_first_block";
+    /// Image tokens after every block (dual and single).
+    pub const IMG_ALL_BLOCKS: &str = "img_after_blocks";
+    /// The prefix of the cut `Identity` nodes in the single graph.
+    pub const CUT_PREFIX: &str = "stage/";
 }
 
 /// I/O names of the VAE decoder graph (`AutoencoderKLHunyuanVideo.decode`).
@@ -62,9 +98,27 @@ impl Component {
         Component::TextEncoder2,
     ];
 
+    /// The transformer's stage graphs, in the order they run.
+    pub const TRANSFORMER_STAGES: [Component; 4] = [
+        Component::TransformerEmbed,
+        Component::TransformerFirstBlock,
+        Component::TransformerRestBlocks,
+        Component::TransformerHead,
+    ];
+
+    /// Whether this is one of the transformer's stage graphs (exported with the transformer,
+    /// never on its own).
+    pub fn is_transformer_stage(self) -> bool {
+        Component::TRANSFORMER_STAGES.contains(&self)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Component::Transformer => "transformer",
+            Component::TransformerEmbed => "transformer_embed",
+            Component::TransformerFirstBlock => "transformer_first_block",
+            Component::TransformerRestBlocks => "transformer_rest_blocks",
+            Component::TransformerHead => "transformer_head",
             Component::VaeDecoder => "vae_decoder",
             Component::TextEncoder => "text_encoder",
             Component::TextEncoder2 => "text_encoder_2",
@@ -108,6 +162,99 @@ impl Component {
                         IoSpec::optional(GUIDANCE, f, &[S(Sym::Batch)]),
                     ],
                     outputs: vec![IoSpec::required(OUTPUT, f, &grid(Size::OutChannels))],
+                    profile: ProfileRule::Denoiser,
+                }
+            }
+            Component::TransformerEmbed
+            | Component::TransformerFirstBlock
+            | Component::TransformerRestBlocks
+            | Component::TransformerHead => {
+                use transformer::*;
+                use transformer_stages::*;
+                let a = Elem::Activation;
+                let tokens = |n| [S(Sym::Batch), S(n), Z(Size::InnerDim)];
+                let img = |name| IoSpec::required(name, a, &tokens(Sym::ImageTokens));
+                let txt = |name| IoSpec::required(name, a, &tokens(Sym::TextLen));
+                let cond = IoSpec::required(CONDITIONING, a, &[S(Sym::Batch), Z(Size::InnerDim)]);
+                let rope = |name| {
+                    IoSpec::required(
+                        name,
+                        a,
+                        &[S(Sym::JointTokens), Z(Size::One), Z(Size::HeadDim)],
+                    )
+                };
+                let grid = |c| {
+                    [
+                        S(Sym::Batch),
+                        Z(c),
+                        S(Sym::Frames),
+                        S(Sym::Height),
+                        S(Sym::Width),
+                    ]
+                };
+                let (inputs, outputs) = match self {
+                    Component::TransformerEmbed => (
+                        vec![
+                            IoSpec::required(HIDDEN_STATES, f, &grid(Size::InChannels)),
+                            IoSpec::required(TIMESTEP, f, &[S(Sym::Batch)]),
+                            IoSpec::required(
+                                ENCODER_HIDDEN_STATES,
+                                f,
+                                &[S(Sym::Batch), S(Sym::TextLen), Z(Size::TextEmbedDim)],
+                            ),
+                            IoSpec::required(
+                                POOLED_PROJECTIONS,
+                                f,
+                                &[S(Sym::Batch), Z(Size::PooledProjectionDim)],
+                            ),
+                            IoSpec::optional(GUIDANCE, f, &[S(Sym::Batch)]),
+                        ],
+                        vec![
+                            img(IMG_TOKENS),
+                            txt(TXT_TOKENS),
+                            cond.clone(),
+                            rope(ROPE_COS),
+                            rope(ROPE_SIN),
+                            img(FIRST_BLOCK_NORM1),
+                        ],
+                    ),
+                    Component::TransformerFirstBlock => (
+                        vec![
+                            img(IMG_TOKENS),
+                            txt(TXT_TOKENS),
+                            cond.clone(),
+                            rope(ROPE_COS),
+                            rope(ROPE_SIN),
+                            img(FIRST_BLOCK_NORM1),
+                        ],
+                        vec![img(IMG_FIRST_BLOCK), txt(TXT_FIRST_BLOCK)],
+                    ),
+                    Component::TransformerRestBlocks => (
+                        vec![
+                            img(IMG_FIRST_BLOCK),
+                            txt(TXT_FIRST_BLOCK),
+                            cond.clone(),
+                            rope(ROPE_COS),
+                            rope(ROPE_SIN),
+                        ],
+                        vec![img(IMG_ALL_BLOCKS)],
+                    ),
+                    _ => (
+                        vec![
+                            img(IMG_ALL_BLOCKS),
+                            cond.clone(),
+                            // Read for its shape only (the latent grid to unpatchify to).
+                            IoSpec::required(HIDDEN_STATES, f, &grid(Size::InChannels)),
+                        ],
+                        vec![IoSpec::required(OUTPUT, f, &grid(Size::OutChannels))],
+                    ),
+                };
+                ComponentSpec {
+                    name,
+                    source_folder: "transformer",
+                    tokenizer: None,
+                    inputs,
+                    outputs,
                     profile: ProfileRule::Denoiser,
                 }
             }

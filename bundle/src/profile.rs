@@ -112,6 +112,9 @@ pub struct ProfileContext {
     /// The fixed (padded) prompt length of a [`ProfileRule::FixedPrompt`] component whose
     /// length is symbolic in its graph (Llama: the template's length), per component.
     pub encoder_tokens: Vec<(Component, usize)>,
+    /// The transformer's spatial patch size (its stages' image tokens are latent frames ×
+    /// height / p × width / p).
+    pub patch_size: usize,
 }
 
 impl ProfileContext {
@@ -141,7 +144,26 @@ impl ProfileContext {
             Some(Range3([*min, v[0], *max]))
         };
         let frames = |f: usize| (f - 1) / self.temporal_ratio + 1;
+        // Image tokens per resolution (patches of the latent grid); min / first / max over the
+        // preset's resolutions, times the frame range.
+        let image_tokens = || {
+            let p = self.patch_size.max(1);
+            let per: Vec<usize> = preset
+                .resolutions
+                .iter()
+                .map(|r| (r[0] / self.spatial_ratio / p) * (r[1] / self.spatial_ratio / p))
+                .collect();
+            let (min, max) = (*per.iter().min()?, *per.iter().max()?);
+            let Range3([f0, f1, f2]) = Range3(preset.frames.0.map(frames));
+            Some(Range3([min * f0, per[0] * f1, max * f2]))
+        };
         match (rule, sym) {
+            (ProfileRule::Denoiser, Sym::ImageTokens) => image_tokens(),
+            (ProfileRule::Denoiser, Sym::JointTokens) => {
+                let Range3([a, b, c]) = image_tokens()?;
+                let Range3([x, y, z]) = self.prompt_tokens;
+                Some(Range3([a + x, b + y, c + z]))
+            }
             (ProfileRule::Denoiser, Sym::Batch) => Some(preset.batch),
             (ProfileRule::Denoiser, Sym::Frames) => Some(Range3(preset.frames.0.map(frames))),
             (ProfileRule::Denoiser, Sym::Height) => latent(0),
@@ -271,6 +293,7 @@ mod tests {
             tile_frames: 5,
             tile_size: 32,
             encoder_tokens: vec![(Component::TextEncoder, 351)],
+            patch_size: 2,
         }
     }
 

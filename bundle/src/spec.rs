@@ -27,6 +27,10 @@ pub enum Sym {
     LatentFrames,
     LatentHeight,
     LatentWidth,
+    /// The transformer stages' image tokens: latent frames × (height / p) × (width / p).
+    ImageTokens,
+    /// Image tokens plus prompt tokens (the joint sequence RoPE covers).
+    JointTokens,
 }
 
 impl Sym {
@@ -40,6 +44,8 @@ impl Sym {
             Sym::LatentFrames => "latent_frames",
             Sym::LatentHeight => "latent_height",
             Sym::LatentWidth => "latent_width",
+            Sym::ImageTokens => "image_tokens",
+            Sym::JointTokens => "joint_tokens",
         }
     }
 }
@@ -63,6 +69,12 @@ pub enum Size {
     HiddenSize,
     /// CLIP `max_position_embeddings` (its fixed prompt length).
     MaxPositions,
+    /// Transformer `num_attention_heads × attention_head_dim`.
+    InnerDim,
+    /// Transformer `attention_head_dim`.
+    HeadDim,
+    /// A broadcast dimension of size 1.
+    One,
 }
 
 impl Size {
@@ -76,6 +88,9 @@ impl Size {
             Size::VideoChannels => "out_channels",
             Size::HiddenSize => "hidden_size",
             Size::MaxPositions => "max_position_embeddings",
+            Size::InnerDim => "inner_dim",
+            Size::HeadDim => "attention_head_dim",
+            Size::One => "1",
         }
     }
 }
@@ -103,13 +118,29 @@ pub enum Elem {
     /// says otherwise).
     Float,
     Int64,
+    /// A tensor passed between the transformer's stage graphs: in whatever float type the
+    /// precision profile computes at that point (the runtime carries it as float32, exactly).
+    Activation,
 }
 
 impl Elem {
-    pub fn resolve(self, io_float: TensorType) -> TensorType {
+    /// The element type a graph must have here; `None` for [`Elem::Activation`] (any float).
+    pub fn resolve(self, io_float: TensorType) -> Option<TensorType> {
         match self {
-            Elem::Float => io_float,
-            Elem::Int64 => TensorType::Int64,
+            Elem::Float => Some(io_float),
+            Elem::Int64 => Some(TensorType::Int64),
+            Elem::Activation => None,
+        }
+    }
+
+    /// Whether a graph tensor of type `found` keeps this.
+    pub fn admits(self, found: TensorType, io_float: TensorType) -> bool {
+        match self.resolve(io_float) {
+            Some(t) => t == found,
+            None => matches!(
+                found,
+                TensorType::Float32 | TensorType::Float16 | TensorType::Bfloat16
+            ),
         }
     }
 }
@@ -229,7 +260,8 @@ pub enum SpecMismatch {
         side: Side,
         name: &'static str,
         found: TensorType,
-        expected: TensorType,
+        /// The type, or "a float type" for a stage activation.
+        expected: String,
     },
     #[error("{component}: {side} `{name}` has dims [{found}], its spec says [{expected}]")]
     Dims {
@@ -287,14 +319,16 @@ impl ComponentSpec {
                 }
                 continue;
             };
-            let expected = spec.elem.resolve(io_float);
-            if t.dtype != expected {
+            if !spec.elem.admits(t.dtype, io_float) {
                 return Err(SpecMismatch::ElementType {
                     component,
                     side,
                     name: spec.name,
                     found: t.dtype,
-                    expected,
+                    expected: spec
+                        .elem
+                        .resolve(io_float)
+                        .map_or("a float type".to_owned(), |t| t.to_string()),
                 });
             }
             let dim_ok = |(d, have): (&Dim, &String)| match d {

@@ -203,7 +203,7 @@ fn sources(ckpt: &Checkpoint, model: &Path) -> Result<Vec<SourceFile>> {
 }
 
 /// The I/O of a graph as the manifest records it; every value must have a contract type.
-fn graph_io(
+pub(crate) fn graph_io(
     values: &[crate::onnx::proto::ValueInfoProto],
     component: Component,
 ) -> Result<Vec<TensorSpec>> {
@@ -357,9 +357,19 @@ pub fn export_transformer(
         Size::OutChannels => Some(cfg.out_channels()),
         Size::TextEmbedDim => Some(cfg.text_embed_dim),
         Size::PooledProjectionDim => Some(cfg.pooled_projection_dim),
+        Size::InnerDim => Some(cfg.inner_dim()),
+        Size::HeadDim => Some(cfg.attention_head_dim),
+        Size::One => Some(1),
         _ => None,
     };
     let e = write_staged(net, bundle, &Component::Transformer.spec(), &sizes, srcs)?;
+    // The stage graphs for step caching (they need a first dual block to cut at).
+    if cfg.num_layers > 0 {
+        let io = bundle.precision_profile()?.io.tensor_type();
+        for (c, entry) in crate::transformer_stages::write_stages(bundle, &e, io, &sizes)? {
+            bundle.manifest_mut().components.insert(c, entry);
+        }
+    }
     let cfg_json = serde_json::to_vec_pretty(&cfg).map_err(|e| ExportError::Model {
         component: "transformer",
         reason: format!("serialising the config: {e}"),
@@ -567,6 +577,11 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
             Component::TextEncoder2 => {
                 export_text_encoder_2(&req.model, &mut bundle, req.precision)?
             }
+            // Written with the transformer.
+            Component::TransformerEmbed
+            | Component::TransformerFirstBlock
+            | Component::TransformerRestBlocks
+            | Component::TransformerHead => {}
         }
     }
     bundle.commit()

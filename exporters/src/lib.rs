@@ -16,6 +16,7 @@ pub mod llama;
 pub mod precision;
 pub mod transformer;
 pub mod transformer_layout;
+pub mod transformer_stages;
 pub mod vae_decoder;
 
 pub use error::{ExportError, Result};

@@ -23,6 +23,7 @@ use crate::error::{ExportError, Result};
 use crate::onnx::proto::{AttributeProto, AttributeType, NodeProto};
 use crate::onnx::{DataType, GraphBuilder, Initializer, OwnedTensor, TensorSource};
 use hyvideo_bundle::Precision;
+use hyvideo_bundle::components::transformer_stages::CUT_PREFIX;
 use hyvideo_onnx::types::{attr_int, elem_type, output_type, set_elem_type};
 
 /// A float element type a node computes in.
@@ -376,7 +377,14 @@ pub fn apply(b: &mut GraphBuilder, profile: &PrecisionProfile) -> Result<PassRep
             out_nodes.push(n);
             continue;
         }
-        let d = profile.dtype_for(&n.name);
+        // A stage boundary (`stage/<name>` Identity) keeps its input's dtype: cutting the
+        // graph there changes nothing in the single graph.
+        let d = match n.input.first() {
+            Some(i) if n.op_type == "Identity" && n.name.starts_with(CUT_PREFIX) => {
+                cur.get(i.as_str()).copied().unwrap_or(FloatType::F32)
+            }
+            _ => profile.dtype_for(&n.name),
+        };
         *report.nodes.entry(d.short()).or_default() += 1;
         if n.op_type == "Cast" && attr_int(&n, "to") == Some(FLOAT as i64) {
             for a in n.attribute.iter_mut().filter(|a| a.name == "to") {

@@ -32,6 +32,10 @@ use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 pub use hyvideo_bundle::components::transformer::{
     ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT, POOLED_PROJECTIONS, TIMESTEP,
 };
+use hyvideo_bundle::components::transformer_stages::{
+    CONDITIONING, CUT_PREFIX, FIRST_BLOCK_NORM1, IMG_ALL_BLOCKS, IMG_FIRST_BLOCK, IMG_TOKENS,
+    ROPE_COS, ROPE_SIN, TXT_FIRST_BLOCK, TXT_TOKENS,
+};
 
 /// Channels of the sinusoidal timestep projection (`Timesteps(num_channels=256)`).
 const TIME_PROJ_DIM: usize = 256;
@@ -99,6 +103,42 @@ struct Dit<'a, 'w> {
 }
 
 impl Dit<'_, '_> {
+    /// Name `x` as the stage boundary `name`: an `Identity` node `stage/<name>`, which the
+    /// precision pass keeps in `x`'s dtype, and where the stage graphs are cut.
+    fn cut(&mut self, x: &Value, name: &str) -> Result<Value> {
+        Ok(self
+            .net
+            .b
+            .node1("Identity", format!("{CUT_PREFIX}{name}"), &[x], &[])?)
+    }
+
+    /// The shape values of a stage, computed from its image tokens `img` [B, N, D] so that a
+    /// stage graph needs nothing of the stages before it but their outputs.
+    fn stage_shared(&mut self, prefix: &str, img: &Value, base: &Shared) -> Result<Shared> {
+        let Dims {
+            d, heads, head_dim, ..
+        } = self.dims;
+        let batch = self.shape_slice(prefix, img, 0, 1)?;
+        let n_img = self.shape_slice(prefix, img, 1, 2)?;
+        let tail = self.net.i64s(prefix, &[-1, d as i64])?;
+        let seq_shape = self
+            .net
+            .op("Concat", prefix, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+        let tail = self
+            .net
+            .i64s(prefix, &[-1, (3 * heads) as i64, head_dim as i64])?;
+        let qkv_shape = self
+            .net
+            .op("Concat", prefix, &[&batch, &tail], &[Attr::int("axis", 0)])?;
+        Ok(Shared {
+            batch,
+            seq_shape,
+            qkv_shape,
+            n_img,
+            ..base.clone()
+        })
+    }
+
     fn shape_slice(&mut self, prefix: &str, x: &Value, start: i64, end: i64) -> Result<Value> {
         self.net.op(
             "Shape",
@@ -261,15 +301,18 @@ impl Dit<'_, '_> {
         sh: &Shared,
         img: &Value,
         txt: &Value,
+        norm1: Option<Norm1>,
     ) -> Result<(Value, Value)> {
         let Dims { d, mlp, .. } = self.dims;
         let p = |s: &str| format!("{prefix}.{s}");
-        let im = self.modulation(sh, &p("norm1.linear"), 6)?;
+        let Norm1 {
+            modulation: im,
+            output: img_n,
+        } = match norm1 {
+            Some(n) => n,
+            None => self.norm1(prefix, sh, img)?,
+        };
         let tm = self.modulation(sh, &p("norm1_context.linear"), 6)?;
-        let img_n = self
-            .net
-            .layer_norm(&p("norm1"), img, d, NORM_EPS, Affine::None)?;
-        let img_n = self.modulate(&p("norm1"), &img_n, &im[0], &im[1])?;
         let txt_n = self
             .net
             .layer_norm(&p("norm1_context"), txt, d, NORM_EPS, Affine::None)?;
@@ -332,6 +375,19 @@ impl Dit<'_, '_> {
         let img = self.gated_residual(prefix, &img, &im[5], &img_ff)?;
         let txt = self.gated_residual(prefix, &txt, &tm[5], &txt_ff)?;
         Ok((img, txt))
+    }
+
+    /// A dual block's `norm1` on the image tokens: its six modulation chunks and
+    /// `LayerNorm(img)·(1 + scale_msa) + shift_msa`.
+    fn norm1(&mut self, prefix: &str, sh: &Shared, img: &Value) -> Result<Norm1> {
+        let d = self.dims.d;
+        let p = |s: &str| format!("{prefix}.{s}");
+        let modulation = self.modulation(sh, &p("norm1.linear"), 6)?;
+        let n = self
+            .net
+            .layer_norm(&p("norm1"), img, d, NORM_EPS, Affine::None)?;
+        let output = self.modulate(&p("norm1"), &n, &modulation[0], &modulation[1])?;
+        Ok(Norm1 { modulation, output })
     }
 
     /// diffusers `FeedForward`: `net.2(act(net.0.proj(x)))` on [B, S, d].
@@ -471,6 +527,15 @@ impl Dit<'_, '_> {
     }
 }
 
+/// A dual block's `norm1`, computed ahead of the block (the first block's is TeaCache's
+/// indicator, an output of the embed stage).
+struct Norm1 {
+    /// The six `[B, 1, D]` chunks of `norm1.linear`.
+    modulation: Vec<Value>,
+    /// The modulated LayerNorm of the image tokens.
+    output: Value,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Activation {
     GeluTanh,
@@ -541,7 +606,6 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
             Attr::ints("strides", vec![1, pi, pi]),
         ],
     )?;
-    let batch = g.shape_slice(pre, &hs, 0, 1)?;
     let grid = g.shape_slice(pre, &patches, 2, 5)?; // [T, h, w]
     let flat = g.net.i64s(pre, &[0, d as i64, -1])?;
     let img = g.net.reshape(pre, &patches, &flat)?;
@@ -551,16 +615,6 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         &[&img],
         &[Attr::ints("perm", vec![0, 2, 1])],
     )?;
-    let tail = g.net.i64s(pre, &[-1, d as i64])?;
-    let seq_shape = g
-        .net
-        .op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
-    let tail = g
-        .net
-        .i64s(pre, &[-1, (3 * dims.heads) as i64, dims.head_dim as i64])?;
-    let qkv_shape = g
-        .net
-        .op("Concat", pre, &[&batch, &tail], &[Attr::int("axis", 0)])?;
 
     // RoPE over the latent grid, then identity rows for the text tokens.
     let (cos, sin) = rope_tables(&mut g, cfg, &grid, &text)?;
@@ -584,25 +638,40 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     }
     let temb_act = g.net.silu(pre, &temb)?;
 
-    let n_img = g
-        .net
-        .op("ReduceProd", pre, &[&grid], &[Attr::int("keepdims", 1)])?;
-
-    let sh = Shared {
-        batch,
-        seq_shape,
-        qkv_shape,
+    // The stage boundaries (see `hyvideo_bundle::components::transformer_stages`): every value
+    // a later stage reads passes through a cut, and each stage derives its shape values from
+    // its own image tokens.
+    let img = g.cut(&img, IMG_TOKENS)?;
+    let temb_act = g.cut(&temb_act, CONDITIONING)?;
+    let cos = g.cut(&cos, ROPE_COS)?;
+    let sin = g.cut(&sin, ROPE_SIN)?;
+    let base = Shared {
+        batch: Value::none(),
+        seq_shape: Value::none(),
+        qkv_shape: Value::none(),
         cos,
         sin,
         rotate,
         temb_act,
-        n_img,
+        n_img: Value::none(),
     };
-
-    let mut txt = g.token_refiner(&sh, cfg, &text, &timestep)?;
+    let sh = g.stage_shared("stage.embed", &img, &base)?;
+    let txt = g.token_refiner(&sh, cfg, &text, &timestep)?;
+    let mut txt = g.cut(&txt, TXT_TOKENS)?;
     let mut img = img;
-    for i in 0..cfg.num_layers {
-        let (ni, nt) = g.dual_block(&format!("transformer_blocks.{i}"), &sh, &img, &txt)?;
+    if cfg.num_layers > 0 {
+        // Embed stage: the first block's norm1 (TeaCache's indicator). First-block stage.
+        let first = "transformer_blocks.0";
+        let Norm1 { modulation, output } = g.norm1(first, &sh, &img)?;
+        let output = g.cut(&output, FIRST_BLOCK_NORM1)?;
+        let (ni, nt) = g.dual_block(first, &sh, &img, &txt, Some(Norm1 { modulation, output }))?;
+        img = g.cut(&ni, IMG_FIRST_BLOCK)?;
+        txt = g.cut(&nt, TXT_FIRST_BLOCK)?;
+    }
+    // The rest of the blocks.
+    let sh = g.stage_shared("stage.rest_blocks", &img, &sh)?;
+    for i in 1..cfg.num_layers {
+        let (ni, nt) = g.dual_block(&format!("transformer_blocks.{i}"), &sh, &img, &txt, None)?;
         img = ni;
         txt = nt;
     }
@@ -614,8 +683,11 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     }
     let zero1 = g.net.i64s(pre, &[0])?;
     let img = g.seq_slice(pre, &x, &zero1, &sh.n_img)?;
+    let img = g.cut(&img, IMG_ALL_BLOCKS)?;
 
-    // norm_out (AdaLayerNormContinuous: [scale; shift]) and proj_out.
+    // Head: norm_out (AdaLayerNormContinuous: [scale; shift]), proj_out, unpatchify to the
+    // latent grid of `hidden_states` (read for its shape).
+    let sh = g.stage_shared("stage.head", &img, &sh)?;
     let m = g.modulation(&sh, "norm_out.linear", 2)?;
     let xn = g
         .net
@@ -623,6 +695,11 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     let xn = g.modulate("norm_out", &xn, &m[1], &m[0])?;
     let patch_out = p * p * c_out;
     let out = g.linear_rows("proj_out", &xn, d, &[("proj_out", patch_out)])?;
+    let latent_grid = g.shape_slice("stage.head", &hs, 2, 5)?;
+    let patch = g.net.i64s("stage.head", &[1, pi, pi])?;
+    let grid = g
+        .net
+        .op("Div", "stage.head", &[&latent_grid, &patch], &[])?;
 
     // Unpatchify: [B·N, p·p·C] → [B, T, h, w, C, p, p] → [B, C, T, h, p, w, p] → [B, C, T, H, W].
     let inner = g.net.i64s(pre, &[c_out as i64, pi, pi])?;

@@ -6,6 +6,8 @@
 //! - [`write_model`]: `<stem>.onnx` + `<stem>.onnx.data` (4 KiB-aligned external weights,
 //!   streamed from [`TensorSource`]s, written atomically).
 //! - [`types`]: element types of a graph's values, and its I/O as the bundle contract records it.
+//! - [`extract`]: a sub-graph cut between given tensors, sharing the weight file (the
+//!   transformer's stage graphs).
 //! - [`fuse`]: the attention rewrite to ONNX Runtime's `MultiHeadAttention` applied at load.
 //!
 //! ```no_run
@@ -24,6 +26,7 @@
 
 mod builder;
 mod error;
+pub mod extract;
 pub mod fuse;
 pub mod proto;
 pub mod types;

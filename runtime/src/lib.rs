@@ -16,6 +16,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod scheduler;
 pub mod setting;
+pub mod staged_transformer;
 pub mod step_cache;
 pub mod tensor;
 pub mod text;

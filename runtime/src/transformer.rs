@@ -200,7 +200,11 @@ impl TextConditioning {
     }
 
     /// Rows `rows` with their first `keep` tokens, all marked valid.
-    fn rows_cropped(&self, rows: std::ops::Range<usize>, keep: usize) -> TextConditioning {
+    pub(crate) fn rows_cropped(
+        &self,
+        rows: std::ops::Range<usize>,
+        keep: usize,
+    ) -> TextConditioning {
         let n = rows.len();
         let mut embeds = Vec::with_capacity(n * keep * self.dim);
         for b in rows.clone() {

@@ -197,7 +197,12 @@ fn missing_vae_folder() {
 /// Components of the bundle at `out`, in manifest order.
 fn bundle_components(out: &Path) -> Vec<hyvideo_bundle::Component> {
     let m = hyvideo_bundle::Manifest::load(out).unwrap();
-    m.components.keys().copied().collect()
+    // The model's components (the transformer's stage graphs come with the transformer).
+    m.components
+        .keys()
+        .copied()
+        .filter(|c| !c.is_transformer_stage())
+        .collect()
 }
 
 #[test]
@@ -220,6 +225,16 @@ fn export_without_components_takes_every_component_the_model_has() {
     let mut all = C::ALL.to_vec();
     all.sort();
     assert_eq!(bundle_components(&out), all);
+    // The transformer's stage graphs come with it, sharing its weight file.
+    let m = hyvideo_bundle::Manifest::load(&out).unwrap();
+    for c in C::TRANSFORMER_STAGES {
+        assert_eq!(
+            m.components[&c].data_file.as_deref(),
+            Some("transformer.onnx.data"),
+            "{c}"
+        );
+        assert!(out.join(c.graph_file()).is_file(), "{c}");
+    }
     for f in ["transformer.onnx", "vae_decoder.onnx", "text_encoder.onnx"] {
         assert!(out.join(f).is_file(), "{f}");
     }

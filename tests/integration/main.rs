@@ -18,6 +18,7 @@ mod queue_backends;
 mod serve;
 mod serve_process;
 mod serve_shared_queue;
+mod step_cache;
 mod text_encoders;
 mod transformer;
 mod vae;

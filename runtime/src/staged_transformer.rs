@@ -1,0 +1,453 @@
+//! The transformer run in its four stage graphs (`transformer_embed` → `transformer_first_block`
+//! → `transformer_rest_blocks` → `transformer_head`, cut from the single graph at export), so
+//! that step caching can skip blocks between them: TeaCache (ali-vilab's
+//! `TeaCache4HunyuanVideo`, `teacache_forward`) and First-Block Cache (diffusers'
+//! `hooks/first_block_cache.py`). The decisions are [`crate::step_cache`]'s; this module runs the
+//! stages and applies the cached residuals:
+//!
+//! - TeaCache decides from the embed stage's `first_block_norm1` (the indicator) before any
+//!   block runs. Computed: both block stages run and the residual (image tokens after every
+//!   block − before them) is kept; skipped: the image tokens get the kept residual and no block
+//!   (and no text stream) runs.
+//! - First-Block Cache runs the first block, decides from its image residual; computed: the rest
+//!   runs and its residual (after all blocks − after the first) is kept; skipped: the first
+//!   block's image tokens get the kept residual. (diffusers also adds a text-stream residual; no
+//!   later stage reads the text tokens, so it cannot change the output and is not kept.)
+//!
+//! Rows of a batch run one at a time, each its own stream (true CFG: the prompt's row is
+//! [`Stream::Cond`], the negative prompt's [`Stream::Uncond`]), with its text cropped to its
+//! valid tokens as the single graph's caller does. Each call of [`VelocityModel::predict`] is
+//! one denoising step of the run begun with [`StagedTransformer::begin`]. Tensors pass between
+//! stages as float32 on the host (exact for any stage dtype; on a GPU that is a copy each way per
+//! stage: unmeasured here).
+
+use hyvideo_bundle::Component;
+use hyvideo_bundle::components::transformer::{
+    ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT, POOLED_PROJECTIONS, TIMESTEP,
+};
+use hyvideo_bundle::components::transformer_stages::{
+    CONDITIONING, FIRST_BLOCK_NORM1, IMG_ALL_BLOCKS, IMG_FIRST_BLOCK, IMG_TOKENS, ROPE_COS,
+    ROPE_SIN, TXT_FIRST_BLOCK, TXT_TOKENS,
+};
+use hyvideo_engines::{Engine, Input, SessionConfig, Tensor};
+
+use crate::engine_set::ModelFiles;
+use crate::step_cache::{
+    Decision, FbCacheState, StepCache, StepCacheMethod, StepCacheRecord, Stream, TeaCacheState,
+};
+use crate::tensor::Tensor5;
+use crate::transformer::{StepInput, TransformerError, VelocityModel};
+
+fn input_err(what: &'static str, reason: String) -> TransformerError {
+    TransformerError::Input { what, reason }
+}
+
+/// One stream's cache: the method's state and the residual it adds on skipped steps.
+#[derive(Debug, Default)]
+struct StreamCache {
+    tea: TeaCacheState,
+    fb: FbCacheState,
+    residual: Option<Vec<f32>>,
+}
+
+/// The run in progress: its cache settings, step counter and per-stream state.
+#[derive(Debug)]
+struct Run {
+    cache: Option<StepCache>,
+    steps: usize,
+    step: usize,
+    streams: [StreamCache; 2],
+    record: Option<StepCacheRecord>,
+}
+
+/// The four stage graphs, loaded.
+struct Stages {
+    embed: Engine,
+    first: Engine,
+    rest: Engine,
+    head: Engine,
+}
+
+/// The four stage graphs of a bundle's transformer, loaded, and the run in progress.
+pub struct StagedTransformer {
+    stages: Stages,
+    guidance: bool,
+    run: Option<Run>,
+}
+
+/// `a − b`, element-wise.
+fn minus(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+/// `a + b`, element-wise.
+fn plus(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+fn f32_in<'a>(t: &'a Tensor) -> Input<'a> {
+    Input::F32 {
+        shape: &t.shape,
+        data: &t.data,
+    }
+}
+
+/// Run `engine` and take its outputs `names`, in that order.
+fn run_stage<const N: usize>(
+    engine: &mut Engine,
+    inputs: &[(&str, Input<'_>)],
+    names: [&str; N],
+) -> Result<[Tensor; N], TransformerError> {
+    let mut outs = engine.run(inputs)?;
+    let mut take = |name: &str| {
+        outs.iter()
+            .position(|(n, _)| n == name)
+            .map(|i| outs.swap_remove(i).1)
+            .ok_or_else(|| input_err("transformer stage", format!("no output `{name}`")))
+    };
+    let mut got = Vec::with_capacity(N);
+    for n in names {
+        got.push(take(n)?);
+    }
+    got.try_into()
+        .map_err(|_| input_err("transformer stage", "output count".into()))
+}
+
+impl StagedTransformer {
+    /// Load the four stage graphs `files` resolves (built engines or the bundle's graphs).
+    /// A bundle exported before the stages existed is refused with "re-export".
+    pub fn load_with(
+        files: &ModelFiles<'_>,
+        config: &SessionConfig,
+    ) -> Result<StagedTransformer, TransformerError> {
+        let mut engines = Vec::with_capacity(4);
+        for c in Component::TRANSFORMER_STAGES {
+            let path = files.path(c, config.backend.kind())?;
+            engines.push(crate::graph_load::load(&path, config)?.engine);
+        }
+        let [embed, first, rest, head]: [Engine; 4] = engines
+            .try_into()
+            .map_err(|_| input_err("transformer stages", "four graphs".into()))?;
+        let guidance = embed.input_names().iter().any(|n| n == GUIDANCE);
+        Ok(StagedTransformer {
+            stages: Stages {
+                embed,
+                first,
+                rest,
+                head,
+            },
+            guidance,
+            run: None,
+        })
+    }
+
+    /// Whether the model takes an embedded guidance scale.
+    pub fn takes_guidance(&self) -> bool {
+        self.guidance
+    }
+
+    /// The provider the stages run on (the embed stage's).
+    pub fn provider(&self) -> hyvideo_engines::BackendKind {
+        self.stages.embed.provider()
+    }
+
+    pub fn placement(&self) -> &hyvideo_engines::Placement {
+        self.stages.embed.placement()
+    }
+
+    /// Start a run of `steps` steps with `cache` (none: every stage every step); `cfg`: true CFG
+    /// (two streams). Every following [`VelocityModel::predict`] is the next step.
+    pub fn begin(&mut self, cache: Option<StepCache>, steps: usize, cfg: bool) {
+        self.run = Some(Run {
+            cache,
+            steps,
+            step: 0,
+            streams: Default::default(),
+            record: cache.map(|c| StepCacheRecord::new(&c, steps, cfg)),
+        });
+    }
+
+    /// End the run: what the cache computed (`None` without a cache).
+    pub fn finish(&mut self) -> Option<StepCacheRecord> {
+        self.run.take().and_then(|r| r.record)
+    }
+
+    /// One row: embed → (blocks, as the cache decides) → head.
+    fn row(
+        &mut self,
+        input: &StepInput<'_>,
+        stream: Stream,
+        step: usize,
+    ) -> Result<Tensor5, TransformerError> {
+        let shape = input.latents.shape();
+        let text = input.text;
+        let text_shape = [1, text.len(), text.embeds().len() / text.len().max(1)];
+        let pooled_shape = [1, text.pooled().len()];
+        let batch = [1];
+        let mut inputs = vec![
+            (
+                HIDDEN_STATES,
+                Input::F32 {
+                    shape: &shape,
+                    data: input.latents.data(),
+                },
+            ),
+            (
+                TIMESTEP,
+                Input::F32 {
+                    shape: &batch,
+                    data: input.timestep,
+                },
+            ),
+            (
+                ENCODER_HIDDEN_STATES,
+                Input::F32 {
+                    shape: &text_shape,
+                    data: text.embeds(),
+                },
+            ),
+            (
+                POOLED_PROJECTIONS,
+                Input::F32 {
+                    shape: &pooled_shape,
+                    data: text.pooled(),
+                },
+            ),
+        ];
+        if self.guidance {
+            let g = input.guidance.ok_or_else(|| {
+                input_err(
+                    "guidance",
+                    "the transformer is guidance-distilled (`guidance_embeds`): give an embedded \
+                     guidance scale"
+                        .into(),
+                )
+            })?;
+            inputs.push((
+                GUIDANCE,
+                Input::F32 {
+                    shape: &batch,
+                    data: g,
+                },
+            ));
+        }
+        let [img, txt, cond, cos, sin, norm1] = run_stage(
+            &mut self.stages.embed,
+            &inputs,
+            [
+                IMG_TOKENS,
+                TXT_TOKENS,
+                CONDITIONING,
+                ROPE_COS,
+                ROPE_SIN,
+                FIRST_BLOCK_NORM1,
+            ],
+        )?;
+        let run = self.run.as_mut();
+        let (cache, steps) = match &run {
+            Some(r) => (r.cache, r.steps),
+            None => (None, 0),
+        };
+        let slot = run.map(|r| (&mut r.streams[stream as usize], &mut r.record));
+        let out_shape = img.shape.clone();
+        let blocks_out = match (cache, slot) {
+            (Some(c), Some((sc, record))) if c.method == StepCacheMethod::TeaCache => {
+                // (A first step is always computed, so a residual is kept before any skip.)
+                let d = match sc.tea.decide(&c, step, steps, &norm1.data) {
+                    Decision::Skip if sc.residual.is_some() => Decision::Skip,
+                    _ => Decision::Compute,
+                };
+                if let Some(r) = record.as_mut() {
+                    r.record(stream, step, d);
+                }
+                match (d, &sc.residual) {
+                    (Decision::Skip, Some(res)) => plus(&img.data, res),
+                    _ => {
+                        let all = self.stages.blocks(&img, &txt, &cond, &cos, &sin, &norm1)?;
+                        sc.residual = Some(minus(&all.data, &img.data));
+                        all.data
+                    }
+                }
+            }
+            (Some(c), Some((sc, record))) => {
+                let [img1, txt1] = self
+                    .stages
+                    .first_block(&img, &txt, &cond, &cos, &sin, &norm1)?;
+                let r1 = minus(&img1.data, &img.data);
+                let d = match sc.fb.decide(&c, step, steps, &r1) {
+                    Decision::Skip if sc.residual.is_some() => Decision::Skip,
+                    _ => Decision::Compute,
+                };
+                if let Some(r) = record.as_mut() {
+                    r.record(stream, step, d);
+                }
+                match (d, &sc.residual) {
+                    (Decision::Skip, Some(res)) => plus(&img1.data, res),
+                    _ => {
+                        let all = self.stages.rest_blocks(&img1, &txt1, &cond, &cos, &sin)?;
+                        sc.residual = Some(minus(&all.data, &img1.data));
+                        all.data
+                    }
+                }
+            }
+            _ => {
+                self.stages
+                    .blocks(&img, &txt, &cond, &cos, &sin, &norm1)?
+                    .data
+            }
+        };
+        let blocks = Tensor {
+            shape: out_shape,
+            data: blocks_out,
+        };
+        let [out] = run_stage(
+            &mut self.stages.head,
+            &[
+                (IMG_ALL_BLOCKS, f32_in(&blocks)),
+                (CONDITIONING, f32_in(&cond)),
+                (
+                    HIDDEN_STATES,
+                    Input::F32 {
+                        shape: &shape,
+                        data: input.latents.data(),
+                    },
+                ),
+            ],
+            [OUTPUT],
+        )?;
+        let dims: [usize; 5] = match <[usize; 5]>::try_from(out.shape.as_slice()) {
+            Ok(d) if d[0] == 1 && d[2..] == shape[2..] => d,
+            _ => {
+                return Err(TransformerError::OutputShape {
+                    found: out.shape,
+                    expected: shape,
+                });
+            }
+        };
+        Tensor5::from_vec(dims, out.data)
+            .map_err(|e| input_err("transformer output", e.to_string()))
+    }
+}
+
+impl Stages {
+    fn first_block(
+        &mut self,
+        img: &Tensor,
+        txt: &Tensor,
+        cond: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        norm1: &Tensor,
+    ) -> Result<[Tensor; 2], TransformerError> {
+        run_stage(
+            &mut self.first,
+            &[
+                (IMG_TOKENS, f32_in(img)),
+                (TXT_TOKENS, f32_in(txt)),
+                (CONDITIONING, f32_in(cond)),
+                (ROPE_COS, f32_in(cos)),
+                (ROPE_SIN, f32_in(sin)),
+                (FIRST_BLOCK_NORM1, f32_in(norm1)),
+            ],
+            [IMG_FIRST_BLOCK, TXT_FIRST_BLOCK],
+        )
+    }
+
+    fn rest_blocks(
+        &mut self,
+        img1: &Tensor,
+        txt1: &Tensor,
+        cond: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor, TransformerError> {
+        let [all] = run_stage(
+            &mut self.rest,
+            &[
+                (IMG_FIRST_BLOCK, f32_in(img1)),
+                (TXT_FIRST_BLOCK, f32_in(txt1)),
+                (CONDITIONING, f32_in(cond)),
+                (ROPE_COS, f32_in(cos)),
+                (ROPE_SIN, f32_in(sin)),
+            ],
+            [IMG_ALL_BLOCKS],
+        )?;
+        Ok(all)
+    }
+
+    /// Every block: the first, then the rest.
+    fn blocks(
+        &mut self,
+        img: &Tensor,
+        txt: &Tensor,
+        cond: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        norm1: &Tensor,
+    ) -> Result<Tensor, TransformerError> {
+        let [img1, txt1] = self.first_block(img, txt, cond, cos, sin, norm1)?;
+        self.rest_blocks(&img1, &txt1, cond, cos, sin)
+    }
+}
+
+impl VelocityModel for StagedTransformer {
+    fn predict(&mut self, input: &StepInput<'_>) -> Result<Tensor5, TransformerError> {
+        let shape = input.latents.shape();
+        let b = shape[0];
+        let text = input.text;
+        if text.batch() != b || input.timestep.len() != b || b == 0 || b > 2 {
+            return Err(input_err(
+                "transformer inputs",
+                format!(
+                    "latents batch {b}, text batch {}, {} timesteps (one or two rows)",
+                    text.batch(),
+                    input.timestep.len()
+                ),
+            ));
+        }
+        if let Some(g) = input.guidance.filter(|g| g.len() != b) {
+            return Err(input_err(
+                "guidance",
+                format!("{} values for batch {b}", g.len()),
+            ));
+        }
+        let step = match self.run.as_mut() {
+            Some(r) => {
+                let s = r.step;
+                r.step += 1;
+                s
+            }
+            None => 0,
+        };
+        let lens = text.valid_lens()?;
+        let per = input.latents.data().len() / b;
+        let mut row_shape = shape;
+        row_shape[0] = 1;
+        let mut data = Vec::with_capacity(input.latents.data().len());
+        let mut out_shape = shape;
+        for (r, &len) in lens.iter().enumerate() {
+            let latents = Tensor5::from_vec(
+                row_shape,
+                input.latents.data()[r * per..(r + 1) * per].to_vec(),
+            )
+            .map_err(|e| input_err("latents", e.to_string()))?;
+            let cropped = text.rows_cropped(r..r + 1, len);
+            let stream = if r == 0 { Stream::Cond } else { Stream::Uncond };
+            let out = self.row(
+                &StepInput {
+                    latents: &latents,
+                    timestep: &input.timestep[r..r + 1],
+                    text: &cropped,
+                    guidance: input.guidance.and_then(|g| g.get(r..r + 1)),
+                },
+                stream,
+                step,
+            )?;
+            out_shape = out.shape();
+            data.extend_from_slice(out.data());
+        }
+        out_shape[0] = b;
+        Tensor5::from_vec(out_shape, data)
+            .map_err(|e| input_err("transformer output", e.to_string()))
+    }
+}
