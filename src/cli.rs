@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use clap::Args;
 use hyvideo_engines::{Backend, BackendKind, SessionConfig};
 
+use hyvideo::denoiser::TransformerForm;
 use hyvideo::generation::{InvalidSetting, Sampling, Setting, StageConfigs, TextEncoderResidency};
 use hyvideo::scheduler::FlowDirection;
+use hyvideo::step_cache::{StepCache, StepCacheMethod, parse_step_cache};
 use hyvideo::vae_tiling::{self, SpatialTiling, TemporalTiling, TilingConfig};
 
 /// Where and how ONNX Runtime runs: what every command that loads graphs takes
@@ -132,10 +134,11 @@ impl RuntimeArgs {
         self.session.session_config()
     }
 
-    /// The session settings of every stage.
-    pub fn stage_configs(&self) -> StageConfigs {
+    /// The session settings of every stage, the transformer loaded in `form`.
+    pub fn stage_configs(&self, form: TransformerForm) -> StageConfigs {
         use hyvideo_bundle::Component as C;
         StageConfigs {
+            transformer_form: form,
             text: self.config_for(C::TextEncoder),
             transformer: self.config_for(C::Transformer),
             vae: self.config_for(C::VaeDecoder),
@@ -209,6 +212,22 @@ pub struct SamplingArgs {
     /// True classifier-free guidance scale; > 1 runs the negative prompt too (one B = 2 call).
     #[arg(long, default_value_t = 1.0)]
     pub cfg_scale: f32,
+    /// Step caching: `teacache` (TeaCache4HunyuanVideo: skips every block on steps whose first
+    /// block input barely changed) or `fbcache` (First-Block Cache: runs the first block, skips
+    /// the rest when its output barely changed); `none` computes every step exactly. Loads the
+    /// transformer's stage graphs.
+    #[arg(long, default_value = "none", value_parser = parse_step_cache_flag)]
+    pub step_cache: StepCacheFlag,
+    /// The step cache's threshold (default 0.15 for teacache, 0.05 for fbcache; 0 never skips).
+    #[arg(long, requires = "step_cache", allow_negative_numbers = true)]
+    pub step_cache_threshold: Option<f64>,
+    /// First step (0-based) the cache may skip; earlier steps are always computed.
+    #[arg(long, default_value_t = 0, requires = "step_cache")]
+    pub step_cache_start: usize,
+    /// Step (0-based, exclusive) from which every step is computed again (default: the step
+    /// count).
+    #[arg(long, requires = "step_cache")]
+    pub step_cache_end: Option<usize>,
 }
 
 impl SamplingArgs {
@@ -219,8 +238,32 @@ impl SamplingArgs {
             flow_shift: self.flow_shift,
             direction: self.flow_direction,
             cfg_scale: self.cfg_scale,
+            step_cache: self.step_cache.0.map(|method| StepCache {
+                threshold: self
+                    .step_cache_threshold
+                    .unwrap_or(method.default_threshold()),
+                start: self.step_cache_start,
+                end: self.step_cache_end,
+                ..StepCache::new(method)
+            }),
         }
     }
+
+    /// The transformer form these settings need: its stages with a step cache.
+    pub fn transformer_form(&self) -> TransformerForm {
+        match self.step_cache.0 {
+            Some(_) => TransformerForm::Staged,
+            None => TransformerForm::Single,
+        }
+    }
+}
+
+/// `--step-cache`: a method, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepCacheFlag(pub Option<StepCacheMethod>);
+
+fn parse_step_cache_flag(s: &str) -> Result<StepCacheFlag, String> {
+    parse_step_cache(s).map(StepCacheFlag)
 }
 
 /// The `hyvideo` flag of a request setting (how the library's setting errors are shown).
@@ -241,6 +284,10 @@ pub fn setting_flag(setting: Setting) -> &'static str {
         Setting::TileStride => "--vae-tile-stride",
         Setting::TileFrames => "--vae-tile-frames",
         Setting::TileStrideFrames => "--vae-tile-stride-frames",
+        Setting::StepCache => "--step-cache",
+        Setting::StepCacheThreshold => "--step-cache-threshold",
+        Setting::StepCacheStart => "--step-cache-start",
+        Setting::StepCacheEnd => "--step-cache-end",
     }
 }
 

@@ -21,10 +21,13 @@ use hyvideo_bundle::{Component, Manifest, ManifestError, VaeSettings};
 use hyvideo_engines::{BackendKind, SessionConfig};
 
 use crate::denoise::{DenoiseError, DenoiseSettings, TrueCfg, denoise};
+use crate::denoiser::{Denoiser, TransformerForm};
 use crate::engine_set::{EngineSet, EngineSetError, ModelFiles};
 use crate::pipeline::{PipelineError, TextEncoders, VideoSize, initial_latents};
 use crate::scheduler::FlowDirection;
 pub use crate::setting::{InvalidSetting, Setting};
+use crate::staged_transformer::StagedTransformer;
+use crate::step_cache::{StepCache, StepCacheRecord};
 use crate::tensor::Tensor5;
 use crate::transformer::{
     StepInput, TextConditioning, Transformer, TransformerError, VelocityModel,
@@ -98,6 +101,9 @@ pub struct Sampling {
     pub direction: FlowDirection,
     /// True classifier-free guidance scale; above 1 runs the negative prompt too.
     pub cfg_scale: f32,
+    /// Step caching (TeaCache or First-Block Cache); `None`: every step computed, exactly. Needs
+    /// the transformer loaded in stages ([`TransformerForm::Staged`]).
+    pub step_cache: Option<StepCache>,
 }
 
 impl Default for Sampling {
@@ -109,6 +115,7 @@ impl Default for Sampling {
             flow_shift: 7.0,
             direction: FlowDirection::Reverse,
             cfg_scale: 1.0,
+            step_cache: None,
         }
     }
 }
@@ -136,6 +143,9 @@ impl Sampling {
                 Setting::CfgScale,
                 format!("{} is not a number", self.cfg_scale),
             ));
+        }
+        if let Some(c) = &self.step_cache {
+            c.validate(self.steps)?;
         }
         Ok(())
     }
@@ -231,6 +241,8 @@ pub struct Generated {
     pub decoder_calls: usize,
     /// Wall time of each stage.
     pub timings: Vec<(Stage, Duration)>,
+    /// What the step cache computed (`None` without one).
+    pub step_cache: Option<StepCacheRecord>,
 }
 
 /// The conditioning of one generation: the prompt's, and the negative prompt's with true CFG.
@@ -295,16 +307,19 @@ pub struct StageConfigs {
     pub transformer: SessionConfig,
     pub vae: SessionConfig,
     pub text_residency: TextEncoderResidency,
+    /// The transformer's single graph, or its stages (for step caching).
+    pub transformer_form: TransformerForm,
 }
 
 impl StageConfigs {
-    /// The same settings for every stage; text encoders resident.
+    /// The same settings for every stage; text encoders resident; the single transformer graph.
     pub fn all(config: SessionConfig) -> StageConfigs {
         StageConfigs {
             text: config.clone(),
             transformer: config.clone(),
             vae: config,
             text_residency: TextEncoderResidency::Resident,
+            transformer_form: TransformerForm::Single,
         }
     }
 }
@@ -330,13 +345,15 @@ pub struct Pipeline {
     text_config: SessionConfig,
     residency: TextEncoderResidency,
     text: Option<TextEncoders>,
-    transformer: Option<Transformer>,
+    transformer: Option<Denoiser>,
     vae: Option<VaeDecoder>,
+    /// What the step cache of the last denoising loop computed.
+    last_step_cache: Option<StepCacheRecord>,
 }
 
 /// The transformer with a cancellation check before every call.
 struct Cancellable<'a> {
-    model: &'a mut Transformer,
+    model: &'a mut Denoiser,
     cancel: &'a CancelFlag,
 }
 
@@ -385,9 +402,15 @@ impl Pipeline {
             true => Some(TextEncoders::load_with(&files, &configs.text)?),
             false => None,
         };
-        let transformer = match wants(Stage::Denoise) {
-            true => Some(Transformer::load_with(&files, &configs.transformer)?),
-            false => None,
+        let transformer = match (wants(Stage::Denoise), configs.transformer_form) {
+            (true, TransformerForm::Single) => Some(Denoiser::Single(Transformer::load_with(
+                &files,
+                &configs.transformer,
+            )?)),
+            (true, TransformerForm::Staged) => Some(Denoiser::Staged(Box::new(
+                StagedTransformer::load_with(&files, &configs.transformer)?,
+            ))),
+            (false, _) => None,
         };
         let vae = match wants(Stage::Decode) {
             true => Some(VaeDecoder::load_with(&files, &configs.vae)?),
@@ -403,6 +426,7 @@ impl Pipeline {
             text,
             transformer,
             vae,
+            last_step_cache: None,
         })
     }
 
@@ -445,15 +469,20 @@ impl Pipeline {
         self.engines.as_ref()
     }
 
+    /// What the step cache of the last denoising loop computed (`None` without a cache).
+    pub fn last_step_cache(&self) -> Option<&StepCacheRecord> {
+        self.last_step_cache.as_ref()
+    }
+
     /// The transformer stage (its provider and attention, for run records).
-    pub fn transformer(&self) -> Result<&Transformer, GenerationError> {
+    pub fn transformer(&self) -> Result<&Denoiser, GenerationError> {
         self.transformer.as_ref().ok_or(GenerationError::NotLoaded {
             stage: Stage::Denoise,
         })
     }
 
     /// The transformer, for callers that run single model calls (benchmarks).
-    pub fn transformer_mut(&mut self) -> Result<&mut Transformer, GenerationError> {
+    pub fn transformer_mut(&mut self) -> Result<&mut Denoiser, GenerationError> {
         loaded(Stage::Denoise, self.transformer.as_mut())
     }
 
@@ -532,8 +561,23 @@ impl Pipeline {
         cancel: &CancelFlag,
     ) -> Result<Tensor5, GenerationError> {
         sampling.validate()?;
+        self.last_step_cache = None;
         let model = loaded(Stage::Denoise, self.transformer.as_mut())?;
         let settings = sampling.loop_settings(model.takes_guidance());
+        match model {
+            Denoiser::Staged(staged) => {
+                staged.begin(sampling.step_cache, sampling.steps, sampling.true_cfg())
+            }
+            Denoiser::Single(_) if sampling.step_cache.is_some() => {
+                return Err(InvalidSetting::new(
+                    Setting::StepCache,
+                    "the transformer was loaded as one graph; step caching needs its stage \
+                     graphs (load the pipeline with the staged transformer)",
+                )
+                .into());
+            }
+            Denoiser::Single(_) => {}
+        }
         if let Some(e) = self
             .engines
             .as_ref()
@@ -542,21 +586,34 @@ impl Pipeline {
             // TensorRT engines are built for a shape range: refuse a size outside it up front
             // (CPU and CUDA sessions take any shape).
             let mut s = init.shape();
-            s[0] *= if sampling.true_cfg() { 2 } else { 1 };
-            e.check_shape(
-                Component::Transformer,
-                crate::transformer::HIDDEN_STATES,
-                &s,
-            )?;
+            let component = match model.form() {
+                TransformerForm::Single => {
+                    s[0] *= if sampling.true_cfg() { 2 } else { 1 };
+                    Component::Transformer
+                }
+                // The stages run one row at a time.
+                TransformerForm::Staged => Component::TransformerEmbed,
+            };
+            e.check_shape(component, crate::transformer::HIDDEN_STATES, &s)?;
         }
-        let mut model = Cancellable { model, cancel };
-        let latents = denoise(&mut model, init, prompt, negative, &settings, |r, _| {
-            on_progress(Progress::Step {
-                step: r.step,
-                steps: r.steps,
-                elapsed: r.elapsed,
-            })
-        });
+        let mut cancellable = Cancellable { model, cancel };
+        let latents = denoise(
+            &mut cancellable,
+            init,
+            prompt,
+            negative,
+            &settings,
+            |r, _| {
+                on_progress(Progress::Step {
+                    step: r.step,
+                    steps: r.steps,
+                    elapsed: r.elapsed,
+                })
+            },
+        );
+        if let Denoiser::Staged(staged) = cancellable.model {
+            self.last_step_cache = staged.finish();
+        }
         match latents {
             Err(_) if cancel.is_cancelled() => Err(GenerationError::Cancelled {
                 stage: Stage::Denoise,
@@ -642,6 +699,7 @@ impl Pipeline {
             truncated: prompts.truncated,
             decoder_calls: decoded.decoder_calls,
             timings,
+            step_cache: self.last_step_cache.clone(),
         })
     }
 }

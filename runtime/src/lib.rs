@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod denoise;
+pub mod denoiser;
 pub mod engine_set;
 pub mod generation;
 pub mod graph_load;

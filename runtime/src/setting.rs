@@ -22,6 +22,11 @@ pub enum Setting {
     /// Temporal VAE tile length and stride, in frames.
     TileFrames,
     TileStrideFrames,
+    /// Step caching: the method, its threshold, and the window of steps it decides.
+    StepCache,
+    StepCacheThreshold,
+    StepCacheStart,
+    StepCacheEnd,
 }
 
 impl std::fmt::Display for Setting {
@@ -42,6 +47,10 @@ impl std::fmt::Display for Setting {
             Setting::TileStride => "VAE tile stride",
             Setting::TileFrames => "VAE tile frames",
             Setting::TileStrideFrames => "VAE tile frame stride",
+            Setting::StepCache => "step cache",
+            Setting::StepCacheThreshold => "step cache threshold",
+            Setting::StepCacheStart => "step cache start",
+            Setting::StepCacheEnd => "step cache end",
         })
     }
 }

@@ -72,6 +72,8 @@ struct Stages {
 pub struct StagedTransformer {
     stages: Stages,
     guidance: bool,
+    /// The blocks' attention implementation (the first block stage's).
+    attention: hyvideo_bundle::AttentionKernel,
     run: Option<Run>,
 }
 
@@ -121,9 +123,14 @@ impl StagedTransformer {
         config: &SessionConfig,
     ) -> Result<StagedTransformer, TransformerError> {
         let mut engines = Vec::with_capacity(4);
+        let mut attention = hyvideo_bundle::AttentionKernel::Standard;
         for c in Component::TRANSFORMER_STAGES {
             let path = files.path(c, config.backend.kind())?;
-            engines.push(crate::graph_load::load(&path, config)?.engine);
+            let loaded = crate::graph_load::load(&path, config)?;
+            if c == Component::TransformerFirstBlock {
+                attention = loaded.attention.kernel();
+            }
+            engines.push(loaded.engine);
         }
         let [embed, first, rest, head]: [Engine; 4] = engines
             .try_into()
@@ -137,6 +144,7 @@ impl StagedTransformer {
                 head,
             },
             guidance,
+            attention,
             run: None,
         })
     }
@@ -144,6 +152,11 @@ impl StagedTransformer {
     /// Whether the model takes an embedded guidance scale.
     pub fn takes_guidance(&self) -> bool {
         self.guidance
+    }
+
+    /// The attention implementation the blocks run.
+    pub fn attention(&self) -> hyvideo_bundle::AttentionKernel {
+        self.attention
     }
 
     /// The provider the stages run on (the embed stage's).

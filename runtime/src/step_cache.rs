@@ -36,6 +36,8 @@
 
 use std::ops::Range;
 
+use crate::setting::{InvalidSetting, Setting};
+
 /// The HunyuanVideo rescaling polynomial of `TeaCache4HunyuanVideo`, highest degree first.
 pub const TEACACHE_HUNYUAN_COEFFICIENTS: [f64; 5] = [
     7.33226126e+02,
@@ -104,42 +106,6 @@ pub fn parse_step_cache(s: &str) -> Result<Option<StepCacheMethod>, String> {
     }
 }
 
-/// A step-cache setting, as the library names it in its errors (a front end maps it to its
-/// own name, as it does a [`crate::setting::Setting`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StepCacheSetting {
-    Threshold,
-    Start,
-    End,
-}
-
-impl std::fmt::Display for StepCacheSetting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            StepCacheSetting::Threshold => "step cache threshold",
-            StepCacheSetting::Start => "step cache start",
-            StepCacheSetting::End => "step cache end",
-        })
-    }
-}
-
-/// A step-cache setting out of range, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: {reason}")]
-pub struct InvalidStepCache {
-    pub setting: StepCacheSetting,
-    pub reason: String,
-}
-
-impl InvalidStepCache {
-    fn new(setting: StepCacheSetting, reason: impl Into<String>) -> InvalidStepCache {
-        InvalidStepCache {
-            setting,
-            reason: reason.into(),
-        }
-    }
-}
-
 /// Step caching for one run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepCache {
@@ -166,17 +132,17 @@ impl StepCache {
     }
 
     /// The threshold is a finite number ≥ 0 and start ≤ end ≤ `steps`.
-    pub fn validate(&self, steps: usize) -> Result<(), InvalidStepCache> {
+    pub fn validate(&self, steps: usize) -> Result<(), InvalidSetting> {
         if !(self.threshold.is_finite() && self.threshold >= 0.0) {
-            return Err(InvalidStepCache::new(
-                StepCacheSetting::Threshold,
+            return Err(InvalidSetting::new(
+                Setting::StepCacheThreshold,
                 format!("must be a number at least 0, got {}", self.threshold),
             ));
         }
         let end = match self.end {
             Some(end) if end > steps => {
-                return Err(InvalidStepCache::new(
-                    StepCacheSetting::End,
+                return Err(InvalidSetting::new(
+                    Setting::StepCacheEnd,
                     format!("must be at most the step count ({steps}), got {end}"),
                 ));
             }
@@ -188,8 +154,8 @@ impl StepCache {
                 Some(end) => format!("the end ({end})"),
                 None => format!("the step count ({steps})"),
             };
-            return Err(InvalidStepCache::new(
-                StepCacheSetting::Start,
+            return Err(InvalidSetting::new(
+                Setting::StepCacheStart,
                 format!("must be at most {bound}, got {}", self.start),
             ));
         }
@@ -894,7 +860,7 @@ mod tests {
         assert_eq!(ok.window(50), 0..50);
         for threshold in [-0.01, f64::NAN, f64::INFINITY] {
             let e = StepCache { threshold, ..ok }.validate(50).unwrap_err();
-            assert_eq!(e.setting, StepCacheSetting::Threshold);
+            assert_eq!(e.setting, Setting::StepCacheThreshold);
         }
         let e = StepCache {
             threshold: -1.0,

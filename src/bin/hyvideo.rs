@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use hyvideo::denoiser::TransformerForm;
 use hyvideo::generation::{
     CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Sampling, Stage,
 };
@@ -353,9 +354,14 @@ impl Bars {
 }
 
 /// The pipeline of `bundle` with `stages`, on the engines and backends `runtime` names.
-fn load_pipeline(bundle: &Path, runtime: &RuntimeArgs, stages: &[Stage]) -> Result<Pipeline> {
+fn load_pipeline(
+    bundle: &Path,
+    runtime: &RuntimeArgs,
+    stages: &[Stage],
+    form: TransformerForm,
+) -> Result<Pipeline> {
     let engines = runtime.engine_set(bundle)?;
-    Pipeline::load_stages(bundle, engines, &runtime.stage_configs(), stages)
+    Pipeline::load_stages(bundle, engines, &runtime.stage_configs(form), stages)
         .map_err(flagged)
         .with_context(|| format!("loading {}", bundle.display()))
 }
@@ -369,7 +375,12 @@ fn decode(args: DecodeArgs) -> Result<()> {
         other => other.into(),
     })?;
     let t0 = Instant::now();
-    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &[Stage::Decode])?;
+    let mut pipeline = load_pipeline(
+        &args.bundle,
+        &args.runtime,
+        &[Stage::Decode],
+        TransformerForm::Single,
+    )?;
     let load_s = t0.elapsed().as_secs_f64();
     let channels = pipeline.vae_settings().map_err(flagged)?.latent_channels;
     let latents = read_latents_named(&args.latents, &args.latents_name, channels)?;
@@ -424,7 +435,12 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
     };
     let latents = TensorFile::open(&args.latents)?.tensor5(hyvideo::latents::LATENTS_TENSOR)?;
     let t0 = Instant::now();
-    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &[Stage::Denoise])?;
+    let mut pipeline = load_pipeline(
+        &args.bundle,
+        &args.runtime,
+        &[Stage::Denoise],
+        args.sampling.transformer_form(),
+    )?;
     let load_s = t0.elapsed().as_secs_f64();
     let provider = pipeline.transformer().map_err(flagged)?.provider();
     eprintln!(
@@ -464,6 +480,9 @@ fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
         provider,
         &pipeline,
     );
+    if let Some(r) = pipeline.last_step_cache() {
+        println!("step cache: {}", r.to_json());
+    }
     println!("wrote {}", args.output_latents.display());
     Ok(())
 }
@@ -533,6 +552,9 @@ struct RunRecord<'a> {
     flow_shift: f32,
     flow_direction: hyvideo::scheduler::FlowDirection,
     cfg_scale: f32,
+    /// What the step cache computed: `{method, threshold, start, end, computed_steps}`
+    /// (0-based steps; `{cond, uncond}` with true CFG); null without a cache.
+    step_cache: Option<serde_json::Value>,
     fps: u32,
     tiling: TilingRecord,
     bundle: String,
@@ -587,7 +609,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let mut stages: Vec<(String, f64)> = vec![];
 
     let t = Instant::now();
-    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
+    let mut pipeline = load_pipeline(
+        &args.bundle,
+        &args.runtime,
+        &Stage::ALL,
+        args.sampling.transformer_form(),
+    )?;
     stages.push(("load engines".into(), t.elapsed().as_secs_f64()));
     let manifest_sha256 = hyvideo_bundle::hash::sha256_file(&args.bundle.join("manifest.yaml"))?;
     if args.latents.is_none() {
@@ -638,6 +665,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         flow_shift: request.sampling.flow_shift,
         flow_direction: request.sampling.direction,
         cfg_scale: args.sampling.cfg_scale,
+        step_cache: generated.step_cache.as_ref().map(|r| r.to_json()),
         fps: args.fps,
         tiling: TilingRecord::from(&args.tiling.config()),
         bundle: args.bundle.display().to_string(),
@@ -811,7 +839,12 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!(flagged_message(&e)))?;
     let t = Instant::now();
-    let mut pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
+    let mut pipeline = load_pipeline(
+        &args.bundle,
+        &args.runtime,
+        &Stage::ALL,
+        TransformerForm::Single,
+    )?;
     let load_s = t.elapsed().as_secs_f64();
     let provider = pipeline.transformer().map_err(flagged)?.provider();
     let cancel = CancelFlag::new();
@@ -1029,7 +1062,16 @@ fn serve_cmd(args: ServeArgs) -> Result<()> {
     // load, which can take minutes on a GPU.
     let mut prepared = Server::prepare(config)?;
     let t = Instant::now();
-    let pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL)?;
+    // With the transformer's stage graphs in the bundle the server loads those (requests may
+    // ask for a step cache; without one the stages give the single graph's numbers).
+    let form = match hyvideo_bundle::Manifest::load(&args.bundle).map(|m| {
+        m.components
+            .contains_key(&hyvideo_bundle::Component::TransformerEmbed)
+    }) {
+        Ok(true) => TransformerForm::Staged,
+        _ => TransformerForm::Single,
+    };
+    let pipeline = load_pipeline(&args.bundle, &args.runtime, &Stage::ALL, form)?;
     if let Some((size, frames)) = engine_max_shape(&pipeline) {
         let limits = prepared.limits_mut();
         limits.engine_max = Some(size);

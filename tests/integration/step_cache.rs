@@ -205,3 +205,68 @@ fn threshold_zero_is_bit_identical_to_no_cache() {
         }
     }
 }
+
+/// `hyvideo generate --step-cache …`: the run record says what ran (null without a cache), and
+/// bad values are refused naming their flag.
+#[test]
+fn generate_records_what_the_step_cache_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = crate::generate::full_bundle();
+    let gen_cmd = |extra: &[&str], out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hyvideo"))
+            .arg("generate")
+            .arg("--bundle")
+            .arg(bundle)
+            .args(["--prompt", "A cat walks on the grass, realistic style."])
+            .args(["--video-size", "32", "48", "--video-length", "9"])
+            .args(["--infer-steps", "12", "--seed", "42", "--threads", "2"])
+            .arg("--save-path")
+            .arg(dir.path().join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let run_record = |out: &str| -> Value {
+        let p = dir.path().join(out).with_extension("json");
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let o = gen_cmd(&[], "plain.mp4");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(run_record("plain.mp4")["step_cache"], Value::Null);
+    let o = gen_cmd(
+        &["--step-cache", "teacache", "--step-cache-threshold", "0.52"],
+        "tea.mp4",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sc = &run_record("tea.mp4")["step_cache"];
+    assert_eq!(sc["method"], "teacache");
+    assert_eq!(sc["threshold"], 0.52);
+    // The golden run's decisions (the prompt embeddings come from the same text encoders).
+    assert_eq!(
+        sc["computed_steps"],
+        record()["runs"]["teacache/t0.52"]["computed_steps"]
+    );
+    let o = gen_cmd(&["--step-cache", "fbcache"], "fb.mp4");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(run_record("fb.mp4")["step_cache"]["threshold"], 0.05);
+    for (args, want) in [
+        (
+            &["--step-cache", "fbcache", "--step-cache-end", "13"][..],
+            "--step-cache-end: must be at most the step count (12), got 13",
+        ),
+        (
+            &["--step-cache", "teacache", "--step-cache-threshold", "-1"][..],
+            "--step-cache-threshold: must be a number at least 0, got -1",
+        ),
+        (
+            &["--step-cache", "magic"][..],
+            "expected none, teacache or fbcache",
+        ),
+        (&["--step-cache-threshold", "0.2"][..], "--step-cache"),
+    ] {
+        let o = gen_cmd(args, "bad.mp4");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(!dir.path().join("bad.mp4").exists());
+    }
+}
