@@ -9,9 +9,17 @@
 //! embedded guidance), `true_cfg_scale` with `negative_prompt`, `flow_shift`, `seed`, `fps`.
 //! Defaults are `hyvideo generate`'s (720 × 1280, 129 frames, 50 steps, guidance 6, shift 7,
 //! 24 fps, sampling 1 → 0).
+//!
+//! Step caching, as `hyvideo generate --step-cache …`: `step_cache` ("none", the default, or
+//! "teacache" / "fbcache"), and with a method `step_cache_threshold` (≥ 0; default 0.15 for
+//! TeaCache, 0.05 for First-Block Cache), `step_cache_start` and `step_cache_end` (0-based,
+//! start ≤ end ≤ `num_inference_steps`; defaults 0 and the step count). The three are refused
+//! without a method, and a method is refused by a server whose transformer has no stage graphs.
 
 use std::collections::BTreeMap;
 
+use hyvideo::setting::{InvalidSetting, Setting};
+use hyvideo::step_cache::{StepCache, StepCacheMethod, parse_step_cache};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,6 +37,9 @@ pub struct Limits {
     /// Width and height the loaded engines' shape profile admits at most (TensorRT engines are
     /// built for a range; `None` for providers that take any shape).
     pub engine_max: Option<[usize; 2]>,
+    /// Whether requests may ask for a step cache: the loaded transformer is in stages
+    /// (`Prepared::start` sets it from the pipeline; a single-graph transformer cannot skip).
+    pub step_cache: bool,
 }
 
 impl Default for Limits {
@@ -39,6 +50,7 @@ impl Default for Limits {
             max_size: 1280,
             max_prompt_chars: 4000,
             engine_max: None,
+            step_cache: true,
         }
     }
 }
@@ -64,6 +76,74 @@ pub struct JobSettings {
     pub flow_shift: f32,
     pub seed: u64,
     pub fps: u32,
+    /// `None`: every step computed (also what jobs stored before step caching parse to).
+    #[serde(default)]
+    pub step_cache: Option<StepCacheSettings>,
+}
+
+/// A job's step cache as requested: the method, its threshold (the method's default filled
+/// in) and the window of steps it decides (`end` `None`: the step count).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepCacheSettings {
+    pub method: StepCacheMethod,
+    pub threshold: f64,
+    #[serde(default)]
+    pub start: usize,
+    #[serde(default)]
+    pub end: Option<usize>,
+}
+
+impl StepCacheSettings {
+    /// The runtime's step cache.
+    pub fn step_cache(&self) -> StepCache {
+        StepCache {
+            method: self.method,
+            threshold: self.threshold,
+            start: self.start,
+            end: self.end,
+        }
+    }
+
+    /// The video object's `step_cache` before the job completes: the run record's fields
+    /// without `computed_steps`, `end` resolved to the step count when unset.
+    pub fn to_json(&self, steps: usize) -> Value {
+        serde_json::json!({
+            "method": self.method.name(),
+            "threshold": self.threshold,
+            "start": self.start,
+            "end": self.end.unwrap_or(steps),
+        })
+    }
+}
+
+/// The request field of a library setting (how the runtime's setting errors are shown).
+pub fn setting_field(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Prompt => "prompt",
+        Setting::NegativePrompt => "negative_prompt",
+        Setting::Height | Setting::Width => "size",
+        Setting::Frames => "num_frames",
+        Setting::Steps => "num_inference_steps",
+        Setting::EmbeddedGuidance => "guidance_scale",
+        Setting::FlowShift => "flow_shift",
+        Setting::CfgScale => "true_cfg_scale",
+        Setting::Seed => "seed",
+        // Not request fields: the server sets them.
+        Setting::InitialLatents => "initial_latents",
+        Setting::TileSize => "vae_tile_size",
+        Setting::TileStride => "vae_tile_stride",
+        Setting::TileFrames => "vae_tile_frames",
+        Setting::TileStrideFrames => "vae_tile_stride_frames",
+        Setting::StepCache => "step_cache",
+        Setting::StepCacheThreshold => "step_cache_threshold",
+        Setting::StepCacheStart => "step_cache_start",
+        Setting::StepCacheEnd => "step_cache_end",
+    }
+}
+
+/// A setting error as a 400 naming its request field.
+pub fn setting_error(e: &InvalidSetting) -> ApiError {
+    ApiError::invalid(setting_field(e.setting), e.reason.clone())
 }
 
 impl JobSettings {
@@ -84,7 +164,7 @@ impl JobSettings {
 }
 
 /// Every field a create body may have.
-pub const FIELDS: [&str; 13] = [
+pub const FIELDS: [&str; 17] = [
     "prompt",
     "model",
     "size",
@@ -97,6 +177,10 @@ pub const FIELDS: [&str; 13] = [
     "flow_shift",
     "seed",
     "fps",
+    "step_cache",
+    "step_cache_threshold",
+    "step_cache_start",
+    "step_cache_end",
     "input_reference",
 ];
 
@@ -344,6 +428,7 @@ pub fn parse(fields: &BTreeMap<String, Value>, limits: &Limits) -> Result<JobSet
         Some(v) => integer(v, "seed")?,
         None => random_seed(),
     };
+    let step_cache = step_cache(&get, steps, limits)?;
     Ok(JobSettings {
         prompt,
         negative_prompt,
@@ -357,7 +442,58 @@ pub fn parse(fields: &BTreeMap<String, Value>, limits: &Limits) -> Result<JobSet
         flow_shift,
         seed,
         fps,
+        step_cache,
     })
+}
+
+/// `step_cache` and its threshold and window, checked as `StepCache::validate` checks them.
+fn step_cache<'a>(
+    get: &dyn Fn(&str) -> Option<&'a Value>,
+    steps: usize,
+    limits: &Limits,
+) -> Result<Option<StepCacheSettings>, ApiError> {
+    let method = match get("step_cache") {
+        None => None,
+        Some(v) => parse_step_cache(text(v, "step_cache")?.trim())
+            .map_err(|e| ApiError::invalid("step_cache", e))?,
+    };
+    let Some(method) = method else {
+        for k in ["step_cache_threshold", "step_cache_start", "step_cache_end"] {
+            if get(k).is_some() {
+                return Err(ApiError::invalid(
+                    k,
+                    "needs a step_cache method (teacache or fbcache)",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if !limits.step_cache {
+        return Err(ApiError::invalid(
+            "step_cache",
+            "this server's transformer has no stage graphs; re-export the bundle",
+        ));
+    }
+    let threshold = match get("step_cache_threshold") {
+        Some(v) => number(v, "step_cache_threshold")?,
+        None => method.default_threshold(),
+    };
+    let index = |k: &str| -> Result<Option<usize>, ApiError> {
+        get(k)
+            .map(|v| integer(v, k).map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+            .transpose()
+    };
+    let settings = StepCacheSettings {
+        method,
+        threshold,
+        start: index("step_cache_start")?.unwrap_or(0),
+        end: index("step_cache_end")?,
+    };
+    settings
+        .step_cache()
+        .validate(steps)
+        .map_err(|e| setting_error(&e))?;
+    Ok(Some(settings))
 }
 
 fn random_seed() -> u64 {
@@ -503,12 +639,126 @@ mod tests {
                 "input_reference",
             ),
             (json!({"prompt": "a".repeat(4001)}), "prompt"),
+            (json!({"prompt": "a", "step_cache": "magic"}), "step_cache"),
+            (json!({"prompt": "a", "step_cache": 1}), "step_cache"),
+            (
+                json!({"prompt": "a", "step_cache": "teacache", "step_cache_threshold": -1}),
+                "step_cache_threshold",
+            ),
+            (
+                json!({"prompt": "a", "step_cache": "fbcache", "step_cache_threshold": "abc"}),
+                "step_cache_threshold",
+            ),
+            (
+                json!({"prompt": "a", "step_cache": "none", "step_cache_threshold": 0.1}),
+                "step_cache_threshold",
+            ),
+            (
+                json!({"prompt": "a", "step_cache_start": 1}),
+                "step_cache_start",
+            ),
+            (
+                json!({"prompt": "a", "step_cache": "teacache", "num_inference_steps": 12,
+                       "step_cache_start": 6, "step_cache_end": 4}),
+                "step_cache_start",
+            ),
+            (
+                json!({"prompt": "a", "step_cache": "teacache", "num_inference_steps": 12,
+                       "step_cache_start": 13}),
+                "step_cache_start",
+            ),
+            (
+                json!({"prompt": "a", "step_cache": "teacache", "num_inference_steps": 12,
+                       "step_cache_end": 13}),
+                "step_cache_end",
+            ),
+            (
+                json!({"prompt": "a", "step_cache": "teacache", "step_cache_end": -2}),
+                "step_cache_end",
+            ),
         ] {
             let e = err(b.clone());
             assert_eq!(e.param.as_deref(), Some(param), "{b}: {e:?}");
             assert!(e.message.starts_with(param), "{b}: {}", e.message);
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn step_cache_fields_parse_with_the_methods_defaults() {
+        let p = |v: Value| parse(&body(v), &Limits::default()).unwrap().step_cache;
+        assert_eq!(p(json!({"prompt": "a"})), None);
+        assert_eq!(p(json!({"prompt": "a", "step_cache": "none"})), None);
+        assert_eq!(p(json!({"prompt": "a", "step_cache": null})), None);
+        let tea = p(json!({"prompt": "a", "step_cache": "teacache"})).unwrap();
+        assert_eq!(
+            tea,
+            StepCacheSettings {
+                method: StepCacheMethod::TeaCache,
+                threshold: 0.15,
+                start: 0,
+                end: None
+            }
+        );
+        assert_eq!(
+            tea.to_json(50),
+            json!({"method": "teacache", "threshold": 0.15, "start": 0, "end": 50})
+        );
+        // Multipart: every value text.
+        let fb = p(
+            json!({"prompt": "a", "num_inference_steps": "12", "step_cache": "fbcache",
+                          "step_cache_threshold": "0", "step_cache_start": "2",
+                          "step_cache_end": "12"}),
+        )
+        .unwrap();
+        assert_eq!(
+            fb,
+            StepCacheSettings {
+                method: StepCacheMethod::FbCache,
+                threshold: 0.0,
+                start: 2,
+                end: Some(12)
+            }
+        );
+        assert_eq!(
+            p(json!({"prompt": "a", "step_cache": "fbcache"}))
+                .unwrap()
+                .threshold,
+            0.05
+        );
+        // start = end (an empty window) is every step computed, as the runtime allows.
+        assert!(
+            p(
+                json!({"prompt": "a", "num_inference_steps": 4, "step_cache": "teacache",
+                     "step_cache_start": 4, "step_cache_end": 4})
+            )
+            .is_some()
+        );
+        // A server without the transformer's stage graphs refuses a method (not `none`).
+        let single = Limits {
+            step_cache: false,
+            ..Limits::default()
+        };
+        let e = parse(
+            &body(json!({"prompt": "a", "step_cache": "teacache"})),
+            &single,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("step_cache"));
+        assert!(e.message.contains("no stage graphs"), "{}", e.message);
+        assert!(parse(&body(json!({"prompt": "a", "step_cache": "none"})), &single).is_ok());
+        // Jobs stored before step caching still parse.
+        let mut old = serde_json::to_value(
+            parse(&body(json!({"prompt": "a", "seed": 1})), &Limits::default()).unwrap(),
+        )
+        .unwrap();
+        old.as_object_mut().unwrap().remove("step_cache");
+        let old: JobSettings = serde_json::from_value(old).unwrap();
+        assert_eq!(old.step_cache, None);
+        // Every runtime setting error names a field.
+        let e = setting_error(&InvalidSetting::new(Setting::StepCacheEnd, "too far"));
+        assert_eq!(e.param.as_deref(), Some("step_cache_end"));
+        assert_eq!(e.message, "step_cache_end: too far");
     }
 
     #[test]

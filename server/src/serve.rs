@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyvideo::denoiser::TransformerForm;
 use hyvideo::generation::Pipeline;
 
 use crate::api::{AppState, router};
@@ -114,9 +115,14 @@ impl Prepared {
         &mut self.config.limits
     }
 
-    /// Start the worker on `pipeline` and listen.
+    /// Start the worker on `pipeline` and listen. Requests may ask for a step cache when its
+    /// transformer is loaded in stages.
     pub fn start(self, pipeline: Pipeline) -> Result<Server, ServeError> {
-        let Prepared { config, queue } = self;
+        let Prepared { mut config, queue } = self;
+        config.limits.step_cache = matches!(
+            pipeline.transformer().map(|t| t.form()),
+            Ok(TransformerForm::Staged)
+        );
         let running: Running = Arc::new(Mutex::new(Default::default()));
         let shutdown = Arc::new(AtomicBool::new(false));
         let wakeup = Arc::new(Wakeup::default());

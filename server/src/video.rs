@@ -2,7 +2,7 @@
 //! (`id`, `object: "video"`, `status` one of `queued` / `in_progress` / `completed` / `failed`,
 //! integer `progress`, `created_at`, `completed_at`, `expires_at`, `model`, `size`, `seconds`,
 //! `prompt`, `error`), plus this server's fields (`num_frames`, `seed`, `attempts`, `worker`,
-//! `timings`, the sampling settings).
+//! `timings`, the sampling settings, `step_cache`).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -41,10 +41,17 @@ pub struct VideoObject {
     pub worker: Option<String>,
     /// Seconds per stage of a finished job, as the worker recorded them.
     pub timings: Option<Value>,
+    /// The step cache: as requested (`method`, `threshold`, `start`, `end`) until the job
+    /// completes, then what ran (the run record's, with `computed_steps`); null without one.
+    pub step_cache: Option<Value>,
 }
 
 impl VideoObject {
     pub fn new(job: &Job, settings: &JobSettings) -> VideoObject {
+        let result = job
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<Value>(r).ok());
         VideoObject {
             id: job.id.clone(),
             object: "video",
@@ -70,11 +77,15 @@ impl VideoObject {
             seed: settings.seed,
             attempts: job.attempts,
             worker: job.worker.clone(),
-            timings: job
-                .result
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-                .and_then(|v| v.get("timings").cloned()),
+            timings: result.as_ref().and_then(|v| v.get("timings").cloned()),
+            step_cache: match result.as_ref().and_then(|v| v.get("step_cache")) {
+                Some(record) if job.status == JobStatus::Completed => {
+                    Some(record.clone()).filter(|r| !r.is_null())
+                }
+                _ => settings
+                    .step_cache
+                    .map(|c| c.to_json(settings.num_inference_steps)),
+            },
         }
     }
 

@@ -18,8 +18,7 @@ use hyvideo::generation::{
 use hyvideo::video::{Video, save_video};
 
 use crate::queue::{Content, ContentStore, Job, JobQueue};
-use crate::request::JobSettings;
-use crate::request::is_job_id;
+use crate::request::{JobSettings, is_job_id, setting_field};
 use crate::video::progress;
 
 /// Unix seconds now.
@@ -96,6 +95,8 @@ pub struct Worker {
 enum Outcome {
     Completed {
         timings: serde_json::Value,
+        /// The run record's `step_cache` (what the step cache computed; null without one).
+        step_cache: serde_json::Value,
     },
     Failed {
         code: &'static str,
@@ -184,11 +185,15 @@ impl Worker {
         }
         let t = now();
         let recorded = match outcome {
-            Outcome::Completed { timings } => {
+            Outcome::Completed {
+                timings,
+                step_cache,
+            } => {
                 if let Some(total) = timings.get("total").and_then(|v| v.as_f64()) {
                     self.metrics.job_done(total);
                 }
-                let result = serde_json::json!({ "timings": timings }).to_string();
+                let result =
+                    serde_json::json!({ "timings": timings, "step_cache": step_cache }).to_string();
                 match self.stored_content(&id) {
                     Ok(content) => self.queue.complete(
                         &id,
@@ -262,6 +267,7 @@ impl Worker {
                 embedded_guidance: s.guidance_scale,
                 flow_shift: s.flow_shift,
                 cfg_scale: s.true_cfg_scale,
+                step_cache: s.step_cache.map(|c| c.step_cache()),
                 ..Sampling::default()
             },
             seed: s.seed,
@@ -306,14 +312,16 @@ impl Worker {
             Ok(g) => g,
             Err(GenerationError::Cancelled { .. }) => return Outcome::Abandoned,
             Err(e) => {
-                let code = if e.invalid_setting().is_some() {
-                    "invalid_request"
-                } else {
-                    "generation_failed"
-                };
-                return Outcome::Failed {
-                    code,
-                    message: e.to_string(),
+                // A setting the runtime refuses is named by its request field.
+                return match e.invalid_setting() {
+                    Some(i) => Outcome::Failed {
+                        code: "invalid_request",
+                        message: format!("{}: {}", setting_field(i.setting), i.reason),
+                    },
+                    None => Outcome::Failed {
+                        code: "generation_failed",
+                        message: e.to_string(),
+                    },
                 };
             }
         };
@@ -352,6 +360,10 @@ impl Worker {
         timings.insert("total".into(), gen_s.into());
         Outcome::Completed {
             timings: timings.into(),
+            step_cache: generated
+                .step_cache
+                .as_ref()
+                .map_or(serde_json::Value::Null, |r| r.to_json()),
         }
     }
 }

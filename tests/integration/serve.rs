@@ -1,12 +1,14 @@
 //! `hyvideo serve` in-process on the tiny bundle, spoken to over real HTTP/1.1 sockets: create
 //! (JSON and multipart) → poll → content (the MP4 byte-equal to `hyvideo generate`'s with the
 //! same settings and seed; Range; thumbnail), list, delete, the error shapes, the API key, and
-//! the queue surviving a restart.
+//! the queue surviving a restart; step caching as request fields (the computed steps those of
+//! the golden run; refused by a server without the transformer's stage graphs).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hyvideo::denoiser::TransformerForm;
 use hyvideo::generation::{Pipeline, StageConfigs};
 use hyvideo_engines::SessionConfig;
 use hyvideo_server::queue::QueueLocation;
@@ -14,6 +16,7 @@ use hyvideo_server::request::Limits;
 use hyvideo_server::serve::{ServeConfig, ServeError, Server};
 use serde_json::{Value, json};
 
+use crate::common::goldens;
 use crate::generate::{full_bundle, generate};
 use crate::http_client::{Answer, http};
 
@@ -43,6 +46,29 @@ pub(crate) fn config(data: &Path) -> ServeConfig {
 pub(crate) fn pipeline() -> Pipeline {
     let cfg = SessionConfig::default().with_intra_threads(Some(2));
     Pipeline::load(full_bundle(), None, &StageConfigs::all(cfg)).unwrap()
+}
+
+/// The tiny bundle's pipeline with the transformer in its stage graphs (what `hyvideo serve`
+/// loads from a bundle that has them): requests may ask for a step cache.
+fn staged_pipeline() -> Pipeline {
+    let cfg = SessionConfig::default().with_intra_threads(Some(2));
+    let configs = StageConfigs {
+        transformer_form: TransformerForm::Staged,
+        ..StageConfigs::all(cfg)
+    };
+    Pipeline::load(full_bundle(), None, &configs).unwrap()
+}
+
+/// A multipart/form-data body of text fields under the boundary `XyZ`.
+fn multipart(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut mp = String::new();
+    for (k, v) in fields {
+        mp.push_str(&format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    mp.push_str("--XyZ--\r\n");
+    mp.into_bytes()
 }
 
 /// The `generate` golden's settings as an API request.
@@ -372,5 +398,185 @@ fn an_api_key_guards_the_api_and_open_addresses_need_one() {
         200,
         "health stays open"
     );
+    server.stop();
+}
+
+#[test]
+fn step_cache_fields_run_the_cache_and_the_video_says_what_ran() {
+    let golden: Value =
+        serde_json::from_slice(&std::fs::read(goldens("step_cache.json")).unwrap()).unwrap();
+    let run = &golden["runs"]["teacache/t0.52"];
+    let steps = golden["settings"]["num_inference_steps"].as_u64().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(config(data.path()), staged_pipeline()).unwrap();
+    let addr = server.addr();
+    let plain = json!({
+        "prompt": golden["settings"]["prompt"], "size": "48x32", "num_frames": 9,
+        "num_inference_steps": steps, "seed": 42,
+    });
+    let mut cached = plain.clone();
+    cached["step_cache"] = json!("teacache");
+    cached["step_cache_threshold"] = run["threshold"].clone();
+
+    let a = post_json(addr, &cached, &[]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let queued = a.json();
+    // Until it completes: the settings as requested (the window resolved to the step count).
+    assert_eq!(
+        queued["step_cache"],
+        json!({"method": "teacache", "threshold": 0.52, "start": 0, "end": steps}),
+        "{queued}"
+    );
+    let a = post_json(addr, &plain, &[]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["step_cache"], Value::Null);
+    let plain_id = a.json()["id"].as_str().unwrap().to_owned();
+    // Multipart, every value text (as the openai SDK sends `extra_body`).
+    let ct = [("Content-Type", "multipart/form-data; boundary=XyZ")];
+    let mp = multipart(&[
+        ("prompt", "a dog"),
+        ("size", "48x32"),
+        ("num_frames", "9"),
+        ("num_inference_steps", "6"),
+        ("seed", "7"),
+        ("step_cache", "fbcache"),
+        ("step_cache_threshold", "0.5"),
+        ("step_cache_start", "1"),
+        ("step_cache_end", "5"),
+    ]);
+    let m = http(addr, "POST", "/v1/videos", &ct, &mp);
+    assert_eq!(m.status, 200, "{}", m.text());
+    assert_eq!(
+        m.json()["step_cache"],
+        json!({"method": "fbcache", "threshold": 0.5, "start": 1, "end": 5})
+    );
+    let mp_id = m.json()["id"].as_str().unwrap().to_owned();
+
+    let done = wait_final(addr, queued["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    let sc = &done["step_cache"];
+    assert_eq!(
+        (&sc["method"], &sc["threshold"], &sc["start"], &sc["end"]),
+        (&json!("teacache"), &json!(0.52), &json!(0), &json!(steps)),
+        "{done}"
+    );
+    // The golden run's decisions (the prompt embeddings come from the same text encoders).
+    assert_eq!(sc["computed_steps"], run["computed_steps"], "{done}");
+    assert_eq!(sc["computed_steps"], json!([0, 1, 4, 8, 9, 10, 11]));
+    let plain_done = wait_final(addr, &plain_id);
+    assert_eq!(plain_done["status"], "completed", "{plain_done}");
+    assert_eq!(plain_done["step_cache"], Value::Null);
+    let content = |id: &str| {
+        let a = http(addr, "GET", &format!("/v1/videos/{id}/content"), &[], b"");
+        assert_eq!(a.status, 200);
+        a.body
+    };
+    assert_ne!(
+        content(queued["id"].as_str().unwrap()),
+        content(&plain_id),
+        "skipping steps changes the video"
+    );
+    let mp_done = wait_final(addr, &mp_id);
+    assert_eq!(mp_done["status"], "completed", "{mp_done}");
+    let computed = mp_done["step_cache"]["computed_steps"].as_array().unwrap();
+    // Outside [start, end) every step is computed.
+    for step in [0, 5] {
+        assert!(computed.contains(&json!(step)), "{mp_done}");
+    }
+
+    // Each bad value is a 400 naming its field.
+    let with = |extra: Value| {
+        let mut b = plain.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for (body, param) in [
+        (with(json!({"step_cache": "magic"})), "step_cache"),
+        (with(json!({"step_cache": true})), "step_cache"),
+        (
+            with(json!({"step_cache": "teacache", "step_cache_threshold": -1})),
+            "step_cache_threshold",
+        ),
+        (
+            with(json!({"step_cache": "teacache", "step_cache_threshold": "abc"})),
+            "step_cache_threshold",
+        ),
+        (
+            with(json!({"step_cache": "none", "step_cache_threshold": 0.2})),
+            "step_cache_threshold",
+        ),
+        (
+            with(json!({"step_cache_threshold": 0.2})),
+            "step_cache_threshold",
+        ),
+        (
+            with(json!({"step_cache": "fbcache", "step_cache_start": 8, "step_cache_end": 4})),
+            "step_cache_start",
+        ),
+        (
+            with(json!({"step_cache": "fbcache", "step_cache_end": steps + 1})),
+            "step_cache_end",
+        ),
+        (
+            with(json!({"step_cache": "fbcache", "step_cache_start": 1.5})),
+            "step_cache_start",
+        ),
+    ] {
+        let a = post_json(addr, &body, &[]);
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        let e = &a.json()["error"];
+        assert_eq!(e["param"].as_str(), Some(param), "{body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().starts_with(param),
+            "{body}: {e}"
+        );
+    }
+    let a = http(
+        addr,
+        "POST",
+        "/v1/videos",
+        &ct,
+        &multipart(&[
+            ("prompt", "a"),
+            ("step_cache", "teacache"),
+            ("step_cache_threshold", "abc"),
+        ]),
+    );
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["error"]["param"], "step_cache_threshold");
+    server.stop();
+}
+
+#[test]
+fn a_transformer_without_stages_refuses_a_step_cache() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = config(data.path());
+    cfg.max_queue = 0;
+    // The single transformer graph: no stage graphs to skip between.
+    let server = Server::start(cfg, pipeline()).unwrap();
+    let a = post_json(
+        server.addr(),
+        &json!({"prompt": "a", "size": "48x32", "step_cache": "teacache"}),
+        &[],
+    );
+    assert_eq!(a.status, 400, "{}", a.text());
+    let e = &a.json()["error"];
+    assert_eq!(e["param"], "step_cache", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no stage graphs; re-export the bundle"),
+        "{e}"
+    );
+    // `none` is no cache: valid (refused here only because this queue takes no job).
+    let a = post_json(
+        server.addr(),
+        &json!({"prompt": "a", "size": "48x32", "step_cache": "none"}),
+        &[],
+    );
+    assert_eq!(a.status, 429, "{}", a.text());
     server.stop();
 }

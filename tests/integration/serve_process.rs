@@ -677,6 +677,12 @@ fn good_value(field: &str, r: &mut Rng) -> Option<String> {
         "guidance_scale" => "5.5".into(),
         "flow_shift" => "7".into(),
         "fps" => r.pick(&["24", "\"12\""]).to_owned(),
+        "step_cache" => r
+            .pick(&["\"none\"", "\"teacache\"", "\"fbcache\""])
+            .to_owned(),
+        "step_cache_threshold" => r.pick(&["0", "0.15", "\"0.05\""]).to_owned(),
+        "step_cache_start" => r.pick(&["0", "\"1\""]).to_owned(),
+        "step_cache_end" => r.pick(&["1", "\"2\""]).to_owned(),
         _ => return None,
     })
 }

@@ -1,7 +1,7 @@
 """`hyvideo serve` driven by the real `openai` SDK (client.videos): create_and_poll with our
 fields in extra_body, download_content equal byte for byte to `hyvideo generate`'s MP4 with the
-same settings and seed, list, delete, and a bad field raised as the SDK's BadRequestError naming
-the param.
+same settings and seed, list, delete, a bad field raised as the SDK's BadRequestError naming
+the param, and a step cache (fbcache) in extra_body recorded in the video object.
 
 Usage: python test_videos.py --bin-dir target/debug --model tests/fixtures/tiny
 (run.sh beside this file sets up the venv and runs it).
@@ -76,6 +76,25 @@ def main() -> int:
             except openai.BadRequestError as e:
                 assert e.body["param"] == "colour", e.body
 
+            # Step caching through extra_body (sent as multipart text, like every field).
+            cached = client.videos.create_and_poll(
+                prompt=PROMPT, size="48x32",
+                extra_body={"num_frames": 9, "num_inference_steps": 6, "seed": 42,
+                            "step_cache": "fbcache", "step_cache_threshold": 0.5,
+                            "step_cache_start": 1, "step_cache_end": 5},
+                poll_interval_ms=200)
+            assert cached.status == "completed", cached
+            record = (cached.model_extra or {}).get("step_cache")
+            assert record["method"] == "fbcache" and record["threshold"] == 0.5, record
+            assert (record["start"], record["end"]) == (1, 5), record
+            assert {0, 5} <= set(record["computed_steps"]), record
+            try:
+                client.videos.create(prompt=PROMPT, extra_body={"step_cache": "magic"})
+                raise AssertionError("an unknown step cache was accepted")
+            except openai.BadRequestError as e:
+                assert e.body["param"] == "step_cache", e.body
+            assert client.videos.delete(cached.id).deleted
+
             deleted = client.videos.delete(video.id)
             assert deleted.deleted and deleted.id == video.id
             try:
@@ -87,7 +106,7 @@ def main() -> int:
             server.terminate()
             server.wait(timeout=60)
     print("openai SDK against hyvideo serve: ok (create_and_poll, download_content == generate, "
-          "thumbnail, list, bad field, delete)")
+          "thumbnail, list, bad field, step cache, delete)")
     return 0
 
 
