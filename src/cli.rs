@@ -212,6 +212,13 @@ pub struct SamplingArgs {
     /// True classifier-free guidance scale; > 1 runs the negative prompt too (one B = 2 call).
     #[arg(long, default_value_t = 1.0)]
     pub cfg_scale: f32,
+    #[command(flatten)]
+    pub step_cache: StepCacheArgs,
+}
+
+/// Step-cache flags (generate, denoise, bench).
+#[derive(Debug, Clone, Args)]
+pub struct StepCacheArgs {
     /// Step caching: `teacache` (TeaCache4HunyuanVideo: skips every block on steps whose first
     /// block input barely changed) or `fbcache` (First-Block Cache: runs the first block, skips
     /// the rest when its output barely changed); `none` computes every step exactly. Loads the
@@ -238,18 +245,30 @@ impl SamplingArgs {
             flow_shift: self.flow_shift,
             direction: self.flow_direction,
             cfg_scale: self.cfg_scale,
-            step_cache: self.step_cache.0.map(|method| StepCache {
-                threshold: self
-                    .step_cache_threshold
-                    .unwrap_or(method.default_threshold()),
-                start: self.step_cache_start,
-                end: self.step_cache_end,
-                ..StepCache::new(method)
-            }),
+            step_cache: self.step_cache.step_cache(),
         }
     }
 
     /// The transformer form these settings need: its stages with a step cache.
+    pub fn transformer_form(&self) -> TransformerForm {
+        self.step_cache.transformer_form()
+    }
+}
+
+impl StepCacheArgs {
+    /// The step cache the flags ask for (`None` with `--step-cache none`).
+    pub fn step_cache(&self) -> Option<StepCache> {
+        self.step_cache.0.map(|method| StepCache {
+            threshold: self
+                .step_cache_threshold
+                .unwrap_or(method.default_threshold()),
+            start: self.step_cache_start,
+            end: self.step_cache_end,
+            ..StepCache::new(method)
+        })
+    }
+
+    /// The transformer form they need: its stages with a step cache.
     pub fn transformer_form(&self) -> TransformerForm {
         match self.step_cache.0 {
             Some(_) => TransformerForm::Staged,

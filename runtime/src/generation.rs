@@ -469,6 +469,17 @@ impl Pipeline {
         self.engines.as_ref()
     }
 
+    /// The transformer's blocks, dual- and single-stream (`num_layers + num_single_layers` of
+    /// the bundle's transformer config); `None` when the bundle has no readable config.
+    pub fn transformer_blocks(&self) -> Option<usize> {
+        let path = self
+            .bundle
+            .join(Component::Transformer.spec().config_file());
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
+        Some(n("num_layers")? + n("num_single_layers")?)
+    }
+
     /// What the step cache of the last denoising loop computed (`None` without a cache).
     pub fn last_step_cache(&self) -> Option<&StepCacheRecord> {
         self.last_step_cache.as_ref()

@@ -21,7 +21,7 @@ use hyvideo::latents::{TensorFile, read_latents_named, write_latents};
 use hyvideo::transformer::TextConditioning;
 use hyvideo::video::{Video, VideoFormat, save_video};
 use hyvideo_bundle::AttentionKernel;
-use hyvideo_cli::cli::{RuntimeArgs, SamplingArgs, TilingArgs, flagged_message};
+use hyvideo_cli::cli::{RuntimeArgs, SamplingArgs, StepCacheArgs, TilingArgs, flagged_message};
 use hyvideo_engines::BackendKind;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -190,6 +190,8 @@ struct BenchArgs {
     /// Write the results as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    step_cache: StepCacheArgs,
     #[command(flatten)]
     tiling: TilingArgs,
     #[command(flatten)]
@@ -829,6 +831,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             steps: s.steps,
             embedded_guidance: s.embedded_guidance_scale,
             flow_shift: s.flow_shift,
+            step_cache: args.step_cache.step_cache(),
             ..Sampling::default()
         },
         seed: s.seed,
@@ -843,7 +846,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         &args.bundle,
         &args.runtime,
         &Stage::ALL,
-        TransformerForm::Single,
+        args.step_cache.transformer_form(),
     )?;
     let load_s = t.elapsed().as_secs_f64();
     let provider = pipeline.transformer().map_err(flagged)?.provider();
@@ -1009,6 +1012,24 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
 
     let rows = rows(&ours, &native, &diffs);
     println!("{}", table(&rows));
+    // What the step cache computed in the (last) timed loop; the native side runs uncached,
+    // so with a cache the loop's difference column measures the cache's effect.
+    let step_cache = pipeline.last_step_cache().map(|r| r.to_json());
+    if let Some(r) = pipeline.last_step_cache() {
+        let blocks = pipeline.transformer_blocks().unwrap_or(0);
+        let computed: Vec<String> = r
+            .streams()
+            .iter()
+            .map(|&st| format!("{} {}/{}", st.name(), r.computed(st).len(), s.steps))
+            .collect();
+        println!(
+            "step cache {}: computed steps {}; transformer block calls {} of {}",
+            r.to_json()["method"].as_str().unwrap_or("?"),
+            computed.join(", "),
+            r.block_calls(blocks),
+            blocks * s.steps * r.streams().len()
+        );
+    }
     println!("load engines: {load_s:.3} s; provider: {provider}");
     if let Some(m) = rss {
         println!("peak RSS hyvideo: {m:.1} MiB");
@@ -1026,6 +1047,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             "placement": placement_record(&pipeline),
             "threads": args.runtime.session.threads,
             "load_seconds": load_s,
+            "step_cache": step_cache,
         });
         std::fs::write(p, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("--json {}", p.display()))?;

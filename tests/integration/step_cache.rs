@@ -270,3 +270,41 @@ fn generate_records_what_the_step_cache_computed() {
         assert!(!dir.path().join("bad.mp4").exists());
     }
 }
+
+/// `hyvideo bench --step-cache …` reports what the cache computed, in its table's footer and
+/// its JSON.
+#[test]
+fn bench_reports_the_step_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hyvideo"))
+        .arg("bench")
+        .arg("--bundle")
+        .arg(crate::generate::full_bundle())
+        .args([
+            "--video-size",
+            "32",
+            "48",
+            "--video-length",
+            "9",
+            "--infer-steps",
+            "12",
+        ])
+        .args(["--runs", "1", "--warmup", "0", "--threads", "2"])
+        .args(["--step-cache", "teacache", "--step-cache-threshold", "0.52"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains("step cache teacache: computed steps cond 7/12"),
+        "{stdout}"
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(
+        doc["step_cache"]["computed_steps"],
+        record()["runs"]["teacache/t0.52"]["computed_steps"]
+    );
+}
