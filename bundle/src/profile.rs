@@ -334,6 +334,56 @@ mod tests {
         assert!(err.to_string().contains("recorded with 0 dims"), "{err}");
     }
 
+    /// The 720p preset (`configs/shapes/720p.yaml`): image tokens per frame are
+    /// (h / 8 / 2) · (w / 8 / 2): 45 · 80 = 3600 at 720×1280 and 1280×720, 60 · 60 = 3600 at
+    /// 960×960, 69 · 52 = 3588 at 1104×832 and 832×1104; latent frames 1 / 33 / 33 (129
+    /// frames). min = fewest per frame × fewest frames, opt = the first resolution × opt
+    /// frames, max = most per frame × most frames; joint tokens add the prompt's.
+    #[test]
+    fn transformer_stage_tokens_at_720p() {
+        let preset = ShapePreset {
+            name: "720p".into(),
+            resolutions: vec![
+                [720, 1280],
+                [1280, 720],
+                [1104, 832],
+                [832, 1104],
+                [960, 960],
+            ],
+            frames: Range3([1, 129, 129]),
+            batch: Range3([1, 1, 2]),
+        };
+        assert_eq!(preset.validate(), Ok(()));
+        let e = entry(&[
+            ("img_tokens", &["batch", "image_tokens", "3072"]),
+            ("txt_tokens", &["batch", "text_len", "3072"]),
+            ("conditioning", &["batch", "3072"]),
+            ("rope_cos", &["joint_tokens", "1", "128"]),
+            ("rope_sin", &["joint_tokens", "1", "128"]),
+            ("first_block_norm1", &["batch", "image_tokens", "3072"]),
+        ]);
+        let r = input_ranges(Component::TransformerFirstBlock, &e, &preset, &ctx()).unwrap();
+        assert_eq!(r[0].min, [1, 3588, 3072]);
+        assert_eq!(r[0].opt, [1, 33 * 45 * 80, 3072]);
+        assert_eq!(r[0].opt[1], 118_800);
+        assert_eq!(r[0].max, [2, 118_800, 3072]);
+        assert_eq!((r[1].min[1], r[1].opt[1], r[1].max[1]), (1, 128, 256));
+        for rope in &r[3..5] {
+            assert_eq!(rope.min, [3588 + 1, 1, 128]);
+            assert_eq!(rope.opt, [118_800 + 128, 1, 128]);
+            assert_eq!(rope.max, [118_800 + 256, 1, 128]);
+        }
+        assert_eq!(
+            (&r[5].min, &r[5].opt, &r[5].max),
+            (&r[0].min, &r[0].opt, &r[0].max)
+        );
+        // The image tokens follow the patch size (1: every latent pixel a token).
+        let mut p1 = ctx();
+        p1.patch_size = 1;
+        let r = input_ranges(Component::TransformerFirstBlock, &e, &preset, &p1).unwrap();
+        assert_eq!(r[0].opt[1], 33 * 90 * 160);
+    }
+
     #[test]
     fn tiles_and_fixed_prompts() {
         let e = entry(&[(
