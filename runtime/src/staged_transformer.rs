@@ -22,9 +22,7 @@
 //! stage: unmeasured here).
 
 use hyvideo_bundle::Component;
-use hyvideo_bundle::components::transformer::{
-    ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT, POOLED_PROJECTIONS, TIMESTEP,
-};
+use hyvideo_bundle::components::transformer::{GUIDANCE, HIDDEN_STATES, OUTPUT};
 use hyvideo_bundle::components::transformer_stages::{
     CONDITIONING, FIRST_BLOCK_NORM1, IMG_ALL_BLOCKS, IMG_FIRST_BLOCK, IMG_TOKENS, ROPE_COS,
     ROPE_SIN, TXT_FIRST_BLOCK, TXT_TOKENS,
@@ -36,7 +34,7 @@ use crate::step_cache::{
     Decision, FbCacheState, StepCache, StepCacheMethod, StepCacheRecord, Stream, TeaCacheState,
 };
 use crate::tensor::Tensor5;
-use crate::transformer::{StepInput, TransformerError, VelocityModel};
+use crate::transformer::{InputShapes, StepInput, TransformerError, VelocityModel, for_each_row};
 
 fn input_err(what: &'static str, reason: String) -> TransformerError {
     TransformerError::Input { what, reason }
@@ -193,57 +191,8 @@ impl StagedTransformer {
         step: usize,
     ) -> Result<Tensor5, TransformerError> {
         let shape = input.latents.shape();
-        let text = input.text;
-        let text_shape = [1, text.len(), text.embeds().len() / text.len().max(1)];
-        let pooled_shape = [1, text.pooled().len()];
-        let batch = [1];
-        let mut inputs = vec![
-            (
-                HIDDEN_STATES,
-                Input::F32 {
-                    shape: &shape,
-                    data: input.latents.data(),
-                },
-            ),
-            (
-                TIMESTEP,
-                Input::F32 {
-                    shape: &batch,
-                    data: input.timestep,
-                },
-            ),
-            (
-                ENCODER_HIDDEN_STATES,
-                Input::F32 {
-                    shape: &text_shape,
-                    data: text.embeds(),
-                },
-            ),
-            (
-                POOLED_PROJECTIONS,
-                Input::F32 {
-                    shape: &pooled_shape,
-                    data: text.pooled(),
-                },
-            ),
-        ];
-        if self.guidance {
-            let g = input.guidance.ok_or_else(|| {
-                input_err(
-                    "guidance",
-                    "the transformer is guidance-distilled (`guidance_embeds`): give an embedded \
-                     guidance scale"
-                        .into(),
-                )
-            })?;
-            inputs.push((
-                GUIDANCE,
-                Input::F32 {
-                    shape: &batch,
-                    data: g,
-                },
-            ));
-        }
+        let shapes = InputShapes::of(input);
+        let inputs = shapes.graph_inputs(input, self.guidance)?;
         let [img, txt, cond, cos, sin, norm1] = run_stage(
             &mut self.stages.embed,
             &inputs,
@@ -418,12 +367,6 @@ impl VelocityModel for StagedTransformer {
                 ),
             ));
         }
-        if let Some(g) = input.guidance.filter(|g| g.len() != b) {
-            return Err(input_err(
-                "guidance",
-                format!("{} values for batch {b}", g.len()),
-            ));
-        }
         let step = match self.run.as_mut() {
             Some(r) => {
                 let s = r.step;
@@ -433,34 +376,9 @@ impl VelocityModel for StagedTransformer {
             None => 0,
         };
         let lens = text.valid_lens()?;
-        let per = input.latents.data().len() / b;
-        let mut row_shape = shape;
-        row_shape[0] = 1;
-        let mut data = Vec::with_capacity(input.latents.data().len());
-        let mut out_shape = shape;
-        for (r, &len) in lens.iter().enumerate() {
-            let latents = Tensor5::from_vec(
-                row_shape,
-                input.latents.data()[r * per..(r + 1) * per].to_vec(),
-            )
-            .map_err(|e| input_err("latents", e.to_string()))?;
-            let cropped = text.rows_cropped(r..r + 1, len);
+        for_each_row(input, &lens, |row, r| {
             let stream = if r == 0 { Stream::Cond } else { Stream::Uncond };
-            let out = self.row(
-                &StepInput {
-                    latents: &latents,
-                    timestep: &input.timestep[r..r + 1],
-                    text: &cropped,
-                    guidance: input.guidance.and_then(|g| g.get(r..r + 1)),
-                },
-                stream,
-                step,
-            )?;
-            out_shape = out.shape();
-            data.extend_from_slice(out.data());
-        }
-        out_shape[0] = b;
-        Tensor5::from_vec(out_shape, data)
-            .map_err(|e| input_err("transformer output", e.to_string()))
+            self.row(row, stream, step)
+        })
     }
 }

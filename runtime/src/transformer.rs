@@ -407,39 +407,7 @@ impl Transformer {
                 observe,
             );
         }
-        if let Some(g) = input.guidance.filter(|g| g.len() != b) {
-            return Err(input_err(
-                "guidance",
-                format!("{} values for batch {b}", g.len()),
-            ));
-        }
-        let per = input.latents.data().len() / b;
-        let mut data = Vec::with_capacity(input.latents.data().len());
-        let mut out_shape = shape;
-        let mut row_shape = shape;
-        row_shape[0] = 1;
-        for (r, &len) in lens.iter().enumerate() {
-            let latents = Tensor5::from_vec(
-                row_shape,
-                input.latents.data()[r * per..(r + 1) * per].to_vec(),
-            )
-            .map_err(|e| input_err("latents", e.to_string()))?;
-            let cropped = text.rows_cropped(r..r + 1, len);
-            let out = self.call(
-                &StepInput {
-                    latents: &latents,
-                    timestep: &input.timestep[r..r + 1],
-                    text: &cropped,
-                    guidance: input.guidance.and_then(|g| g.get(r..r + 1)),
-                },
-                observe,
-            )?;
-            out_shape = out.shape();
-            data.extend_from_slice(out.data());
-        }
-        out_shape[0] = b;
-        Tensor5::from_vec(out_shape, data)
-            .map_err(|e| input_err("transformer output", e.to_string()))
+        for_each_row(input, &lens, |row, _| self.call(row, observe))
     }
 
     /// One graph call on `input` as it is.
@@ -450,63 +418,8 @@ impl Transformer {
     ) -> Result<Tensor5, TransformerError> {
         let shape = input.latents.shape();
         let b = shape[0];
-        let text = input.text;
-        let text_shape = [b, text.len, text.dim];
-        let pooled_shape = [b, text.pooled_dim];
-        let batch = [b];
-        let mut inputs = vec![
-            (
-                HIDDEN_STATES,
-                Input::F32 {
-                    shape: &shape,
-                    data: input.latents.data(),
-                },
-            ),
-            (
-                TIMESTEP,
-                Input::F32 {
-                    shape: &batch,
-                    data: input.timestep,
-                },
-            ),
-            (
-                ENCODER_HIDDEN_STATES,
-                Input::F32 {
-                    shape: &text_shape,
-                    data: &text.embeds,
-                },
-            ),
-            (
-                POOLED_PROJECTIONS,
-                Input::F32 {
-                    shape: &pooled_shape,
-                    data: &text.pooled,
-                },
-            ),
-        ];
-        if self.guidance {
-            let g = input.guidance.ok_or_else(|| {
-                input_err(
-                    "guidance",
-                    "the transformer is guidance-distilled (`guidance_embeds`): give an embedded \
-                     guidance scale"
-                        .into(),
-                )
-            })?;
-            if g.len() != b {
-                return Err(input_err(
-                    "guidance",
-                    format!("{} values for batch {b}", g.len()),
-                ));
-            }
-            inputs.push((
-                GUIDANCE,
-                Input::F32 {
-                    shape: &batch,
-                    data: g,
-                },
-            ));
-        }
+        let shapes = InputShapes::of(input);
+        let inputs = shapes.graph_inputs(input, self.guidance)?;
         let mut out = None;
         for (name, t) in self.engine.run(&inputs)? {
             if name == OUTPUT {
@@ -528,6 +441,138 @@ impl Transformer {
         Tensor5::from_vec(dims, out.data)
             .map_err(|e| input_err("transformer output", e.to_string()))
     }
+}
+
+/// The shapes of a [`StepInput`]'s graph inputs (kept by the caller for as long as the
+/// inputs that borrow them).
+pub(crate) struct InputShapes {
+    latents: [usize; 5],
+    text: [usize; 3],
+    pooled: [usize; 2],
+    batch: [usize; 1],
+}
+
+impl InputShapes {
+    pub(crate) fn of(input: &StepInput<'_>) -> InputShapes {
+        let latents = input.latents.shape();
+        let b = latents[0];
+        let t = input.text;
+        InputShapes {
+            latents,
+            text: [b, t.len, t.dim],
+            pooled: [b, t.pooled_dim],
+            batch: [b],
+        }
+    }
+
+    /// The transformer graph's inputs (also the embed stage's): `hidden_states`, `timestep`,
+    /// `encoder_hidden_states`, `pooled_projections`, and `guidance` for a guidance-distilled
+    /// model (`guidance`), which then must be given, one value per row.
+    pub(crate) fn graph_inputs<'a>(
+        &'a self,
+        input: &StepInput<'a>,
+        guidance: bool,
+    ) -> Result<Vec<(&'static str, Input<'a>)>, TransformerError> {
+        let text = input.text;
+        let mut inputs = vec![
+            (
+                HIDDEN_STATES,
+                Input::F32 {
+                    shape: &self.latents,
+                    data: input.latents.data(),
+                },
+            ),
+            (
+                TIMESTEP,
+                Input::F32 {
+                    shape: &self.batch,
+                    data: input.timestep,
+                },
+            ),
+            (
+                ENCODER_HIDDEN_STATES,
+                Input::F32 {
+                    shape: &self.text,
+                    data: &text.embeds,
+                },
+            ),
+            (
+                POOLED_PROJECTIONS,
+                Input::F32 {
+                    shape: &self.pooled,
+                    data: &text.pooled,
+                },
+            ),
+        ];
+        if guidance {
+            let g = input.guidance.ok_or_else(|| {
+                input_err(
+                    "guidance",
+                    "the transformer is guidance-distilled (`guidance_embeds`): give an embedded \
+                     guidance scale"
+                        .into(),
+                )
+            })?;
+            if g.len() != self.batch[0] {
+                return Err(input_err(
+                    "guidance",
+                    format!("{} values for batch {}", g.len(), self.batch[0]),
+                ));
+            }
+            inputs.push((
+                GUIDANCE,
+                Input::F32 {
+                    shape: &self.batch,
+                    data: g,
+                },
+            ));
+        }
+        Ok(inputs)
+    }
+}
+
+/// Run `row` on each row of `input` on its own (batch 1, its text cropped to its `lens[r]`
+/// valid tokens) and stack the results: how rows of different lengths, and the staged
+/// transformer's rows (each its own cache stream), reach the graphs.
+pub(crate) fn for_each_row(
+    input: &StepInput<'_>,
+    lens: &[usize],
+    mut row: impl FnMut(&StepInput<'_>, usize) -> Result<Tensor5, TransformerError>,
+) -> Result<Tensor5, TransformerError> {
+    let shape = input.latents.shape();
+    let b = shape[0];
+    if let Some(g) = input.guidance.filter(|g| g.len() != b) {
+        return Err(input_err(
+            "guidance",
+            format!("{} values for batch {b}", g.len()),
+        ));
+    }
+    let per = input.latents.data().len() / b.max(1);
+    let mut data = Vec::with_capacity(input.latents.data().len());
+    let mut out_shape = shape;
+    let mut row_shape = shape;
+    row_shape[0] = 1;
+    for (r, &len) in lens.iter().enumerate() {
+        let latents = Tensor5::from_vec(
+            row_shape,
+            input.latents.data()[r * per..(r + 1) * per].to_vec(),
+        )
+        .map_err(|e| input_err("latents", e.to_string()))?;
+        let cropped = input.text.rows_cropped(r..r + 1, len);
+        let out = row(
+            &StepInput {
+                latents: &latents,
+                timestep: &input.timestep[r..r + 1],
+                text: &cropped,
+                guidance: input.guidance.and_then(|g| g.get(r..r + 1)),
+            },
+            r,
+        )?;
+        out_shape = out.shape();
+        data.extend_from_slice(out.data());
+    }
+    out_shape[0] = b;
+    Tensor5::from_vec(out_shape, data).map_err(|e| input_err("transformer output", e.to_string()))
 }
 
 #[cfg(test)]
