@@ -117,12 +117,11 @@ def main():
         print(f"{method} {threshold}: {computed}/{steps} computed, {loop:.2f} s", flush=True)
 
     for method in ("teacache", "fbcache"):
-        sweep = [r for r in rows if r["method"] == method and r["kind"] == "sweep"]
+        cached = [r for r in rows if r["method"] == method]
         for target, label in ((1 / 3, "≈1/3 skipped"), (1 / 2, "≈1/2 skipped")):
-            if sweep:
-                best = min(sweep, key=lambda r: abs((steps - r["computed"]) / steps - target))
-                best["kind"] = f"sweep, {label}" if best["kind"] == "sweep" else \
-                    best["kind"] + f", {label}"
+            if cached:
+                best = min(cached, key=lambda r: abs((steps - r["computed"]) / steps - target))
+                best["kind"] += f", {label}"
 
     print()
     print(f"bench model, {settings['height']}x{settings['width']}, {settings['frames']} frames, "

@@ -19,5 +19,6 @@ pub use placement::{Placement, ProviderNodes};
 pub use profile::{InputProfile, ProfilePoint};
 pub use provider::{Backend, BackendKind, Registration, TensorRtOptions};
 pub use session::{
-    AttentionPolicy, Engine, Input, Optimization, SessionConfig, Tensor, session_entries,
+    AttentionPolicy, Engine, Input, Optimization, SessionConfig, Tensor, ThreadSpinning,
+    session_entries,
 };

@@ -90,6 +90,20 @@ pub struct SessionConfig {
     /// "engine" of `hyvideo-export build`.
     pub save_optimized: Option<PathBuf>,
     pub attention: AttentionPolicy,
+    /// Whether idle intra-op threads spin waiting for work.
+    pub spinning: ThreadSpinning,
+}
+
+/// ONNX Runtime's `session.intra_op.allow_spinning`: spinning threads pick up the next run a
+/// little sooner, but several sessions run one after another (the transformer's stages) each
+/// keep their threads spinning against the one that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ThreadSpinning {
+    /// ONNX Runtime's default (spin).
+    #[default]
+    Default,
+    /// Idle threads sleep.
+    Off,
 }
 
 impl Default for SessionConfig {
@@ -101,6 +115,7 @@ impl Default for SessionConfig {
             ort_lib: None,
             save_optimized: None,
             attention: AttentionPolicy::BackendFused,
+            spinning: ThreadSpinning::Default,
         }
     }
 }
@@ -109,6 +124,11 @@ impl SessionConfig {
     #[must_use]
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+    #[must_use]
+    pub fn with_spinning(mut self, spinning: ThreadSpinning) -> Self {
+        self.spinning = spinning;
         self
     }
     #[must_use]
@@ -254,6 +274,11 @@ impl Engine {
         if let Some(n) = config.intra_threads {
             builder = builder
                 .with_intra_threads(n)
+                .map_err(|e| load_err(e.to_string()))?;
+        }
+        if config.spinning == ThreadSpinning::Off {
+            builder = builder
+                .with_config_entry("session.intra_op.allow_spinning", "0")
                 .map_err(|e| load_err(e.to_string()))?;
         }
         builder = builder.with_execution_providers(dispatches).map_err(|e| {

@@ -122,6 +122,11 @@ impl StagedTransformer {
     ) -> Result<StagedTransformer, TransformerError> {
         let mut engines = Vec::with_capacity(4);
         let mut attention = hyvideo_bundle::AttentionKernel::Standard;
+        // Four sessions run one after another: idle threads must not spin against the running
+        // one (measured on the bench model: README "Step caching").
+        let config = &config
+            .clone()
+            .with_spinning(hyvideo_engines::ThreadSpinning::Off);
         for c in Component::TRANSFORMER_STAGES {
             let path = files.path(c, config.backend.kind())?;
             let loaded = crate::graph_load::load(&path, config)?;
