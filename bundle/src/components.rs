@@ -169,7 +169,6 @@ impl Component {
             | Component::TransformerFirstBlock
             | Component::TransformerRestBlocks
             | Component::TransformerHead => {
-                use transformer::*;
                 use transformer_stages::*;
                 let a = Elem::Activation;
                 let tokens = |n| [S(Sym::Batch), S(n), Z(Size::InnerDim)];
@@ -183,32 +182,11 @@ impl Component {
                         &[S(Sym::JointTokens), Z(Size::One), Z(Size::HeadDim)],
                     )
                 };
-                let grid = |c| {
-                    [
-                        S(Sym::Batch),
-                        Z(c),
-                        S(Sym::Frames),
-                        S(Sym::Height),
-                        S(Sym::Width),
-                    ]
-                };
+                // The single graph's I/O: the embed stage's inputs, the head's output.
+                let single = Component::Transformer.spec();
                 let (inputs, outputs) = match self {
                     Component::TransformerEmbed => (
-                        vec![
-                            IoSpec::required(HIDDEN_STATES, f, &grid(Size::InChannels)),
-                            IoSpec::required(TIMESTEP, f, &[S(Sym::Batch)]),
-                            IoSpec::required(
-                                ENCODER_HIDDEN_STATES,
-                                f,
-                                &[S(Sym::Batch), S(Sym::TextLen), Z(Size::TextEmbedDim)],
-                            ),
-                            IoSpec::required(
-                                POOLED_PROJECTIONS,
-                                f,
-                                &[S(Sym::Batch), Z(Size::PooledProjectionDim)],
-                            ),
-                            IoSpec::optional(GUIDANCE, f, &[S(Sym::Batch)]),
-                        ],
+                        single.inputs.clone(),
                         vec![
                             img(IMG_TOKENS),
                             txt(TXT_TOKENS),
@@ -244,9 +222,9 @@ impl Component {
                             img(IMG_ALL_BLOCKS),
                             cond.clone(),
                             // Read for its shape only (the latent grid to unpatchify to).
-                            IoSpec::required(HIDDEN_STATES, f, &grid(Size::InChannels)),
+                            single.inputs[0].clone(),
                         ],
-                        vec![IoSpec::required(OUTPUT, f, &grid(Size::OutChannels))],
+                        single.outputs.clone(),
                     ),
                 };
                 ComponentSpec {
@@ -348,6 +326,25 @@ impl FromStr for Component {
                     names.join(", ")
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod stage_spec_tests {
+    use super::*;
+
+    #[test]
+    fn the_stages_take_the_single_graphs_inputs_and_give_its_output() {
+        let single = Component::Transformer.spec();
+        assert_eq!(
+            Component::TransformerEmbed.spec().inputs,
+            single.inputs,
+            "embed"
+        );
+        let head = Component::TransformerHead.spec();
+        assert_eq!(head.outputs, single.outputs);
+        assert_eq!(head.inputs[2].name, transformer::HIDDEN_STATES);
+        assert_eq!(head.inputs[2], single.inputs[0]);
     }
 }
 

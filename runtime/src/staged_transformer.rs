@@ -34,7 +34,9 @@ use crate::step_cache::{
     Decision, FbCacheState, StepCache, StepCacheMethod, StepCacheRecord, Stream, TeaCacheState,
 };
 use crate::tensor::Tensor5;
-use crate::transformer::{InputShapes, StepInput, TransformerError, VelocityModel, for_each_row};
+use crate::transformer::{
+    InputShapes, StepInput, TransformerError, VelocityModel, for_each_row, velocity,
+};
 
 fn input_err(what: &'static str, reason: String) -> TransformerError {
     TransformerError::Input { what, reason }
@@ -282,17 +284,7 @@ impl StagedTransformer {
             ],
             [OUTPUT],
         )?;
-        let dims: [usize; 5] = match <[usize; 5]>::try_from(out.shape.as_slice()) {
-            Ok(d) if d[0] == 1 && d[2..] == shape[2..] => d,
-            _ => {
-                return Err(TransformerError::OutputShape {
-                    found: out.shape,
-                    expected: shape,
-                });
-            }
-        };
-        Tensor5::from_vec(dims, out.data)
-            .map_err(|e| input_err("transformer output", e.to_string()))
+        velocity(out, shape)
     }
 }
 

@@ -417,7 +417,6 @@ impl Transformer {
         observe: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<Tensor5, TransformerError> {
         let shape = input.latents.shape();
-        let b = shape[0];
         let shapes = InputShapes::of(input);
         let inputs = shapes.graph_inputs(input, self.guidance)?;
         let mut out = None;
@@ -429,18 +428,26 @@ impl Transformer {
             }
         }
         let out = out.ok_or_else(|| input_err("transformer output", format!("no `{OUTPUT}`")))?;
-        let dims: [usize; 5] = match <[usize; 5]>::try_from(out.shape.as_slice()) {
-            Ok(d) if d[0] == b && d[2..] == shape[2..] => d,
-            _ => {
-                return Err(TransformerError::OutputShape {
-                    found: out.shape,
-                    expected: shape,
-                });
-            }
-        };
-        Tensor5::from_vec(dims, out.data)
-            .map_err(|e| input_err("transformer output", e.to_string()))
+        velocity(out, shape)
     }
+}
+
+/// A graph's `sample` output as the velocity of `latents` (shape `[B, C, T, H, W]`): the
+/// same batch and grid, or an error naming both shapes.
+pub(crate) fn velocity(
+    out: hyvideo_engines::Tensor,
+    latents: [usize; 5],
+) -> Result<Tensor5, TransformerError> {
+    let dims: [usize; 5] = match <[usize; 5]>::try_from(out.shape.as_slice()) {
+        Ok(d) if d[0] == latents[0] && d[2..] == latents[2..] => d,
+        _ => {
+            return Err(TransformerError::OutputShape {
+                found: out.shape,
+                expected: latents,
+            });
+        }
+    };
+    Tensor5::from_vec(dims, out.data).map_err(|e| input_err("transformer output", e.to_string()))
 }
 
 /// The shapes of a [`StepInput`]'s graph inputs (kept by the caller for as long as the
