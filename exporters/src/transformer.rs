@@ -22,6 +22,10 @@
 //! f32[B] (σ·1000), `encoder_hidden_states` f32[B,L,D_text] (valid tokens only),
 //! `pooled_projections` f32[B,P], `guidance` f32[B] (scale·1000, only with `guidance_embeds`).
 //! Output `sample` f32[B,C_out,T,H,W]. diffusers' `encoder_attention_mask` is not an input.
+//!
+//! The stage boundaries of step caching are `Identity` nodes `stage/<name>`
+//! (`hyvideo_bundle::components::transformer_stages`); each stage derives its shape values from
+//! its own image tokens, so [`crate::transformer_stages`] can cut the written graph there.
 
 use crate::attention::{AttentionMask, Heads, attention};
 use crate::checkpoint::TransformerConfig;

@@ -1,5 +1,6 @@
 //! The HTTP routes: OpenAI's Videos API (`POST/GET /v1/videos`, `GET/DELETE /v1/videos/{id}`,
-//! `GET /v1/videos/{id}/content` with Range and `variant=thumbnail`, `GET
+//! `GET /v1/videos/{id}/content` with Range and `variant=thumbnail` — from this data dir, else
+//! from the shared queue's database — `GET
 //! /v1/videos/{id}/events` as server-sent events), `GET /healthz` and `GET /metrics`
 //! (Prometheus text). Bodies are read by hand so every rejection — bad JSON, an unknown field,
 //! a body over the limit — answers in the OpenAI error shape (never axum's default 422), and ids

@@ -5,7 +5,8 @@
 //! - [`request`]: create bodies (JSON or multipart) parsed and validated into job settings, each
 //!   error naming its field;
 //! - [`video`]: the video object the API answers with;
-//! - [`queue`]: the SQLite job queue (durable across restarts, leases for crashed workers);
+//! - [`queue`]: the job queue, SQLite or a PostgreSQL database shared by several servers
+//!   (durable across restarts, leases for crashed workers);
 //! - [`error`]: the OpenAI error shape;
 //! - [`api`]: the routes; [`worker`]: the job loop; [`metrics`]: timings and failure counts;
 //!   [`serve`]: starting and stopping; [`page`]: the web page at `/`.

@@ -3,8 +3,11 @@
 //! loaded once for every job — reporting progress from the real step and tile counts, stop it
 //! when it is deleted (cooperative cancellation between denoising steps and decode tiles), and
 //! write the MP4 and its first-frame PNG under temporary names renamed into place before the
-//! job is marked completed. A worker that dies leaves its lease to run out; the job then runs
-//! again from the start on whichever worker claims it (attempts are counted by the queue).
+//! job is marked completed (a queue that stores videos — PostgreSQL — gets them in the same
+//! transaction). A worker that dies leaves its lease to run out; the job then runs again from
+//! the start on whichever worker claims it (attempts are counted by the queue). Requests may ask
+//! for a step cache; its record is kept with the job's timings. Between jobs the retention sweep
+//! deletes expired jobs and this data dir's files of jobs that no longer exist.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
