@@ -50,6 +50,38 @@ struct StreamCache {
     residual: Option<Vec<f32>>,
 }
 
+impl StreamCache {
+    /// The image tokens after the blocks the cache decides about, from `base` (their input):
+    /// on a skip `base` + the kept residual (a first step is always computed, so a residual is
+    /// kept before any skip), else `compute()`, whose residual over `base` is kept. The
+    /// decision as taken goes into `record`.
+    fn blocks_output(
+        &mut self,
+        record: &mut Option<StepCacheRecord>,
+        stream: Stream,
+        step: usize,
+        decision: Decision,
+        base: &[f32],
+        compute: impl FnOnce() -> Result<Tensor, TransformerError>,
+    ) -> Result<Vec<f32>, TransformerError> {
+        let decision = match (decision, &self.residual) {
+            (Decision::Skip, Some(_)) => Decision::Skip,
+            _ => Decision::Compute,
+        };
+        if let Some(r) = record.as_mut() {
+            r.record(stream, step, decision);
+        }
+        match (decision, &self.residual) {
+            (Decision::Skip, Some(res)) => Ok(plus(base, res)),
+            _ => {
+                let all = compute()?;
+                self.residual = Some(minus(&all.data, base));
+                Ok(all.data)
+            }
+        }
+    }
+}
+
 /// The run in progress: its cache settings, step counter and per-stream state.
 #[derive(Debug)]
 struct Run {
@@ -221,43 +253,20 @@ impl StagedTransformer {
         let out_shape = img.shape.clone();
         let blocks_out = match (cache, slot) {
             (Some(c), Some((sc, record))) if c.method == StepCacheMethod::TeaCache => {
-                // (A first step is always computed, so a residual is kept before any skip.)
-                let d = match sc.tea.decide(&c, step, steps, &norm1.data) {
-                    Decision::Skip if sc.residual.is_some() => Decision::Skip,
-                    _ => Decision::Compute,
-                };
-                if let Some(r) = record.as_mut() {
-                    r.record(stream, step, d);
-                }
-                match (d, &sc.residual) {
-                    (Decision::Skip, Some(res)) => plus(&img.data, res),
-                    _ => {
-                        let all = self.stages.blocks(&img, &txt, &cond, &cos, &sin, &norm1)?;
-                        sc.residual = Some(minus(&all.data, &img.data));
-                        all.data
-                    }
-                }
+                let d = sc.tea.decide(&c, step, steps, &norm1.data);
+                sc.blocks_output(record, stream, step, d, &img.data, || {
+                    self.stages.blocks(&img, &txt, &cond, &cos, &sin, &norm1)
+                })?
             }
             (Some(c), Some((sc, record))) => {
                 let [img1, txt1] = self
                     .stages
                     .first_block(&img, &txt, &cond, &cos, &sin, &norm1)?;
                 let r1 = minus(&img1.data, &img.data);
-                let d = match sc.fb.decide(&c, step, steps, &r1) {
-                    Decision::Skip if sc.residual.is_some() => Decision::Skip,
-                    _ => Decision::Compute,
-                };
-                if let Some(r) = record.as_mut() {
-                    r.record(stream, step, d);
-                }
-                match (d, &sc.residual) {
-                    (Decision::Skip, Some(res)) => plus(&img1.data, res),
-                    _ => {
-                        let all = self.stages.rest_blocks(&img1, &txt1, &cond, &cos, &sin)?;
-                        sc.residual = Some(minus(&all.data, &img1.data));
-                        all.data
-                    }
-                }
+                let d = sc.fb.decide(&c, step, steps, &r1);
+                sc.blocks_output(record, stream, step, d, &img1.data, || {
+                    self.stages.rest_blocks(&img1, &txt1, &cond, &cos, &sin)
+                })?
             }
             _ => {
                 self.stages
