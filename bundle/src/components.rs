@@ -67,6 +67,11 @@ pub mod transformer_stages {
     pub const TXT_FIRST_BLOCK: &str = "txt_after_first_block";
     /// Image tokens after every block (dual and single).
     pub const IMG_ALL_BLOCKS: &str = "img_after_blocks";
+    /// Token-replace image conditioning only (HunyuanVideo-I2V): the timestep-0 conditioning
+    /// vector after SiLU, `[B, D]`, which modulates the first latent frame's tokens …
+    pub const TOKEN_REPLACE_CONDITIONING: &str = "token_replace_conditioning";
+    /// … and how many tokens that frame has (`(height / p) · (width / p)`), int64 `[1]`.
+    pub const FIRST_FRAME_TOKENS: &str = "first_frame_tokens";
     /// The prefix of the cut `Identity` nodes in the single graph.
     pub const CUT_PREFIX: &str = "stage/";
 }
@@ -175,6 +180,15 @@ impl Component {
                 let img = |name| IoSpec::required(name, a, &tokens(Sym::ImageTokens));
                 let txt = |name| IoSpec::required(name, a, &tokens(Sym::TextLen));
                 let cond = IoSpec::required(CONDITIONING, a, &[S(Sym::Batch), Z(Size::InnerDim)]);
+                // Present in the stages of a token-replace (image-to-video) transformer only.
+                let token_replace = [
+                    IoSpec::optional(
+                        TOKEN_REPLACE_CONDITIONING,
+                        a,
+                        &[S(Sym::Batch), Z(Size::InnerDim)],
+                    ),
+                    IoSpec::optional(FIRST_FRAME_TOKENS, Elem::Int64, &[Z(Size::One)]),
+                ];
                 let rope = |name| {
                     IoSpec::required(
                         name,
@@ -194,7 +208,10 @@ impl Component {
                             rope(ROPE_COS),
                             rope(ROPE_SIN),
                             img(FIRST_BLOCK_NORM1),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(token_replace.clone())
+                        .collect(),
                     ),
                     Component::TransformerFirstBlock => (
                         vec![
@@ -204,7 +221,10 @@ impl Component {
                             rope(ROPE_COS),
                             rope(ROPE_SIN),
                             img(FIRST_BLOCK_NORM1),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(token_replace.clone())
+                        .collect(),
                         vec![img(IMG_FIRST_BLOCK), txt(TXT_FIRST_BLOCK)],
                     ),
                     Component::TransformerRestBlocks => (
@@ -214,7 +234,10 @@ impl Component {
                             cond.clone(),
                             rope(ROPE_COS),
                             rope(ROPE_SIN),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(token_replace.clone())
+                        .collect(),
                         vec![img(IMG_ALL_BLOCKS)],
                     ),
                     _ => (
