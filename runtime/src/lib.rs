@@ -11,6 +11,7 @@ pub mod denoiser;
 pub mod engine_set;
 pub mod generation;
 pub mod graph_load;
+pub mod image;
 pub mod latents;
 pub mod memory;
 pub mod noise;
