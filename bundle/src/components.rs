@@ -70,7 +70,8 @@ pub mod transformer_stages {
     /// Token-replace image conditioning only (HunyuanVideo-I2V): the timestep-0 conditioning
     /// vector after SiLU, `[B, D]`, which modulates the first latent frame's tokens …
     pub const TOKEN_REPLACE_CONDITIONING: &str = "token_replace_conditioning";
-    /// … and how many tokens that frame has (`(height / p) · (width / p)`), int64 `[1]`.
+    /// … and how many tokens that frame has (`(height / p) · (width / p)`), int64 `[1]`: an
+    /// input of the block stages (the caller knows it: image tokens / latent frames).
     pub const FIRST_FRAME_TOKENS: &str = "first_frame_tokens";
     /// The prefix of the cut `Identity` nodes in the single graph.
     pub const CUT_PREFIX: &str = "stage/";
@@ -86,6 +87,9 @@ pub mod vae_decoder {
 pub mod llama {
     pub const INPUT_IDS: &str = "input_ids";
     pub const ATTENTION_MASK: &str = "attention_mask";
+    /// A LLaVA language model's image embeddings (HunyuanVideo-I2V), in place of its `<image>`
+    /// tokens.
+    pub const IMAGE_EMBEDS: &str = "image_embeds";
     pub const OUTPUT: &str = "hidden_states";
 }
 
@@ -180,7 +184,8 @@ impl Component {
                 let img = |name| IoSpec::required(name, a, &tokens(Sym::ImageTokens));
                 let txt = |name| IoSpec::required(name, a, &tokens(Sym::TextLen));
                 let cond = IoSpec::required(CONDITIONING, a, &[S(Sym::Batch), Z(Size::InnerDim)]);
-                // Present in the stages of a token-replace (image-to-video) transformer only.
+                // Present in the stages of a token-replace (image-to-video) transformer only; the
+                // embed stage gives the conditioning, the block stages take both.
                 let token_replace = [
                     IoSpec::optional(
                         TOKEN_REPLACE_CONDITIONING,
@@ -210,7 +215,7 @@ impl Component {
                             img(FIRST_BLOCK_NORM1),
                         ]
                         .into_iter()
-                        .chain(token_replace.clone())
+                        .chain(token_replace[..1].iter().cloned())
                         .collect(),
                     ),
                     Component::TransformerFirstBlock => (

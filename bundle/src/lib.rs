@@ -7,13 +7,15 @@
 //! - [`profile`]: shape presets and the min / opt / max input shapes they give each component;
 //! - [`manifest`]: `manifest.yaml`, what a bundle holds;
 //! - [`precision`], [`attention`]: the precisions and attention kernels bundles, engines and run
-//!   records name; [`hash`]: the content hashes they record.
+//!   records name; [`hash`]: the content hashes they record; [`image_condition`]: how an
+//!   image-to-video transformer takes its image.
 //!
 //! It depends on no other hyvideo crate; the layout is in `docs/architecture.md`.
 
 pub mod attention;
 pub mod components;
 pub mod hash;
+pub mod image_condition;
 pub mod manifest;
 pub mod precision;
 pub mod profile;
@@ -21,6 +23,7 @@ pub mod spec;
 
 pub use attention::AttentionKernel;
 pub use components::Component;
+pub use image_condition::ImageCondition;
 pub use manifest::{
     ComponentEntry, EXPORTER_VERSION, MANIFEST, Manifest, ManifestError, SourceFile, VaeSettings,
 };

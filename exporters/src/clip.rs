@@ -25,6 +25,7 @@ use crate::error::{ExportError, Result};
 use crate::graph::{Affine, Net};
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 use hyvideo_bundle::Component;
+use std::path::Path;
 
 pub use hyvideo_bundle::components::clip::{INPUT_IDS, OUTPUT};
 
@@ -42,31 +43,50 @@ pub fn checkpoint_prefix(ckpt: &Checkpoint) -> Result<&'static str> {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Activation {
+pub(crate) enum Activation {
     QuickGelu,
     Gelu,
 }
 
-/// Sizes the graph is built for.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    hidden: usize,
-    heads: usize,
-    head_dim: usize,
-    intermediate: usize,
-    eps: f32,
-    act: Activation,
+impl Activation {
+    /// `hidden_act` of a CLIP config (text or vision).
+    pub(crate) fn parse(hidden_act: &str, component: Component, file: &Path) -> Result<Self> {
+        match hidden_act {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::Gelu),
+            other => Err(ExportError::of(
+                component,
+                format!(
+                    "{}: hidden_act `{other}` is not supported (only quick_gelu and gelu)",
+                    file.display()
+                ),
+            )),
+        }
+    }
 }
 
-struct Clip<'a, 'w> {
-    net: &'a mut Net<'w>,
-    dims: Dims,
+/// Sizes the graph is built for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub hidden: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+    pub eps: f32,
+    pub act: Activation,
+}
+
+/// CLIP encoder layers (`CLIPEncoderLayer`), shared by the text encoder and LLaVA's vision
+/// tower ([`crate::clip_vision`]).
+pub(crate) struct Clip<'a, 'w> {
+    pub net: &'a mut Net<'w>,
+    pub dims: Dims,
     /// `[B, -1, hidden]`.
-    seq_shape: Value,
+    pub seq_shape: Value,
     /// `[B, -1, 3·heads, head_dim]`.
-    qkv_shape: Value,
-    /// Causal bias `[L, L]` (0 or `f32::MIN`).
-    bias: Value,
+    pub qkv_shape: Value,
+    /// The text encoder's causal bias `[L, L]` (0 or `f32::MIN`); the vision tower has none.
+    pub bias: Option<Value>,
 }
 
 impl Clip<'_, '_> {
@@ -109,15 +129,11 @@ impl Clip<'_, '_> {
             .net
             .split_qkv(prefix, &qkv, &qkv_shape, [heads, heads])?;
         let bias = self.bias.clone();
-        let ctx = attention(
-            self.net,
-            prefix,
-            &q,
-            &k,
-            &v,
-            layout,
-            AttentionMask::Additive(&bias),
-        )?;
+        let mask = match &bias {
+            Some(b) => AttentionMask::Additive(b),
+            None => AttentionMask::None,
+        };
+        let ctx = attention(self.net, prefix, &q, &k, &v, layout, mask)?;
         let shape = self.net.i64s(prefix, &[-1, hidden as i64])?;
         let ctx = self.net.reshape(prefix, &ctx, &shape)?;
         let out = self
@@ -151,7 +167,7 @@ impl Clip<'_, '_> {
     }
 
     /// `CLIPEncoderLayer` on `x` [B, L, hidden].
-    fn layer(&mut self, prefix: &str, x: &Value) -> Result<Value> {
+    pub(crate) fn layer(&mut self, prefix: &str, x: &Value) -> Result<Value> {
         let p = |s: &str| format!("{prefix}.{s}");
         let h = self.norm_rows(&p("layer_norm1"), x)?;
         let a = self.attention(&p("self_attn"), &h)?;
@@ -166,19 +182,7 @@ impl Clip<'_, '_> {
 /// `CLIPTextModel` names: `embeddings.*`, `encoder.layers.N.*`, `final_layer_norm.*`).
 pub fn build(net: &mut Net<'_>, cfg: &ClipTextConfig) -> Result<()> {
     cfg.validate()?;
-    let act = match cfg.hidden_act.as_str() {
-        "quick_gelu" => Activation::QuickGelu,
-        "gelu" => Activation::Gelu,
-        other => {
-            return Err(ExportError::of(
-                COMPONENT,
-                format!(
-                    "{}: hidden_act `{other}` is not supported (only quick_gelu and gelu)",
-                    cfg.source.display()
-                ),
-            ));
-        }
-    };
+    let act = Activation::parse(&cfg.hidden_act, COMPONENT, &cfg.source)?;
     let dims = Dims {
         hidden: cfg.hidden_size,
         heads: cfg.num_attention_heads,
@@ -246,7 +250,7 @@ pub fn build(net: &mut Net<'_>, cfg: &ClipTextConfig) -> Result<()> {
         dims,
         seq_shape,
         qkv_shape,
-        bias,
+        bias: Some(bias),
     };
     for i in 0..cfg.num_hidden_layers {
         x = g.layer(&format!("encoder.layers.{i}"), &x)?;

@@ -495,7 +495,7 @@ pub fn export_text_encoder(
         llama::NUM_HIDDEN_LAYERS_TO_SKIP.to_string(),
     );
     let mut net = Net::new(builder, &provider);
-    llama::build(&mut net, &cfg)?;
+    llama::build(&mut net, &cfg, None)?;
     let sizes = |s: Size| (s == Size::HiddenSize).then_some(cfg.hidden_size);
     let srcs = sources(&ckpt, model)?;
     let config = dir.join(LlamaConfig::FILE_NAME);

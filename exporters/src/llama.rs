@@ -26,6 +26,13 @@
 //!
 //! Inputs `input_ids` i64[B, L], `attention_mask` i64[B, L] (1 = token); output
 //! `hidden_states` f32[B, L, hidden_size]. B and L dynamic.
+//!
+//! The language model of a LLaVA text encoder (HunyuanVideo-I2V) also takes `image_embeds`
+//! f32[B, N, hidden_size] (the vision graph's, [`crate::clip_vision`]) and puts them in place of
+//! the `<image>` tokens' embeddings, in order (transformers `LlavaModel.forward`'s
+//! `masked_scatter`): the k-th `<image>` position of a row gets its k-th image embedding. The
+//! pipeline's position ids (`cumsum(mask) − 1`, pads 1) equal `0..L` on every real token of a
+//! right-padded prompt, and pad rows are never read, so positions stay `0..L`.
 
 use crate::attention::{AttentionMask, Heads, attention};
 use crate::checkpoint::{Checkpoint, LlamaConfig};
@@ -34,7 +41,15 @@ use crate::graph::Net;
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
 use hyvideo_bundle::Component;
 
-pub use hyvideo_bundle::components::llama::{ATTENTION_MASK, INPUT_IDS, OUTPUT};
+pub use hyvideo_bundle::components::llama::{ATTENTION_MASK, IMAGE_EMBEDS, INPUT_IDS, OUTPUT};
+
+/// A LLaVA language model's image input: the token its image embeddings replace, and how many
+/// embeddings an image gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageTokens {
+    pub token_id: i64,
+    pub count: usize,
+}
 
 /// diffusers `HunyuanVideoPipeline.encode_prompt(num_hidden_layers_to_skip=2)`.
 pub const NUM_HIDDEN_LAYERS_TO_SKIP: usize = 2;
@@ -265,8 +280,9 @@ impl Llama<'_, '_> {
 }
 
 /// Build the text-encoder graph into `net` (weights under `LlamaModel`'s names:
-/// `embed_tokens.weight`, `layers.N.*`).
-pub fn build(net: &mut Net<'_>, cfg: &LlamaConfig) -> Result<()> {
+/// `embed_tokens.weight`, `layers.N.*`); with `image`, the LLaVA language model taking
+/// `image_embeds`.
+pub fn build(net: &mut Net<'_>, cfg: &LlamaConfig, image: Option<ImageTokens>) -> Result<()> {
     cfg.validate()?;
     let layers = layers_used(cfg, NUM_HIDDEN_LAYERS_TO_SKIP)?;
     let dims = Dims {
@@ -301,6 +317,9 @@ pub fn build(net: &mut Net<'_>, cfg: &LlamaConfig) -> Result<()> {
         &[&embed, &ids],
         &[Attr::int("axis", 0)],
     )?;
+    if let Some(image) = image {
+        x = merge_image(&mut g, &ids, &x, image, cfg.hidden_size)?;
+    }
 
     let batch = g.net.op(
         "Shape",
@@ -400,6 +419,59 @@ pub fn build(net: &mut Net<'_>, cfg: &LlamaConfig) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// `<image>` positions of `x` [B, L, hidden] replaced by the `image_embeds` input in order: at
+/// position j, embedding `cumsum(is_image)[j] − 1` (clamped into range; only `<image>`
+/// positions read it).
+fn merge_image(
+    g: &mut Llama<'_, '_>,
+    ids: &Value,
+    x: &Value,
+    image: ImageTokens,
+    hidden: usize,
+) -> Result<Value> {
+    let pre = "image_embeds";
+    let embeds = g.net.b.input(
+        IMAGE_EMBEDS,
+        DataType::Float,
+        &[
+            "batch".into(),
+            Dim::Fixed(image.count as i64),
+            Dim::Fixed(hidden as i64),
+        ],
+    )?;
+    let token = g
+        .net
+        .b
+        .const_i64(auto(format!("{pre}/token")), &[image.token_id], &[])?;
+    let is_image = g.net.op("Equal", pre, &[ids, &token], &[])?;
+    let count = g.net.op(
+        "Cast",
+        pre,
+        &[&is_image],
+        &[Attr::int("to", DataType::Int64 as i64)],
+    )?;
+    let ax1 = g.net.b.const_i64(auto(format!("{pre}/axis")), &[1], &[])?;
+    let k = g.net.op("CumSum", pre, &[&count, &ax1], &[])?;
+    let one = g.net.i64s(pre, &[1])?;
+    let k = g.net.op("Sub", pre, &[&k, &one], &[])?;
+    let zero = g.net.i64s(pre, &[0])?;
+    let last = g.net.i64s(pre, &[image.count as i64 - 1])?;
+    let k = g.net.op("Max", pre, &[&k, &zero], &[])?;
+    let k = g.net.op("Min", pre, &[&k, &last], &[])?;
+    let ax2 = g.net.i64s(pre, &[2])?;
+    let k = g.net.op("Unsqueeze", pre, &[&k, &ax2], &[])?;
+    let shape = g.net.op("Shape", pre, &[x], &[])?;
+    let k = g.net.op("Expand", pre, &[&k, &shape], &[])?;
+    let picked = g.net.op(
+        "GatherElements",
+        pre,
+        &[&embeds, &k],
+        &[Attr::int("axis", 1)],
+    )?;
+    let is_image = g.net.op("Unsqueeze", pre, &[&is_image, &ax2], &[])?;
+    g.net.op("Where", pre, &[&is_image, &picked, x], &[])
 }
 
 /// A fresh graph builder for the Llama text encoder.

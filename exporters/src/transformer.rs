@@ -23,6 +23,14 @@
 //! `pooled_projections` f32[B,P], `guidance` f32[B] (scale·1000, only with `guidance_embeds`).
 //! Output `sample` f32[B,C_out,T,H,W]. diffusers' `encoder_attention_mask` is not an input.
 //!
+//! Image-to-video (`image_condition_type`): `latent_concat` (HunyuanVideo-I2V-33ch) is the same
+//! graph on `2·C + 1` input channels; `token_replace` (HunyuanVideo-I2V) mirrors the
+//! `HunyuanVideoTokenReplace*` blocks: a second conditioning, the timestep embedding of 0 plus
+//! the pooled text (no guidance term), modulates the first latent frame's tokens (`(H/p)·(W/p)`
+//! of them) in every dual and single block — those tokens are sliced off, modulated / gated with
+//! their chunks and concatenated back, as diffusers does; both conditionings go through each
+//! modulation `Gemm` as one `[2B, D]` input.
+//!
 //! The stage boundaries of step caching are `Identity` nodes `stage/<name>`
 //! (`hyvideo_bundle::components::transformer_stages`); each stage derives its shape values from
 //! its own image tokens, so [`crate::transformer_stages`] can cut the written graph there.
@@ -32,13 +40,15 @@ use crate::checkpoint::TransformerConfig;
 use crate::error::Result;
 use crate::graph::{Affine, Net};
 use crate::onnx::{Attr, DataType, Dim, GraphBuilder, Value, auto};
+use hyvideo_bundle::ImageCondition;
 
 pub use hyvideo_bundle::components::transformer::{
     ENCODER_HIDDEN_STATES, GUIDANCE, HIDDEN_STATES, OUTPUT, POOLED_PROJECTIONS, TIMESTEP,
 };
 use hyvideo_bundle::components::transformer_stages::{
-    CONDITIONING, CUT_PREFIX, FIRST_BLOCK_NORM1, IMG_ALL_BLOCKS, IMG_FIRST_BLOCK, IMG_TOKENS,
-    ROPE_COS, ROPE_SIN, TXT_FIRST_BLOCK, TXT_TOKENS,
+    CONDITIONING, CUT_PREFIX, FIRST_BLOCK_NORM1, FIRST_FRAME_TOKENS, IMG_ALL_BLOCKS,
+    IMG_FIRST_BLOCK, IMG_TOKENS, ROPE_COS, ROPE_SIN, TOKEN_REPLACE_CONDITIONING, TXT_FIRST_BLOCK,
+    TXT_TOKENS,
 };
 
 /// Channels of the sinusoidal timestep projection (`Timesteps(num_channels=256)`).
@@ -99,6 +109,26 @@ struct Shared {
     temb_act: Value,
     /// Number of video tokens, `[1]`.
     n_img: Value,
+    /// A token-replace transformer's first-frame conditioning (HunyuanVideo-I2V).
+    token_replace: Option<TokenReplace>,
+}
+
+/// The token-replace image condition (`HunyuanVideoTokenReplace*` blocks): the first latent
+/// frame's tokens (the clean image latent) are modulated with the conditioning of timestep 0.
+#[derive(Clone)]
+struct TokenReplace {
+    /// `[conditioning; token-replace conditioning]` after SiLU, `[2B, D]`: one `Gemm` per
+    /// modulation gives both (the same weights on both rows).
+    both_act: Value,
+    /// Tokens of the first latent frame, `[1]`.
+    first_frame_tokens: Value,
+}
+
+/// A block's modulation chunks (`[B, 1, D]` each), and with token replace those of the first
+/// frame's tokens.
+struct Modulation {
+    chunks: Vec<Value>,
+    first_frame: Option<(Vec<Value>, Value)>,
 }
 
 struct Dit<'a, 'w> {
@@ -235,6 +265,96 @@ impl Dit<'_, '_> {
         self.net.split(module, &m, 2, &vec![d as i64; n])
     }
 
+    /// A block's modulation `linear(silu(temb))` in `n` chunks; with token replace also the
+    /// chunks of `linear(silu(token_replace_emb))` for the first frame's tokens.
+    fn block_modulation(&mut self, sh: &Shared, module: &str, n: usize) -> Result<Modulation> {
+        let Some(tr) = &sh.token_replace else {
+            return Ok(Modulation {
+                chunks: self.modulation(sh, module, n)?,
+                first_frame: None,
+            });
+        };
+        let d = self.dims.d;
+        let m = self.net.gemm(module, &tr.both_act, d, &[(module, n * d)])?;
+        let [m, m_first] = self.batch_halves(module, &m, &[1, (n * d) as i64])?;
+        let sizes = vec![d as i64; n];
+        Ok(Modulation {
+            chunks: self.net.split(module, &m, 2, &sizes)?,
+            first_frame: Some((
+                self.net.split(module, &m_first, 2, &sizes)?,
+                tr.first_frame_tokens.clone(),
+            )),
+        })
+    }
+
+    /// The two halves of `x` [2B, ..] along the batch, each reshaped to [B, inner..].
+    fn batch_halves(&mut self, prefix: &str, x: &Value, inner: &[i64]) -> Result<[Value; 2]> {
+        let shape: Vec<i64> = [2, -1].iter().chain(inner).copied().collect();
+        let shape = self.net.i64s(prefix, &shape)?;
+        let x = self.net.reshape(prefix, x, &shape)?;
+        let halves = self.net.split(prefix, &x, 0, &[1, 1])?;
+        let ax0 = self.net.i64s(prefix, &[0])?;
+        let a = self.net.op("Squeeze", prefix, &[&halves[0], &ax0], &[])?;
+        let b = self.net.op("Squeeze", prefix, &[&halves[1], &ax0], &[])?;
+        Ok([a, b])
+    }
+
+    /// `f` on the tokens of `xs` (sequences [B, S, D] of the same length) with the modulation
+    /// chunks that apply to them: with token replace, the first frame's tokens and the rest
+    /// separately (as diffusers slices and concatenates), else all at once.
+    fn per_token(
+        &mut self,
+        prefix: &str,
+        xs: &[&Value],
+        m: &Modulation,
+        f: &dyn Fn(&mut Self, &[Value], &[Value]) -> Result<Value>,
+    ) -> Result<Value> {
+        let whole: Vec<Value> = xs.iter().map(|&x| x.clone()).collect();
+        let Some((first, n)) = &m.first_frame else {
+            return f(self, &whole, &m.chunks);
+        };
+        let zero = self.net.i64s(prefix, &[0])?;
+        let end = self.net.i64s(prefix, &[i64::MAX])?;
+        let mut heads = Vec::with_capacity(xs.len());
+        let mut tails = Vec::with_capacity(xs.len());
+        for x in &whole {
+            heads.push(self.seq_slice(prefix, x, &zero, n)?);
+            tails.push(self.seq_slice(prefix, x, n, &end)?);
+        }
+        let a = f(self, &heads, first)?;
+        let b = f(self, &tails, &m.chunks)?;
+        self.net
+            .op("Concat", prefix, &[&a, &b], &[Attr::int("axis", 1)])
+    }
+
+    /// `x * (1 + scale) + shift` with the chunks `shift`, `scale` of `m`, per token.
+    fn modulate_tokens(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        m: &Modulation,
+        shift: usize,
+        scale: usize,
+    ) -> Result<Value> {
+        self.per_token(prefix, &[x], m, &|g, x, c| {
+            g.modulate(prefix, &x[0], &c[shift], &c[scale])
+        })
+    }
+
+    /// `x + gate * y` with the chunk `gate` of `m`, per token.
+    fn gated_residual_tokens(
+        &mut self,
+        prefix: &str,
+        x: &Value,
+        m: &Modulation,
+        gate: usize,
+        y: &Value,
+    ) -> Result<Value> {
+        self.per_token(prefix, &[x, y], m, &|g, v, c| {
+            g.gated_residual(prefix, &v[0], &c[gate], &v[1])
+        })
+    }
+
     /// `x * (1 + scale) + shift`.
     fn modulate(&mut self, prefix: &str, x: &Value, shift: &Value, scale: &Value) -> Result<Value> {
         let one = self.net.f32_scalar(prefix, 1.0)?;
@@ -363,12 +483,12 @@ impl Dit<'_, '_> {
         let img_attn = self.linear_seq(sh, &p("attn.to_out.0"), &img_ctx, d, d)?;
         let txt_attn = self.linear_seq(sh, &p("attn.to_add_out"), &txt_ctx, d, d)?;
 
-        let img = self.gated_residual(prefix, img, &im[2], &img_attn)?;
+        let img = self.gated_residual_tokens(prefix, img, &im, 2, &img_attn)?;
         let txt = self.gated_residual(prefix, txt, &tm[2], &txt_attn)?;
         let img_n = self
             .net
             .layer_norm(&p("norm2"), &img, d, NORM_EPS, Affine::None)?;
-        let img_n = self.modulate(&p("norm2"), &img_n, &im[3], &im[4])?;
+        let img_n = self.modulate_tokens(&p("norm2"), &img_n, &im, 3, 4)?;
         let txt_n = self
             .net
             .layer_norm(&p("norm2_context"), &txt, d, NORM_EPS, Affine::None)?;
@@ -376,7 +496,7 @@ impl Dit<'_, '_> {
         let img_ff = self.feed_forward(sh, &p("ff"), &img_n, d, mlp, Activation::GeluTanh)?;
         let txt_ff =
             self.feed_forward(sh, &p("ff_context"), &txt_n, d, mlp, Activation::GeluTanh)?;
-        let img = self.gated_residual(prefix, &img, &im[5], &img_ff)?;
+        let img = self.gated_residual_tokens(prefix, &img, &im, 5, &img_ff)?;
         let txt = self.gated_residual(prefix, &txt, &tm[5], &txt_ff)?;
         Ok((img, txt))
     }
@@ -386,11 +506,11 @@ impl Dit<'_, '_> {
     fn norm1(&mut self, prefix: &str, sh: &Shared, img: &Value) -> Result<Norm1> {
         let d = self.dims.d;
         let p = |s: &str| format!("{prefix}.{s}");
-        let modulation = self.modulation(sh, &p("norm1.linear"), 6)?;
+        let modulation = self.block_modulation(sh, &p("norm1.linear"), 6)?;
         let n = self
             .net
             .layer_norm(&p("norm1"), img, d, NORM_EPS, Affine::None)?;
-        let output = self.modulate(&p("norm1"), &n, &modulation[0], &modulation[1])?;
+        let output = self.modulate_tokens(&p("norm1"), &n, &modulation, 0, 1)?;
         Ok(Norm1 { modulation, output })
     }
 
@@ -426,11 +546,11 @@ impl Dit<'_, '_> {
     fn single_block(&mut self, prefix: &str, sh: &Shared, x: &Value) -> Result<Value> {
         let Dims { d, mlp, .. } = self.dims;
         let p = |s: &str| format!("{prefix}.{s}");
-        let m = self.modulation(sh, &p("norm.linear"), 3)?;
+        let m = self.block_modulation(sh, &p("norm.linear"), 3)?;
         let xn = self
             .net
             .layer_norm(&p("norm"), x, d, NORM_EPS, Affine::None)?;
-        let xn = self.modulate(&p("norm"), &xn, &m[0], &m[1])?;
+        let xn = self.modulate_tokens(&p("norm"), &xn, &m, 0, 1)?;
         let h = self.linear_rows(
             &p("linear1"),
             &xn,
@@ -458,7 +578,7 @@ impl Dit<'_, '_> {
             .net
             .gemm(&p("proj_out"), &cat, d + mlp, &[(&p("proj_out"), d)])?;
         let out = self.net.reshape(prefix, &out, &sh.seq_shape)?;
-        self.gated_residual(prefix, x, &m[2], &out)
+        self.gated_residual_tokens(prefix, x, &m, 2, &out)
     }
 
     /// `HunyuanVideoTokenRefiner` (`context_embedder`): text [B, L, D_text] → [B, L, D].
@@ -492,6 +612,7 @@ impl Dit<'_, '_> {
 
         let rsh = Shared {
             temb_act,
+            token_replace: None,
             ..sh.clone()
         };
         let blocks = cfg.num_refiner_layers;
@@ -534,8 +655,8 @@ impl Dit<'_, '_> {
 /// A dual block's `norm1`, computed ahead of the block (the first block's is TeaCache's
 /// indicator, an output of the embed stage).
 struct Norm1 {
-    /// The six `[B, 1, D]` chunks of `norm1.linear`.
-    modulation: Vec<Value>,
+    /// The six chunks of `norm1.linear`.
+    modulation: Modulation,
     /// The modulated LayerNorm of the image tokens.
     output: Value,
 }
@@ -628,8 +749,26 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         &[dims.head_dim as i64, dims.head_dim as i64],
     )?;
 
-    // Conditioning: timestep + guidance + pooled text.
-    let t_emb = g.timestep_embedding("time_text_embed.timestep_embedder", &timestep)?;
+    // Conditioning: timestep + guidance + pooled text. Token replace also embeds timestep 0
+    // (no guidance term) for the first frame: one embedder call on [timestep; 0].
+    let (t_emb, tr_t_emb) = match cfg.image_condition() {
+        ImageCondition::TokenReplace => {
+            let zero_t = g.net.op("Sub", pre, &[&timestep, &timestep], &[])?;
+            let both = g.net.op(
+                "Concat",
+                pre,
+                &[&timestep, &zero_t],
+                &[Attr::int("axis", 0)],
+            )?;
+            let e = g.timestep_embedding("time_text_embed.timestep_embedder", &both)?;
+            let [t, tr] = g.batch_halves(pre, &e, &[d as i64])?;
+            (t, Some(tr))
+        }
+        ImageCondition::None | ImageCondition::LatentConcat => (
+            g.timestep_embedding("time_text_embed.timestep_embedder", &timestep)?,
+            None,
+        ),
+    };
     let p_emb = g.mlp2(
         "time_text_embed.text_embedder",
         &pooled,
@@ -641,6 +780,19 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         temb = g.net.op("Add", pre, &[&temb, &g_emb], &[])?;
     }
     let temb_act = g.net.silu(pre, &temb)?;
+    // Token replace: the conditioning of timestep 0 (no guidance term) for the first frame.
+    let token_replace = match tr_t_emb {
+        Some(tr) => {
+            let tr = g.net.op("Add", pre, &[&tr, &p_emb], &[])?;
+            let tr_act = g.net.silu(pre, &tr)?;
+            let hw = g.shape_slice(pre, &patches, 3, 5)?;
+            let n = g
+                .net
+                .op("ReduceProd", pre, &[&hw], &[Attr::int("keepdims", 1)])?;
+            Some((tr_act, n))
+        }
+        None => None,
+    };
 
     // The stage boundaries (see `hyvideo_bundle::components::transformer_stages`): every value
     // a later stage reads passes through a cut, and each stage derives its shape values from
@@ -649,6 +801,23 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
     let temb_act = g.cut(&temb_act, CONDITIONING)?;
     let cos = g.cut(&cos, ROPE_COS)?;
     let sin = g.cut(&sin, ROPE_SIN)?;
+    let token_replace = match token_replace {
+        Some((tr_act, n)) => {
+            let tr_act = g.cut(&tr_act, TOKEN_REPLACE_CONDITIONING)?;
+            let first_frame_tokens = g.cut(&n, FIRST_FRAME_TOKENS)?;
+            let both_act = g.net.op(
+                "Concat",
+                pre,
+                &[&temb_act, &tr_act],
+                &[Attr::int("axis", 0)],
+            )?;
+            Some(TokenReplace {
+                both_act,
+                first_frame_tokens,
+            })
+        }
+        None => None,
+    };
     let base = Shared {
         batch: Value::none(),
         seq_shape: Value::none(),
@@ -658,6 +827,7 @@ pub fn build(net: &mut Net<'_>, cfg: &TransformerConfig) -> Result<()> {
         rotate,
         temb_act,
         n_img: Value::none(),
+        token_replace,
     };
     let sh = g.stage_shared("stage.embed", &img, &base)?;
     let txt = g.token_refiner(&sh, cfg, &text, &timestep)?;

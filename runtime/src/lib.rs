@@ -12,6 +12,7 @@ pub mod engine_set;
 pub mod generation;
 pub mod graph_load;
 pub mod image;
+pub mod image_prompt;
 pub mod latents;
 pub mod memory;
 pub mod noise;

@@ -14,6 +14,10 @@
 //!   block's image tokens get the kept residual. (diffusers also adds a text-stream residual; no
 //!   later stage reads the text tokens, so it cannot change the output and is not kept.)
 //!
+//! A token-replace transformer's (HunyuanVideo-I2V) embed stage also gives the first frame's
+//! conditioning, which the block stages take with that frame's token count (image tokens /
+//! latent frames, computed here).
+//!
 //! Rows of a batch run one at a time, each its own stream (true CFG: the prompt's row is
 //! [`Stream::Cond`], the negative prompt's [`Stream::Uncond`]), with its text cropped to its
 //! valid tokens as the single graph's caller does. Each call of [`VelocityModel::predict`] is
@@ -24,8 +28,8 @@
 use hyvideo_bundle::Component;
 use hyvideo_bundle::components::transformer::{GUIDANCE, HIDDEN_STATES, OUTPUT};
 use hyvideo_bundle::components::transformer_stages::{
-    CONDITIONING, FIRST_BLOCK_NORM1, IMG_ALL_BLOCKS, IMG_FIRST_BLOCK, IMG_TOKENS, ROPE_COS,
-    ROPE_SIN, TXT_FIRST_BLOCK, TXT_TOKENS,
+    CONDITIONING, FIRST_BLOCK_NORM1, FIRST_FRAME_TOKENS, IMG_ALL_BLOCKS, IMG_FIRST_BLOCK,
+    IMG_TOKENS, ROPE_COS, ROPE_SIN, TOKEN_REPLACE_CONDITIONING, TXT_FIRST_BLOCK, TXT_TOKENS,
 };
 use hyvideo_engines::{Engine, Input, SessionConfig, Tensor};
 
@@ -100,10 +104,43 @@ struct Stages {
     head: Engine,
 }
 
+/// What every block stage of one row reads besides the tokens: the conditioning, the RoPE
+/// tables and, for a token-replace transformer, the first frame's conditioning and token count.
+struct BlockInputs {
+    cond: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    token_replace: Option<(Tensor, [i64; 1])>,
+}
+
+impl BlockInputs {
+    fn inputs(&self) -> Vec<(&'static str, Input<'_>)> {
+        let mut v = vec![
+            (CONDITIONING, f32_in(&self.cond)),
+            (ROPE_COS, f32_in(&self.cos)),
+            (ROPE_SIN, f32_in(&self.sin)),
+        ];
+        if let Some((tr, n)) = &self.token_replace {
+            v.push((TOKEN_REPLACE_CONDITIONING, f32_in(tr)));
+            v.push((
+                FIRST_FRAME_TOKENS,
+                Input::I64 {
+                    shape: &[1],
+                    data: n,
+                },
+            ));
+        }
+        v
+    }
+}
+
 /// The four stage graphs of a bundle's transformer, loaded, and the run in progress.
 pub struct StagedTransformer {
     stages: Stages,
     guidance: bool,
+    /// A token-replace (image-to-video) transformer: its embed stage gives the first frame's
+    /// conditioning, which the block stages take.
+    token_replace: bool,
     /// The blocks' attention implementation (the first block stage's).
     attention: hyvideo_bundle::AttentionKernel,
     run: Option<Run>,
@@ -133,6 +170,14 @@ fn run_stage<const N: usize>(
     names: [&str; N],
 ) -> Result<[Tensor; N], TransformerError> {
     let mut outs = engine.run(inputs)?;
+    take_outputs(&mut outs, names)
+}
+
+/// Take the outputs `names` out of a stage's `outs`, in that order.
+fn take_outputs<const N: usize>(
+    outs: &mut Vec<(String, Tensor)>,
+    names: [&str; N],
+) -> Result<[Tensor; N], TransformerError> {
     let mut take = |name: &str| {
         outs.iter()
             .position(|(n, _)| n == name)
@@ -173,6 +218,10 @@ impl StagedTransformer {
             .try_into()
             .map_err(|_| input_err("transformer stages", "four graphs".into()))?;
         let guidance = embed.input_names().iter().any(|n| n == GUIDANCE);
+        let token_replace = embed
+            .output_names()
+            .iter()
+            .any(|n| n == TOKEN_REPLACE_CONDITIONING);
         Ok(StagedTransformer {
             stages: Stages {
                 embed,
@@ -181,6 +230,7 @@ impl StagedTransformer {
                 head,
             },
             guidance,
+            token_replace,
             attention,
             run: None,
         })
@@ -232,9 +282,9 @@ impl StagedTransformer {
         let shape = input.latents.shape();
         let shapes = InputShapes::of(input);
         let inputs = shapes.graph_inputs(input, self.guidance)?;
-        let [img, txt, cond, cos, sin, norm1] = run_stage(
-            &mut self.stages.embed,
-            &inputs,
+        let mut outs = self.stages.embed.run(&inputs)?;
+        let [img, txt, cond, cos, sin, norm1] = take_outputs(
+            &mut outs,
             [
                 IMG_TOKENS,
                 TXT_TOKENS,
@@ -244,6 +294,20 @@ impl StagedTransformer {
                 FIRST_BLOCK_NORM1,
             ],
         )?;
+        let token_replace = if self.token_replace {
+            let [tr] = take_outputs(&mut outs, [TOKEN_REPLACE_CONDITIONING])?;
+            // Image tokens / latent frames: the tokens of one latent frame.
+            let n = img.shape.get(1).copied().unwrap_or(0) / shape[2].max(1);
+            Some((tr, [n as i64]))
+        } else {
+            None
+        };
+        let bi = BlockInputs {
+            cond,
+            cos,
+            sin,
+            token_replace,
+        };
         let run = self.run.as_mut();
         let (cache, steps) = match &run {
             Some(r) => (r.cache, r.steps),
@@ -255,24 +319,18 @@ impl StagedTransformer {
             (Some(c), Some((sc, record))) if c.method == StepCacheMethod::TeaCache => {
                 let d = sc.tea.decide(&c, step, steps, &norm1.data);
                 sc.blocks_output(record, stream, step, d, &img.data, || {
-                    self.stages.blocks(&img, &txt, &cond, &cos, &sin, &norm1)
+                    self.stages.blocks(&img, &txt, &bi, &norm1)
                 })?
             }
             (Some(c), Some((sc, record))) => {
-                let [img1, txt1] = self
-                    .stages
-                    .first_block(&img, &txt, &cond, &cos, &sin, &norm1)?;
+                let [img1, txt1] = self.stages.first_block(&img, &txt, &bi, &norm1)?;
                 let r1 = minus(&img1.data, &img.data);
                 let d = sc.fb.decide(&c, step, steps, &r1);
                 sc.blocks_output(record, stream, step, d, &img1.data, || {
-                    self.stages.rest_blocks(&img1, &txt1, &cond, &cos, &sin)
+                    self.stages.rest_blocks(&img1, &txt1, &bi)
                 })?
             }
-            _ => {
-                self.stages
-                    .blocks(&img, &txt, &cond, &cos, &sin, &norm1)?
-                    .data
-            }
+            _ => self.stages.blocks(&img, &txt, &bi, &norm1)?.data,
         };
         let blocks = Tensor {
             shape: out_shape,
@@ -282,7 +340,7 @@ impl StagedTransformer {
             &mut self.stages.head,
             &[
                 (IMG_ALL_BLOCKS, f32_in(&blocks)),
-                (CONDITIONING, f32_in(&cond)),
+                (CONDITIONING, f32_in(&bi.cond)),
                 (
                     HIDDEN_STATES,
                     Input::F32 {
@@ -302,44 +360,30 @@ impl Stages {
         &mut self,
         img: &Tensor,
         txt: &Tensor,
-        cond: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        bi: &BlockInputs,
         norm1: &Tensor,
     ) -> Result<[Tensor; 2], TransformerError> {
-        run_stage(
-            &mut self.first,
-            &[
-                (IMG_TOKENS, f32_in(img)),
-                (TXT_TOKENS, f32_in(txt)),
-                (CONDITIONING, f32_in(cond)),
-                (ROPE_COS, f32_in(cos)),
-                (ROPE_SIN, f32_in(sin)),
-                (FIRST_BLOCK_NORM1, f32_in(norm1)),
-            ],
-            [IMG_FIRST_BLOCK, TXT_FIRST_BLOCK],
-        )
+        let mut inputs = vec![
+            (IMG_TOKENS, f32_in(img)),
+            (TXT_TOKENS, f32_in(txt)),
+            (FIRST_BLOCK_NORM1, f32_in(norm1)),
+        ];
+        inputs.extend(bi.inputs());
+        run_stage(&mut self.first, &inputs, [IMG_FIRST_BLOCK, TXT_FIRST_BLOCK])
     }
 
     fn rest_blocks(
         &mut self,
         img1: &Tensor,
         txt1: &Tensor,
-        cond: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        bi: &BlockInputs,
     ) -> Result<Tensor, TransformerError> {
-        let [all] = run_stage(
-            &mut self.rest,
-            &[
-                (IMG_FIRST_BLOCK, f32_in(img1)),
-                (TXT_FIRST_BLOCK, f32_in(txt1)),
-                (CONDITIONING, f32_in(cond)),
-                (ROPE_COS, f32_in(cos)),
-                (ROPE_SIN, f32_in(sin)),
-            ],
-            [IMG_ALL_BLOCKS],
-        )?;
+        let mut inputs = vec![
+            (IMG_FIRST_BLOCK, f32_in(img1)),
+            (TXT_FIRST_BLOCK, f32_in(txt1)),
+        ];
+        inputs.extend(bi.inputs());
+        let [all] = run_stage(&mut self.rest, &inputs, [IMG_ALL_BLOCKS])?;
         Ok(all)
     }
 
@@ -348,13 +392,11 @@ impl Stages {
         &mut self,
         img: &Tensor,
         txt: &Tensor,
-        cond: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        bi: &BlockInputs,
         norm1: &Tensor,
     ) -> Result<Tensor, TransformerError> {
-        let [img1, txt1] = self.first_block(img, txt, cond, cos, sin, norm1)?;
-        self.rest_blocks(&img1, &txt1, cond, cos, sin)
+        let [img1, txt1] = self.first_block(img, txt, bi, norm1)?;
+        self.rest_blocks(&img1, &txt1, bi)
     }
 }
 

@@ -53,6 +53,16 @@ pub enum TextError {
         path: PathBuf,
         crop_start: usize,
     },
+    /// An image-to-video prompt row must hold the template's one `<image>` token.
+    #[error("prompt {row}: {found} `<image>` tokens after tokenizing (the template has one)")]
+    ImageToken { row: usize, found: usize },
+    #[error("the image-to-video template's `<image>` token is not at position {expected}")]
+    ImageTokenPosition { expected: usize },
+    /// The image-to-video crop finds the assistant part by its `<|end_header_id|>`.
+    #[error(
+        "prompt {row}: {found} `<|end_header_id|>` tokens (the image-to-video template has 3;          2 when the prompt is cut)"
+    )]
+    EndHeaders { row: usize, found: usize },
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> TextError {
@@ -217,6 +227,38 @@ impl LlamaPrompts {
             pad_id,
             &pad,
         )
+    }
+
+    /// A template whose `crop_start` is given (diffusers' image-to-video template hard-codes
+    /// it), not computed.
+    pub fn with_crop_start(
+        dir: &Path,
+        template: &str,
+        crop_start: usize,
+        max_sequence_length: usize,
+    ) -> Result<LlamaPrompts, TextError> {
+        if template.matches("{}").count() != 1 {
+            return Err(TextError::Template(template.to_owned()));
+        }
+        let (tokenizer, pad_id, pad) = load_tokenizer(dir)?;
+        let path = dir.join("tokenizer.json");
+        Self::new(
+            tokenizer,
+            path,
+            template,
+            crop_start,
+            max_sequence_length,
+            pad_id,
+            &pad,
+        )
+    }
+
+    /// The id of `token` in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Result<i64, TextError> {
+        self.tokenizer
+            .token_to_id(token)
+            .map(i64::from)
+            .ok_or_else(|| tok_err(&self.path, format!("no token {token:?} in the vocabulary")))
     }
 
     fn new(

@@ -21,6 +21,11 @@ pub fn tiny_model() -> PathBuf {
     fixtures().join("tiny")
 }
 
+/// The tiny image-to-video pipelines: `tiny_i2v` (token_replace), `tiny_i2v_33ch` (latent_concat).
+pub fn tiny_i2v_model(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
 pub fn goldens(name: &str) -> PathBuf {
     fixtures().join("goldens").join(name)
 }
@@ -83,6 +88,16 @@ pub fn export_tiny_at(
     transformer: TransformerSource,
     precision: Precision,
 ) -> PathBuf {
+    export_model(&tiny_model(), components, transformer, precision)
+}
+
+/// Export `components` of the model folder `model` at `precision` into a fresh temporary bundle.
+pub fn export_model(
+    model: &Path,
+    components: &[Component],
+    transformer: TransformerSource,
+    precision: Precision,
+) -> PathBuf {
     let dir = tempfile::Builder::new()
         .prefix("hyvideo-it-")
         .tempdir()
@@ -90,7 +105,7 @@ pub fn export_tiny_at(
         .keep();
     let out = dir.join("bundle");
     let req = ExportRequest {
-        model: tiny_model(),
+        model: model.to_path_buf(),
         out: out.clone(),
         precision,
         components: components.to_vec(),

@@ -10,6 +10,7 @@ mod common;
 mod engines;
 mod generate;
 mod graphs;
+mod i2v_transformer;
 mod http_client;
 mod pipeline;
 mod postgres;

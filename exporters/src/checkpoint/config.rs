@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{CheckpointError, Result};
+use hyvideo_bundle::ImageCondition;
 
 // ---------------------------------------------------------------------------------------------
 // Reading and error mapping
@@ -500,6 +501,12 @@ impl TransformerConfig {
         self.num_attention_heads * self.attention_head_dim
     }
 
+    /// How the transformer takes an image (text-to-video when unset). Checked by
+    /// [`validate`](Self::validate); an unknown value reads as text-to-video here.
+    pub fn image_condition(&self) -> ImageCondition {
+        ImageCondition::from_config(self.image_condition_type.as_deref()).unwrap_or_default()
+    }
+
     /// Output channels (`out_channels or in_channels`).
     pub fn out_channels(&self) -> usize {
         self.out_channels.unwrap_or(self.in_channels)
@@ -544,12 +551,29 @@ impl TransformerConfig {
                 "only rms_norm is supported",
             ));
         }
-        if let Some(t) = &self.image_condition_type {
+        let condition = ImageCondition::from_config(self.image_condition_type.as_deref()).map_err(
+            |reason| {
+                unsupported(
+                    f,
+                    "image_condition_type",
+                    self.image_condition_type.as_deref().unwrap_or("null"),
+                    reason,
+                )
+            },
+        )?;
+        let (c_in, c_out) = (self.in_channels, self.out_channels());
+        let expected_in = match condition {
+            ImageCondition::None | ImageCondition::TokenReplace => c_out,
+            ImageCondition::LatentConcat => 2 * c_out + 1,
+        };
+        if condition.is_image_to_video() && c_in != expected_in {
             return Err(unsupported(
                 f,
-                "image_condition_type",
-                t,
-                "image-to-video conditioning is not exported; use a text-to-video checkpoint",
+                "in_channels",
+                c_in,
+                format!(
+                    "an image_condition_type {condition} transformer with out_channels {c_out} takes {expected_in} input channels"
+                ),
             ));
         }
         let axes = &self.rope_axes_dim;
@@ -641,9 +665,23 @@ pub struct LlamaConfig {
     pub source: PathBuf,
 }
 
-config_file!(LlamaConfig, "config.json", plain_json);
+config_file!(LlamaConfig, "config.json");
 
 impl LlamaConfig {
+    /// Parse without validating; `file` is used in errors and stored as `source`. A
+    /// `LlavaForConditionalGeneration` config (HunyuanVideo-I2V's `text_encoder/`) is read
+    /// through its `text_config`.
+    pub fn from_json(text: &str, file: &Path) -> Result<LlamaConfig> {
+        let value: serde_json::Value = parse_json(text, file)?;
+        let mut c = if is_llava(&value) {
+            parse_json::<LlavaConfig>(text, file)?.text_config
+        } else {
+            parse_json::<LlamaConfig>(text, file)?
+        };
+        c.source = file.to_path_buf();
+        Ok(c)
+    }
+
     pub fn num_key_value_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -748,6 +786,194 @@ impl LlamaConfig {
                 k,
                 v,
                 format!("conflicts with {} = {}", thetas[0].0, thetas[0].1),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LLaVA (HunyuanVideo-I2V's text_encoder: CLIP vision tower + projector + Llama)
+// ---------------------------------------------------------------------------------------------
+
+fn is_llava(value: &serde_json::Value) -> bool {
+    value.get("model_type").and_then(|v| v.as_str()) == Some("llava")
+}
+
+fn d_llava_layer() -> i64 {
+    -2
+}
+fn d_llava_strategy() -> String {
+    "default".to_owned()
+}
+fn d_gelu() -> String {
+    "gelu".to_owned()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_vision_channels() -> usize {
+    3
+}
+
+/// transformers `CLIPVisionConfig` (a LLaVA config's `vision_config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipVisionConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "d_vision_channels")]
+    pub num_channels: usize,
+    #[serde(default = "d_clip_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "d_quick_gelu")]
+    pub hidden_act: String,
+}
+
+impl ClipVisionConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Patches per image side (`image_size / patch_size`).
+    pub fn patches_per_side(&self) -> usize {
+        self.image_size / self.patch_size.max(1)
+    }
+}
+
+/// transformers `LlavaConfig` (`text_encoder/config.json` of HunyuanVideo-I2V).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlavaConfig {
+    pub text_config: LlamaConfig,
+    pub vision_config: ClipVisionConfig,
+    pub image_token_index: i64,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default = "d_llava_layer")]
+    pub vision_feature_layer: i64,
+    #[serde(default = "d_llava_strategy")]
+    pub vision_feature_select_strategy: String,
+    #[serde(default = "d_gelu")]
+    pub projector_hidden_act: String,
+    #[serde(default = "d_true")]
+    pub multimodal_projector_bias: bool,
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+config_file!(LlavaConfig, "config.json");
+
+impl LlavaConfig {
+    /// Parse without validating; `file` is used in errors and stored as `source` (also of the
+    /// nested text config).
+    pub fn from_json(text: &str, file: &Path) -> Result<LlavaConfig> {
+        let mut c: LlavaConfig = parse_json(text, file)?;
+        c.source = file.to_path_buf();
+        c.text_config.source = file.to_path_buf();
+        Ok(c)
+    }
+
+    /// Whether the JSON text is a LLaVA config (`model_type: "llava"`).
+    pub fn is_llava_json(text: &str) -> bool {
+        serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| is_llava(&v))
+    }
+
+    /// Vision encoder layers run: `hidden_states[vision_feature_layer]` is the output of layer
+    /// `num_hidden_layers + 1 + vision_feature_layer` (`hidden_states[0]` is the embedding).
+    pub fn vision_layers_used(&self) -> usize {
+        (self.vision_config.num_hidden_layers as i64 + 1 + self.vision_feature_layer).max(0)
+            as usize
+    }
+
+    /// Image embeddings per image: the patches (the CLS token is dropped, strategy `default`).
+    pub fn image_tokens(&self) -> usize {
+        self.vision_config.patches_per_side().pow(2)
+    }
+
+    /// Reject configs the LLaVA exporters cannot reproduce.
+    pub fn validate(&self) -> Result<()> {
+        let f = self.source.as_path();
+        self.text_config.validate()?;
+        let v = &self.vision_config;
+        check_class(
+            f,
+            "vision_config.model_type",
+            v.model_type.as_deref(),
+            &["clip_vision_model"],
+        )?;
+        check_positive(f, "vision_config.hidden_size", v.hidden_size)?;
+        check_positive(f, "vision_config.intermediate_size", v.intermediate_size)?;
+        check_positive(
+            f,
+            "vision_config.num_attention_heads",
+            v.num_attention_heads,
+        )?;
+        check_positive(f, "vision_config.patch_size", v.patch_size)?;
+        check_positive_f(f, "vision_config.layer_norm_eps", v.layer_norm_eps)?;
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
+            return Err(unsupported(
+                f,
+                "vision_config.num_attention_heads",
+                v.num_attention_heads,
+                format!("must divide hidden_size = {}", v.hidden_size),
+            ));
+        }
+        if v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+            return Err(unsupported(
+                f,
+                "vision_config.image_size",
+                v.image_size,
+                format!(
+                    "must be a positive multiple of patch_size = {}",
+                    v.patch_size
+                ),
+            ));
+        }
+        if !matches!(v.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(unsupported(
+                f,
+                "vision_config.hidden_act",
+                &v.hidden_act,
+                "only quick_gelu and gelu are supported",
+            ));
+        }
+        let layers = v.num_hidden_layers as i64;
+        if !(-layers..0).contains(&self.vision_feature_layer) {
+            return Err(unsupported(
+                f,
+                "vision_feature_layer",
+                self.vision_feature_layer,
+                format!("must be one of -1 ..= -{layers} (a layer's output)"),
+            ));
+        }
+        if self.vision_feature_select_strategy != "default" {
+            return Err(unsupported(
+                f,
+                "vision_feature_select_strategy",
+                &self.vision_feature_select_strategy,
+                "only `default` (the CLS token dropped) is supported",
+            ));
+        }
+        if self.projector_hidden_act != "gelu" {
+            return Err(unsupported(
+                f,
+                "projector_hidden_act",
+                &self.projector_hidden_act,
+                "only gelu is supported",
+            ));
+        }
+        let vocab = self.text_config.vocab_size as i64;
+        if !(0..vocab).contains(&self.image_token_index) {
+            return Err(unsupported(
+                f,
+                "image_token_index",
+                self.image_token_index,
+                format!("must be a token id below vocab_size = {vocab}"),
             ));
         }
         Ok(())
@@ -1207,9 +1433,19 @@ mod tests {
             "qk_norm"
         );
         assert_eq!(
-            unsupported_key(with("image_condition_type", "\"token_replace\"")),
+            unsupported_key(with("image_condition_type", "\"concat\"")),
             "image_condition_type"
         );
+        // token_replace takes out_channels inputs (the tiny config's 4 = 4), latent_concat 2·4 + 1.
+        with("image_condition_type", "\"token_replace\"").unwrap();
+        let e = with("image_condition_type", "\"latent_concat\"").unwrap_err();
+        assert!(e.to_string().contains("takes 9 input channels"), "{e}");
+        let mut j: serde_json::Value = serde_json::from_str(TINY_TRANSFORMER).unwrap();
+        j["image_condition_type"] = "latent_concat".into();
+        j["in_channels"] = 9.into();
+        let c = TransformerConfig::from_json(&j.to_string(), f()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.image_condition(), ImageCondition::LatentConcat);
         let e = with("patch_size_t", "2").unwrap_err().to_string();
         assert!(e.contains(F) && e.contains("patch_size_t = 2"), "{e}");
     }

@@ -29,7 +29,8 @@ mod stream;
 mod weights;
 
 pub use config::{
-    ClipTextConfig, LlamaConfig, RopeParameters, SchedulerConfig, TransformerConfig, VaeConfig,
+    ClipTextConfig, ClipVisionConfig, LlamaConfig, LlavaConfig, RopeParameters, SchedulerConfig,
+    TransformerConfig, VaeConfig,
 };
 pub use dtype::{
     DType, F8E4M3_TO_F32, TargetDType, bf16_to_f32, bytes_to_f32_vec, decode_to_f32,

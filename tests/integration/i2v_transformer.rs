@@ -1,0 +1,121 @@
+//! The image-to-video transformers (HunyuanVideo-I2V's `token_replace`, I2V-33ch's
+//! `latent_concat`) exported from the tiny I2V fixtures against diffusers'
+//! (`goldens/i2v_transformer.safetensors`), as the single graph and as the four stage graphs.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use hyvideo::engine_set::ModelFiles;
+use hyvideo::staged_transformer::StagedTransformer;
+use hyvideo::tensor::Tensor5;
+use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
+use hyvideo_bundle::{Component, Manifest, Precision};
+use hyvideo_engines::SessionConfig;
+use hyvideo_exporters::export::TransformerSource;
+
+use crate::common::{export_model, golden, golden_i64, golden5, rel_max_err, tiny_i2v_model};
+
+const FILE: &str = "i2v_transformer.safetensors";
+
+/// The transformer (and its stages) of `tiny_i2v` (token_replace) or `tiny_i2v_33ch`
+/// (latent_concat), exported once per run (fp32).
+pub fn i2v_transformer_bundle(kind: &str) -> &'static Path {
+    static TOKEN_REPLACE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    static LATENT_CONCAT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let (cell, folder) = match kind {
+        "token_replace" => (&TOKEN_REPLACE, "tiny_i2v"),
+        _ => (&LATENT_CONCAT, "tiny_i2v_33ch"),
+    };
+    cell.get_or_init(|| {
+        export_model(
+            &tiny_i2v_model(folder),
+            &[Component::Transformer],
+            TransformerSource::default(),
+            Precision::Fp32,
+        )
+    })
+}
+
+fn config() -> SessionConfig {
+    SessionConfig::default().with_intra_threads(Some(2))
+}
+
+/// Golden case `case` through `model`.
+fn run_case(model: &mut dyn VelocityModel, case: &str) -> Tensor5 {
+    let g = |n: &str| golden(FILE, &format!("{case}.{n}"));
+    let hs = golden5(FILE, &format!("{case}.hidden_states"));
+    let (es, e) = g("encoder_hidden_states");
+    let (ms, m) = golden_i64(FILE, &format!("{case}.encoder_attention_mask"));
+    let (ps, p) = g("pooled_projections");
+    let text = TextConditioning::new((&es, e), (&ms, m), (&ps, p)).unwrap();
+    let (_, t) = g("timestep");
+    let (_, guidance) = g("guidance");
+    model
+        .predict(&StepInput {
+            latents: &hs,
+            timestep: &t,
+            text: &text,
+            guidance: Some(&guidance),
+        })
+        .unwrap()
+}
+
+fn check(kind: &str) {
+    let bundle = i2v_transformer_bundle(kind);
+    let manifest = Manifest::load(bundle).unwrap();
+    let files = ModelFiles::bundle(bundle, &manifest);
+    let mut single = Transformer::load_with(&files, &config()).unwrap();
+    let mut staged = StagedTransformer::load_with(&files, &config()).unwrap();
+    for case in ["video", "batch2"] {
+        let case = format!("{kind}.{case}");
+        let want = golden5(FILE, &format!("{case}.sample"));
+        let one = run_case(&mut single, &case);
+        assert_eq!(one.shape(), want.shape(), "{case}");
+        let err = rel_max_err(one.data(), want.data());
+        eprintln!("{case}: single graph vs diffusers, relative max error {err:.3e}");
+        assert!(err <= 1e-4, "{case}: {err:.3e}");
+        let four = run_case(&mut staged, &case);
+        let err = rel_max_err(four.data(), one.data());
+        eprintln!("{case}: stages vs single graph, relative max error {err:.3e}");
+        assert!(err <= 1e-6, "{case}: stages {err:.3e}");
+    }
+}
+
+#[test]
+fn token_replace_transformer_matches_diffusers() {
+    check("token_replace");
+}
+
+#[test]
+fn latent_concat_transformer_matches_diffusers() {
+    check("latent_concat");
+}
+
+#[test]
+fn token_replace_stages_pass_the_first_frame_conditioning() {
+    let bundle = i2v_transformer_bundle("token_replace");
+    let m = Manifest::load(bundle).unwrap();
+    let names = |c: Component, outputs: bool| -> Vec<String> {
+        let e = &m.components[&c];
+        let side = if outputs { &e.outputs } else { &e.inputs };
+        side.iter().map(|t| t.name.clone()).collect()
+    };
+    assert!(
+        names(Component::TransformerEmbed, true).contains(&"token_replace_conditioning".into())
+    );
+    for c in [
+        Component::TransformerFirstBlock,
+        Component::TransformerRestBlocks,
+    ] {
+        let ins = names(c, false);
+        assert!(
+            ins.contains(&"token_replace_conditioning".into()),
+            "{c}: {ins:?}"
+        );
+        assert!(ins.contains(&"first_frame_tokens".into()), "{c}: {ins:?}");
+    }
+    // The text-to-video and latent_concat stages have neither.
+    let m33 = Manifest::load(i2v_transformer_bundle("latent_concat")).unwrap();
+    let e = &m33.components[&Component::TransformerFirstBlock];
+    assert!(!e.inputs.iter().any(|t| t.name == "first_frame_tokens"));
+}
