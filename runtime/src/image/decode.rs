@@ -2,7 +2,8 @@
 //! `PIL.Image.open` (content sniffing), `PIL.ImageOps.exif_transpose`, `.convert("RGB")`.
 //!
 //! - Formats, by magic bytes (not by extension): PNG (the `png` crate; every colour type and bit
-//!   depth, Adam7 interlacing) and JPEG (baseline and progressive Huffman, `zune-jpeg`).
+//!   depth, Adam7 interlacing) and JPEG (Huffman baseline, extended and progressive, 8-bit:
+//!   [`super::jpeg`], which reproduces libjpeg-turbo's decoding as Pillow runs it).
 //! - `convert("RGB")` (PIL `Image.convert`, `libImaging/Convert.c`, `PngImagePlugin`'s modes):
 //!   RGB as is; RGBA and LA drop the alpha without compositing; L, LA, 1-bit ("1") and 2/4-bit
 //!   grey replicate the grey (2/4-bit scaled to 0..255 as Pillow's unpackers do); palettes are
@@ -21,19 +22,13 @@
 //!   `XML:com.adobe.xmp` text). All 8 orientations. Malformed metadata means no orientation (where
 //!   Pillow would warn, or for a few malformed PNG cases raise).
 //!
-//! JPEG pixels are not Pillow's: Pillow decodes with libjpeg-turbo (accurate integer IDCT, fancy
-//! upsampling), `zune-jpeg` with its own IDCT and upsampler; the tests measure the difference
-//! (at most 3 levels on the test JPEGs). PNG pixels are exact.
+//! The pixels are Pillow's, PNG and JPEG alike, on every test image.
 
 use std::borrow::Cow;
 use std::io::Cursor;
 use std::path::Path;
 
-use zune_core::colorspace::ColorSpace;
-use zune_core::options::DecoderOptions;
-use zune_jpeg::errors::DecodeErrors;
-
-use super::{ImageError, ImageFormat, MAX_PIXELS, RgbImage};
+use super::{ImageError, ImageFormat, MAX_PIXELS, RgbImage, jpeg};
 
 /// An EXIF orientation (tag 0x0112), and the transpose `PIL.ImageOps.exif_transpose` applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -668,47 +663,33 @@ fn decode_jpeg(bytes: &[u8], name: &str) -> Result<(RgbImage, Metadata), ImageEr
             header.precision
         )));
     }
-    let out = match header.components {
-        1 => ColorSpace::Luma,
-        3 => ColorSpace::RGB,
-        4 => {
-            return Err(ImageError::UnsupportedMode {
-                name: name.to_string(),
-                mode: "CMYK".to_string(),
-                why: "a 4-component (CMYK or YCCK) JPEG",
-            });
-        }
-        n => {
-            return Err(ImageError::UnsupportedMode {
-                name: name.to_string(),
-                mode: format!("{n} components"),
-                why: "a JPEG of other than 1 or 3 components",
-            });
-        }
-    };
-    let options = DecoderOptions::default()
-        .set_max_width(usize::from(u16::MAX))
-        .set_max_height(usize::from(u16::MAX))
-        .set_strict_mode(true)
-        .jpeg_set_out_colorspace(out);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(Cursor::new(bytes), options);
-    let decoded = decoder.decode().map_err(|e| match e {
-        DecodeErrors::ExhaustedData => err(truncated, "the file ends inside the image data"),
-        e => err(corrupt, &format!("{e:?}")),
+    if header.components == 4 {
+        return Err(ImageError::UnsupportedMode {
+            name: name.to_string(),
+            mode: "CMYK".to_string(),
+            why: "a 4-component (CMYK or YCCK) JPEG",
+        });
+    }
+    if header.components != 1 && header.components != 3 {
+        return Err(ImageError::UnsupportedMode {
+            name: name.to_string(),
+            mode: format!("{} components", header.components),
+            why: "a JPEG of other than 1 or 3 components",
+        });
+    }
+    let decoded = jpeg::decode(bytes).map_err(|e| match e {
+        jpeg::JpegError::Truncated(d) => err(truncated, d),
+        jpeg::JpegError::Corrupt(d) => err(corrupt, d),
+        jpeg::JpegError::Unsupported(d) => unsupported(d.to_string()),
     })?;
-    let (w, h) = (usize::from(header.width), usize::from(header.height));
-    let n = w * h;
-    let pixels = match out {
-        ColorSpace::Luma if decoded.len() == n => {
-            decoded.iter().flat_map(|&g| [g, g, g]).collect::<Vec<u8>>()
-        }
-        ColorSpace::RGB if decoded.len() == n * 3 => decoded,
-        _ => {
-            return Err(err(
-                corrupt,
-                "the decoder returned another size than the header says",
-            ));
-        }
+    let (w, h) = (decoded.width, decoded.height);
+    let pixels = match decoded.components {
+        1 => decoded
+            .samples
+            .iter()
+            .flat_map(|&g| [g, g, g])
+            .collect::<Vec<u8>>(),
+        _ => decoded.samples,
     };
     let image = RgbImage {
         width: w,

@@ -12,14 +12,16 @@
 //!   configured by a [`ClipImageConfig`] read from `preprocessor_config.json`).
 //!
 //! Submodules, each mirroring one piece of upstream code:
-//! - [`decode`]: PNG (the `png` crate) and JPEG (`zune-jpeg`) to [`RgbImage`], with Pillow's
-//!   mode handling of `convert("RGB")` and the EXIF/XMP orientation of `exif_transpose`;
+//! - [`decode`]: PNG (the `png` crate) and JPEG (`jpeg`, a decoder reproducing libjpeg-turbo's
+//!   islow IDCT, fancy upsampling and YCbCr tables) to [`RgbImage`], with Pillow's mode handling
+//!   of `convert("RGB")` and the EXIF/XMP orientation of `exif_transpose`;
 //! - [`resample`]: a port of Pillow's `src/libImaging/Resample.c` (8-bit fixed point), as
 //!   `Image.resize` calls it;
 //! - [`preprocess`]: diffusers' `VaeImageProcessor.preprocess` and transformers'
 //!   `CLIPImageProcessorPil` (`image_processing_backends.PilBackend`, `image_transforms`).
 
 pub mod decode;
+mod jpeg;
 pub mod preprocess;
 pub mod resample;
 #[cfg(test)]
