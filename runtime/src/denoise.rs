@@ -4,10 +4,13 @@
 //! Mirrors the loop of diffusers `HunyuanVideoPipeline.__call__`: per step the transformer sees
 //! `timestep = σ·1000` and `guidance = scale·1000`; with `true_cfg_scale > 1` and a negative
 //! prompt, `v = v_neg + s·(v − v_neg)` (diffusers runs the two passes one after the other; here
-//! they are one B = 2 call); then `FlowMatchEulerDiscreteScheduler.step` in f32.
+//! they are one B = 2 call); then `FlowMatchEulerDiscreteScheduler.step` in f32. An
+//! image-to-video run (`HunyuanVideoImageToVideoPipeline`) feeds and fixes the latents as its
+//! condition type says ([`crate::i2v`]).
 
 use std::time::{Duration, Instant};
 
+use crate::i2v::ImageConditioning;
 use crate::scheduler::{FlowDirection, NUM_TRAIN_TIMESTEPS, euler_step, sigmas_in};
 use crate::setting::{InvalidSetting, Setting};
 use crate::tensor::Tensor5;
@@ -74,10 +77,24 @@ pub struct StepReport {
 /// is required with true CFG). `on_step` sees every step's report and latents.
 pub fn denoise(
     model: &mut dyn VelocityModel,
+    latents: Tensor5,
+    text: &TextConditioning,
+    negative: Option<&TextConditioning>,
+    settings: &DenoiseSettings,
+    on_step: impl FnMut(&StepReport, &Tensor5),
+) -> Result<Tensor5, DenoiseError> {
+    denoise_from_image(model, latents, text, negative, settings, None, on_step)
+}
+
+/// [`denoise`] with an image-to-video model's image latent (`image`): the model input and the
+/// latents after each step are the condition type's ([`ImageConditioning`]).
+pub fn denoise_from_image(
+    model: &mut dyn VelocityModel,
     mut latents: Tensor5,
     text: &TextConditioning,
     negative: Option<&TextConditioning>,
     settings: &DenoiseSettings,
+    image: Option<&ImageConditioning>,
     mut on_step: impl FnMut(&StepReport, &Tensor5),
 ) -> Result<Tensor5, DenoiseError> {
     if settings.steps == 0 {
@@ -137,9 +154,13 @@ pub fn denoise(
         let t0 = Instant::now();
         let t = sigmas[i] * NUM_TRAIN_TIMESTEPS;
         let timestep = vec![t; rows];
-        let input_latents = match cfg {
-            Some(_) => stack_batch(&latents, &latents)?,
+        let x = match image {
+            Some(c) => c.model_input(&latents),
             None => latents.clone(),
+        };
+        let input_latents = match cfg {
+            Some(_) => stack_batch(&x, &x)?,
+            None => x,
         };
         let v = model
             .predict(&StepInput {
@@ -158,6 +179,9 @@ pub fn denoise(
             None => v.into_data(),
         };
         euler_step(latents.data_mut(), &v, sigmas[i], sigmas[i + 1]);
+        if let Some(c) = image {
+            c.after_step(&mut latents);
+        }
         let bad = latents.data().iter().filter(|x| !x.is_finite()).count();
         if bad > 0 {
             return Err(DenoiseError::NonFinite {

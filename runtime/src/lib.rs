@@ -11,6 +11,7 @@ pub mod denoiser;
 pub mod engine_set;
 pub mod generation;
 pub mod graph_load;
+pub mod i2v;
 pub mod image;
 pub mod image_prompt;
 pub mod latents;

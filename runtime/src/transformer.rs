@@ -222,9 +222,11 @@ impl TextConditioning {
         }
     }
 
-    /// Rows of `self` followed by rows of `other` (the B = 2 batch of true CFG).
+    /// Rows of `self` followed by rows of `other` (the B = 2 batch of true CFG). Of different
+    /// lengths (image-to-video encodes the negative prompt with another image interleave), the
+    /// shorter rows are padded (mask 0): exact, only valid tokens reach the transformer.
     pub fn stack(&self, other: &TextConditioning) -> Result<TextConditioning, TransformerError> {
-        if (self.len, self.dim, self.pooled_dim) != (other.len, other.dim, other.pooled_dim) {
+        if (self.dim, self.pooled_dim) != (other.dim, other.pooled_dim) {
             return Err(input_err(
                 "negative prompt embeddings",
                 format!(
@@ -233,14 +235,39 @@ impl TextConditioning {
                 ),
             ));
         }
+        let len = self.len.max(other.len);
+        let (a, b) = (self.padded_to(len), other.padded_to(len));
         let cat = |a: &[f32], b: &[f32]| [a, b].concat();
         Ok(TextConditioning {
             batch: self.batch + other.batch,
-            embeds: cat(&self.embeds, &other.embeds),
-            mask: [self.mask.as_slice(), other.mask.as_slice()].concat(),
+            len,
+            embeds: cat(&a.embeds, &b.embeds),
+            mask: [a.mask.as_slice(), b.mask.as_slice()].concat(),
             pooled: cat(&self.pooled, &other.pooled),
             ..*self
         })
+    }
+
+    /// Every row right-padded to `len` tokens (zeros, mask 0).
+    fn padded_to(&self, len: usize) -> TextConditioning {
+        if len <= self.len {
+            return self.clone();
+        }
+        let mut embeds = Vec::with_capacity(self.batch * len * self.dim);
+        let mut mask = Vec::with_capacity(self.batch * len);
+        for b in 0..self.batch {
+            let e = b * self.len * self.dim;
+            embeds.extend_from_slice(&self.embeds[e..e + self.len * self.dim]);
+            embeds.resize(embeds.len() + (len - self.len) * self.dim, 0.0);
+            mask.extend_from_slice(&self.mask[b * self.len..(b + 1) * self.len]);
+            mask.resize(mask.len() + len - self.len, 0);
+        }
+        TextConditioning {
+            len,
+            embeds,
+            mask,
+            ..self.clone()
+        }
     }
 }
 
@@ -594,6 +621,19 @@ mod tests {
             (&[batch, 3], vec![0.0; batch * 3]),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn prompts_of_different_lengths_stack_with_padding() {
+        let a = text(vec![1, 1, 0], 1);
+        let b = text(vec![1, 1, 1, 1, 0], 1);
+        let s = a.stack(&b).unwrap();
+        assert_eq!((s.batch, s.len), (2, 5));
+        assert_eq!(s.mask, [1, 1, 0, 0, 0, 1, 1, 1, 1, 0]);
+        assert_eq!(s.valid_lens().unwrap(), [2, 4]);
+        assert_eq!(&s.embeds[..6], &[0.5; 6]);
+        assert_eq!(&s.embeds[6..10], &[0.0; 4]);
+        assert_eq!(b.stack(&a).unwrap().mask, [1, 1, 1, 1, 0, 1, 1, 0, 0, 0]);
     }
 
     #[test]

@@ -5,11 +5,14 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use hyvideo::denoise::{DenoiseSettings, TrueCfg, denoise_from_image};
 use hyvideo::engine_set::ModelFiles;
+use hyvideo::i2v::ImageConditioning;
+use hyvideo::scheduler::FlowDirection;
 use hyvideo::staged_transformer::StagedTransformer;
 use hyvideo::tensor::Tensor5;
 use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
-use hyvideo_bundle::{Component, Manifest, Precision};
+use hyvideo_bundle::{Component, ImageCondition, Manifest, Precision};
 use hyvideo_engines::SessionConfig;
 use hyvideo_exporters::export::TransformerSource;
 
@@ -118,4 +121,74 @@ fn token_replace_stages_pass_the_first_frame_conditioning() {
     let m33 = Manifest::load(i2v_transformer_bundle("latent_concat")).unwrap();
     let e = &m33.components[&Component::TransformerFirstBlock];
     assert!(!e.inputs.iter().any(|t| t.name == "first_frame_tokens"));
+}
+
+fn pipeline_text(file: &str, prefix: &str) -> TextConditioning {
+    let (es, e) = golden(file, &format!("{prefix}prompt_embeds"));
+    let (ms, m) = golden_i64(file, &format!("{prefix}prompt_attention_mask"));
+    let (ps, p) = golden(file, &format!("{prefix}pooled_prompt_embeds"));
+    TextConditioning::new((&es, e), (&ms, m), (&ps, p)).unwrap()
+}
+
+/// The pipeline's loop from its own initial noise, image latent and prompt embeddings
+/// (`goldens/i2v_pipeline_<kind>.safetensors`, case `case`): every step and the returned latents.
+fn run_i2v_loop(kind: &str, case: &str, guidance: f32, cfg: Option<TrueCfg>) {
+    let file = format!("i2v_pipeline_{kind}.safetensors");
+    let file = file.as_str();
+    let bundle = i2v_transformer_bundle(kind);
+    let manifest = Manifest::load(bundle).unwrap();
+    let mut model =
+        Transformer::load_with(&ModelFiles::bundle(bundle, &manifest), &config()).unwrap();
+    let p = |n: &str| format!("{case}.{n}");
+    let text = pipeline_text(file, &p(""));
+    let negative = cfg.map(|_| pipeline_text(file, &p("negative_")));
+    let noise = golden5(file, &p("init_latents"));
+    let image = golden5(file, &p("image_latents"));
+    let condition = match kind {
+        "token_replace" => ImageCondition::TokenReplace,
+        _ => ImageCondition::LatentConcat,
+    };
+    let c = ImageConditioning::new(condition, image, noise.shape()).unwrap();
+    let settings = DenoiseSettings {
+        steps: 4,
+        shift: 7.0,
+        direction: FlowDirection::Reverse,
+        embedded_guidance: Some(guidance),
+        true_cfg: cfg,
+    };
+    let mut steps = vec![];
+    let out = denoise_from_image(
+        &mut model,
+        c.initial_latents(noise),
+        &text,
+        negative.as_ref(),
+        &settings,
+        Some(&c),
+        |r, x| steps.push((r.step, x.clone())),
+    )
+    .unwrap();
+    for (i, x) in &steps {
+        let want = golden5(file, &p(&format!("step_{}", i - 1)));
+        let err = rel_max_err(x.data(), want.data());
+        eprintln!("{kind} {case} step {i}: relative max error {err:.3e}");
+        assert!(err <= 1e-3, "{kind} {case} step {i}: {err:.3e}");
+    }
+    let out = c.output_latents(out);
+    let want = golden5(file, &p("latents"));
+    assert_eq!(out.shape(), want.shape());
+    let err = rel_max_err(out.data(), want.data());
+    eprintln!("{kind} {case}: returned latents, relative max error {err:.3e}");
+    assert!(err <= 1e-3, "{kind} {case}: {err:.3e}");
+}
+
+#[test]
+fn i2v_loops_reproduce_the_pipelines_step_by_step() {
+    run_i2v_loop("token_replace", "resized", 6.0, None);
+    run_i2v_loop(
+        "token_replace",
+        "resized.cfg",
+        6.0,
+        Some(TrueCfg { scale: 4.0 }),
+    );
+    run_i2v_loop("latent_concat", "resized", 1.0, None);
 }
