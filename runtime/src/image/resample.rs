@@ -10,8 +10,11 @@
 //!   max(scale, 1))`, divided by their sum; then rounded (half away from zero) to fixed point
 //!   with `PRECISION_BITS = 32 − 8 − 2 = 22` fraction bits.
 //! - Each output sample: `2²¹ + Σ sample·k` in 32-bit integers, `>> 22`, clipped to 0..=255.
-//! - Horizontal pass first, over only the rows the vertical pass reads, then the vertical pass;
-//!   a pass whose size does not change is skipped; the same size both ways is a copy.
+//! - Horizontal pass first, over only the rows the vertical pass reads, then the vertical pass —
+//!   except when the width grows and the height shrinks: then, as Pillow 13 does (found against
+//!   its output; the stored Resample.c sources predate it), the vertical pass first, over only the
+//!   columns the horizontal pass reads. A pass whose size does not change is skipped; the same
+//!   size both ways is a copy.
 //! - BICUBIC is Keys' cubic with a = −0.5 (support 2), LANCZOS is the 3-lobe windowed sinc
 //!   (support 3), as Pillow defines them.
 
