@@ -100,7 +100,7 @@ pub fn expand(t: &Tokens, ids: ImageTokenIds) -> Result<Tokens, TextError> {
 
 /// The transformer's text conditioning of one encoded batch: per row the image rows (every
 /// `interleave`-th of the hidden states at the image positions, mask 1) then the text rows
-/// (`_get_llama_prompt_embeds`' crop), as `[B, rows, D]` values and the `[B, rows]` mask.
+/// (`_get_llama_prompt_embeds`' crop).
 /// `hidden` is the LLaVA language model's `[B, expanded.len, D]` output; `original` the
 /// tokenized (unexpanded) prompts.
 pub fn crop(
@@ -110,7 +110,7 @@ pub fn crop(
     expanded_len: usize,
     ids: ImageTokenIds,
     interleave: ImageEmbedInterleave,
-) -> Result<([usize; 3], Vec<f32>, Vec<i64>), TextError> {
+) -> Result<PromptRows, TextError> {
     let step = interleave.step();
     let text_crop_start = I2V_CROP_START - 1 + IMAGE_EMB_LEN;
     let mut embeds = Vec::new();
@@ -163,7 +163,19 @@ pub fn crop(
         rows_per = Some(rows);
     }
     let rows = rows_per.unwrap_or(0);
-    Ok(([original.batch, rows, d], embeds, mask))
+    Ok(PromptRows {
+        shape: [original.batch, rows, d],
+        embeds,
+        mask,
+    })
+}
+
+/// The transformer's text rows of an image-to-video prompt: `[B, rows, D]` and the mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptRows {
+    pub shape: [usize; 3],
+    pub embeds: Vec<f32>,
+    pub mask: Vec<i64>,
 }
 
 fn row_count(values: usize, d: usize) -> usize {
