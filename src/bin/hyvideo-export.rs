@@ -59,8 +59,9 @@ struct OnnxArgs {
     #[arg(long, default_value = "fp32", value_parser = |s: &str| s.parse::<Precision>())]
     precision: Precision,
     /// Components to export, comma-separated: transformer, vae_decoder, text_encoder,
-    /// text_encoder_2 (default: every one whose sub-folder the model folder has — transformer/,
-    /// vae/, text_encoder/, text_encoder_2/ — the transformer also with --transformer FILE).
+    /// text_encoder_2, vae_encoder (default: every one but vae_encoder whose sub-folder the
+    /// model folder has — transformer/, vae/, text_encoder/, text_encoder_2/ — the transformer
+    /// also with --transformer FILE).
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<Component>())]
     components: Option<Vec<Component>>,
     /// A single-file transformer checkpoint (diffusers or Tencent key layout, bf16/fp16/fp32 or
