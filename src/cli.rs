@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use hyvideo_bundle::ImageCondition;
 use hyvideo_engines::{Backend, BackendKind, SessionConfig};
 
 use hyvideo::denoiser::TransformerForm;
@@ -123,8 +124,8 @@ impl RuntimeArgs {
             | C::TransformerFirstBlock
             | C::TransformerRestBlocks
             | C::TransformerHead => self.transformer_backend,
-            C::VaeDecoder => self.vae_backend,
-            C::TextEncoder | C::TextEncoder2 => self.text_backend,
+            C::VaeDecoder | C::VaeEncoder => self.vae_backend,
+            C::TextEncoder | C::TextEncoder2 | C::VisionEncoder => self.text_backend,
         }
         .unwrap_or(self.session.backend);
         self.session.session_config_on(kind)
@@ -194,9 +195,10 @@ pub struct SamplingArgs {
     /// Number of denoising steps.
     #[arg(long, default_value_t = 50)]
     pub infer_steps: usize,
-    /// Embedded (distilled) guidance scale, given to the transformer as scale·1000.
-    #[arg(long, default_value_t = 6.0)]
-    pub embedded_cfg_scale: f32,
+    /// Embedded (distilled) guidance scale, given to the transformer as scale·1000 (default
+    /// 6.0; 1.0 for an image_condition_type latent_concat bundle, HunyuanVideo-I2V-33ch).
+    #[arg(long)]
+    pub embedded_cfg_scale: Option<f32>,
     /// Flow-matching time shift s in σ' = s·σ / (1 + (s−1)·σ).
     #[arg(long, default_value_t = 7.0)]
     pub flow_shift: f32,
@@ -238,15 +240,23 @@ pub struct StepCacheArgs {
 }
 
 impl SamplingArgs {
-    pub fn sampling(&self) -> Sampling {
+    /// The sampling of these flags for a bundle whose transformer takes images as `kind` (the
+    /// embedded guidance default depends on it).
+    pub fn sampling(&self, kind: ImageCondition) -> Sampling {
         Sampling {
             steps: self.infer_steps,
-            embedded_guidance: self.embedded_cfg_scale,
+            embedded_guidance: self.embedded_guidance(kind),
             flow_shift: self.flow_shift,
             direction: self.flow_direction,
             cfg_scale: self.cfg_scale,
             step_cache: self.step_cache.step_cache(),
         }
+    }
+
+    /// `--embedded-cfg-scale`, else the default for `kind`.
+    pub fn embedded_guidance(&self, kind: ImageCondition) -> f32 {
+        self.embedded_cfg_scale
+            .unwrap_or_else(|| Sampling::default_embedded_guidance(kind))
     }
 
     /// The transformer form these settings need: its stages with a step cache.
@@ -307,6 +317,7 @@ pub fn setting_flag(setting: Setting) -> &'static str {
         Setting::StepCacheThreshold => "--step-cache-threshold",
         Setting::StepCacheStart => "--step-cache-start",
         Setting::StepCacheEnd => "--step-cache-end",
+        Setting::Image => "--image",
     }
 }
 

@@ -963,10 +963,45 @@ mod tests {
         );
     }
 
+    /// The VAE encoder of an image-to-video bundle takes one frame at batch 1 at any of the
+    /// preset's resolutions (pixels): at 720p 720 … 1280 high and wide, tuned for the first
+    /// resolution (720×1280).
+    #[test]
+    fn vae_encoder_profile_at_720p() {
+        use hyvideo_bundle::{ComponentEntry, Precision, TensorSpec, TensorType};
+        let preset = ShapePreset::load(&repo().join("configs/shapes/720p.yaml")).unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        let mut manifest = Manifest::new(Precision::Fp16);
+        let sample = TensorSpec {
+            name: "sample".into(),
+            dtype: TensorType::Float16,
+            dims: ["batch", "3", "frames", "height", "width"]
+                .map(String::from)
+                .to_vec(),
+        };
+        manifest.components.insert(
+            Component::VaeEncoder,
+            ComponentEntry {
+                file: Component::VaeEncoder.graph_file(),
+                data_file: Some("vae_encoder.onnx.data".into()),
+                sha256: String::new(),
+                inputs: vec![sample],
+                outputs: vec![],
+                sources: vec![],
+            },
+        );
+        let profiles = component_profiles(bundle.path(), &manifest, &preset).unwrap();
+        let p = &profiles[&Component::VaeEncoder];
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].name, "sample");
+        assert_eq!(p[0].min, [1, 3, 1, 720, 720]);
+        assert_eq!(p[0].opt, [1, 3, 1, 720, 1280]);
+        assert_eq!(p[0].max, [1, 3, 1, 1280, 1280]);
+    }
+
     #[test]
     fn every_component_has_its_own_context_model() {
-        let all: Vec<Component> = Component::ALL
-            .into_iter()
+        let all: Vec<Component> = Component::exportable()
             .chain(Component::TRANSFORMER_STAGES)
             .collect();
         let names: std::collections::BTreeSet<String> =

@@ -18,7 +18,14 @@ use crate::spec::{ComponentSpec, Dim, Elem, IoSpec, ProfileRule, Size, Sym};
 pub enum Component {
     Transformer,
     VaeDecoder,
+    /// `AutoencoderKLHunyuanVideo.encode` (image-to-video's conditioning image); exported on
+    /// request only ([`Component::ON_REQUEST`]).
+    VaeEncoder,
     TextEncoder,
+    /// LLaVA's image side (HunyuanVideo-I2V's `text_encoder`): the CLIP vision tower and the
+    /// projector, giving the image embeddings the language model (`text_encoder`) takes;
+    /// exported on request ([`Component::ON_REQUEST`]).
+    VisionEncoder,
     /// diffusers' `text_encoder_2` (snake_case alone would give `text_encoder2`).
     #[serde(rename = "text_encoder_2")]
     TextEncoder2,
@@ -83,6 +90,13 @@ pub mod vae_decoder {
     pub const OUTPUT: &str = "sample";
 }
 
+/// I/O names of the VAE encoder graph (`AutoencoderKLHunyuanVideo.encode`): video in [-1, 1]
+/// in, the latent distribution's mode out (its mean; not multiplied by the scaling factor).
+pub mod vae_encoder {
+    pub const INPUT: &str = "sample";
+    pub const OUTPUT: &str = "latent";
+}
+
 /// I/O names of the Llama text encoder graph (the hidden state the pipeline reads).
 pub mod llama {
     pub const INPUT_IDS: &str = "input_ids";
@@ -93,6 +107,13 @@ pub mod llama {
     pub const OUTPUT: &str = "hidden_states";
 }
 
+/// I/O names of LLaVA's vision graph (`LlavaModel.get_image_features`): the image processor's
+/// pixels in, the projected patch embeddings out.
+pub mod vision_encoder {
+    pub const INPUT: &str = "pixel_values";
+    pub const OUTPUT: &str = "image_embeds";
+}
+
 /// I/O names of the CLIP text encoder graph (its pooled output).
 pub mod clip {
     pub const INPUT_IDS: &str = "input_ids";
@@ -100,12 +121,25 @@ pub mod clip {
 }
 
 impl Component {
+    /// The components a model folder exports by default (`hyvideo-export onnx` without
+    /// `--components`: each one whose sub-folder it has); the transformer's stages come with
+    /// the transformer.
     pub const ALL: [Component; 4] = [
         Component::Transformer,
         Component::VaeDecoder,
         Component::TextEncoder,
         Component::TextEncoder2,
     ];
+
+    /// Components exported only when named (`--components vae_encoder`): not part of a
+    /// text-to-video bundle.
+    pub const ON_REQUEST: [Component; 2] = [Component::VaeEncoder, Component::VisionEncoder];
+
+    /// Every component that is exported on its own: [`ALL`](Self::ALL), then
+    /// [`ON_REQUEST`](Self::ON_REQUEST) (what names parse to).
+    pub fn exportable() -> impl Iterator<Item = Component> {
+        Component::ALL.into_iter().chain(Component::ON_REQUEST)
+    }
 
     /// The transformer's stage graphs, in the order they run.
     pub const TRANSFORMER_STAGES: [Component; 4] = [
@@ -129,6 +163,8 @@ impl Component {
             Component::TransformerRestBlocks => "transformer_rest_blocks",
             Component::TransformerHead => "transformer_head",
             Component::VaeDecoder => "vae_decoder",
+            Component::VaeEncoder => "vae_encoder",
+            Component::VisionEncoder => "vision_encoder",
             Component::TextEncoder => "text_encoder",
             Component::TextEncoder2 => "text_encoder_2",
         }
@@ -264,34 +300,42 @@ impl Component {
                     profile: ProfileRule::Denoiser,
                 }
             }
-            Component::VaeDecoder => ComponentSpec {
-                name,
-                source_folder: "vae",
-                tokenizer: None,
-                inputs: vec![IoSpec::required(
-                    vae_decoder::INPUT,
-                    f,
-                    &[
-                        S(Sym::Batch),
-                        Z(Size::LatentChannels),
-                        S(Sym::LatentFrames),
-                        S(Sym::LatentHeight),
-                        S(Sym::LatentWidth),
-                    ],
-                )],
-                outputs: vec![IoSpec::required(
-                    vae_decoder::OUTPUT,
-                    f,
-                    &[
-                        S(Sym::Batch),
-                        Z(Size::VideoChannels),
-                        S(Sym::Frames),
-                        S(Sym::Height),
-                        S(Sym::Width),
-                    ],
-                )],
-                profile: ProfileRule::Tiles,
-            },
+            Component::VaeDecoder | Component::VaeEncoder => {
+                let latent = [
+                    S(Sym::Batch),
+                    Z(Size::LatentChannels),
+                    S(Sym::LatentFrames),
+                    S(Sym::LatentHeight),
+                    S(Sym::LatentWidth),
+                ];
+                let video = [
+                    S(Sym::Batch),
+                    Z(Size::VideoChannels),
+                    S(Sym::Frames),
+                    S(Sym::Height),
+                    S(Sym::Width),
+                ];
+                let (input, output, profile) = match self {
+                    Component::VaeDecoder => (
+                        IoSpec::required(vae_decoder::INPUT, f, &latent),
+                        IoSpec::required(vae_decoder::OUTPUT, f, &video),
+                        ProfileRule::Tiles,
+                    ),
+                    _ => (
+                        IoSpec::required(vae_encoder::INPUT, f, &video),
+                        IoSpec::required(vae_encoder::OUTPUT, f, &latent),
+                        ProfileRule::Image,
+                    ),
+                };
+                ComponentSpec {
+                    name,
+                    source_folder: "vae",
+                    tokenizer: None,
+                    inputs: vec![input],
+                    outputs: vec![output],
+                    profile,
+                }
+            }
             Component::TextEncoder => {
                 let tokens = [S(Sym::Batch), S(Sym::TextLen)];
                 ComponentSpec {
@@ -301,6 +345,12 @@ impl Component {
                     inputs: vec![
                         IoSpec::required(llama::INPUT_IDS, i, &tokens),
                         IoSpec::required(llama::ATTENTION_MASK, i, &tokens),
+                        // LLaVA's language model (image-to-video) only.
+                        IoSpec::optional(
+                            llama::IMAGE_EMBEDS,
+                            f,
+                            &[S(Sym::Batch), Z(Size::ImageEmbeds), Z(Size::HiddenSize)],
+                        ),
                     ],
                     outputs: vec![IoSpec::required(
                         llama::OUTPUT,
@@ -310,6 +360,27 @@ impl Component {
                     profile: ProfileRule::FixedPrompt,
                 }
             }
+            Component::VisionEncoder => ComponentSpec {
+                name,
+                source_folder: "text_encoder",
+                tokenizer: None,
+                inputs: vec![IoSpec::required(
+                    vision_encoder::INPUT,
+                    f,
+                    &[
+                        S(Sym::Batch),
+                        Z(Size::PixelChannels),
+                        Z(Size::ImageSize),
+                        Z(Size::ImageSize),
+                    ],
+                )],
+                outputs: vec![IoSpec::required(
+                    vision_encoder::OUTPUT,
+                    f,
+                    &[S(Sym::Batch), Z(Size::ImageEmbeds), Z(Size::HiddenSize)],
+                )],
+                profile: ProfileRule::FixedPrompt,
+            },
             Component::TextEncoder2 => ComponentSpec {
                 name,
                 source_folder: "text_encoder_2",
@@ -344,11 +415,10 @@ impl fmt::Display for Component {
 impl FromStr for Component {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Component::ALL
-            .into_iter()
+        Component::exportable()
             .find(|c| c.name() == s)
             .ok_or_else(|| {
-                let names: Vec<_> = Component::ALL.iter().map(|c| c.name()).collect();
+                let names: Vec<_> = Component::exportable().map(|c| c.name()).collect();
                 format!(
                     "unknown component `{s}` (expected one of: {})",
                     names.join(", ")
@@ -400,16 +470,34 @@ mod tests {
 
     #[test]
     fn names_parse_back_and_specs_name_their_component() {
-        for c in Component::ALL {
+        for c in Component::exportable() {
             assert_eq!(c.name().parse::<Component>(), Ok(c));
             assert_eq!(c.spec().name, c.name());
         }
+        let e = "vae".parse::<Component>().unwrap_err();
         assert!(
-            "vae"
-                .parse::<Component>()
-                .unwrap_err()
-                .contains("vae_decoder")
+            e.contains("vae_decoder") && e.contains("vae_encoder"),
+            "{e}"
         );
+    }
+
+    /// The encoder parses by name and is exported when asked for, never by default.
+    #[test]
+    fn the_vae_encoder_is_exported_on_request_only() {
+        let c = Component::VaeEncoder;
+        assert_eq!("vae_encoder".parse::<Component>(), Ok(c));
+        assert!(!Component::ALL.contains(&c) && Component::ON_REQUEST.contains(&c));
+        let spec = c.spec();
+        assert_eq!(
+            (spec.source_folder, spec.profile),
+            ("vae", ProfileRule::Image)
+        );
+        assert_eq!(spec.inputs[0].name, "sample");
+        assert_eq!(spec.outputs[0].name, "latent");
+        // The decoder's I/O the other way round.
+        let dec = Component::VaeDecoder.spec();
+        assert_eq!(spec.inputs[0].dims, dec.outputs[0].dims);
+        assert_eq!(spec.outputs[0].dims, dec.inputs[0].dims);
     }
 
     #[test]

@@ -134,15 +134,14 @@ impl ProfileContext {
         sym: Sym,
         preset: &ShapePreset,
     ) -> Option<Range3> {
-        let latent = |axis: usize| {
-            let v: Vec<usize> = preset
-                .resolutions
-                .iter()
-                .map(|r| r[axis] / self.spatial_ratio)
-                .collect();
+        // min / first / max of the preset's resolutions along `axis` (0: height, 1: width),
+        // each divided by `ratio`.
+        let resolution = |axis: usize, ratio: usize| {
+            let v: Vec<usize> = preset.resolutions.iter().map(|r| r[axis] / ratio).collect();
             let (min, max) = (v.iter().min()?, v.iter().max()?);
             Some(Range3([*min, v[0], *max]))
         };
+        let latent = |axis: usize| resolution(axis, self.spatial_ratio);
         let frames = |f: usize| (f - 1) / self.temporal_ratio + 1;
         // Image tokens per resolution (patches of the latent grid); min / first / max over the
         // preset's resolutions, times the frame range.
@@ -169,7 +168,12 @@ impl ProfileContext {
             (ProfileRule::Denoiser, Sym::Height) => latent(0),
             (ProfileRule::Denoiser, Sym::Width) => latent(1),
             (ProfileRule::Denoiser, Sym::TextLen) => Some(self.prompt_tokens),
-            (ProfileRule::Tiles | ProfileRule::FixedPrompt, Sym::Batch) => Some(Range3::fixed(1)),
+            (ProfileRule::Tiles | ProfileRule::FixedPrompt | ProfileRule::Image, Sym::Batch) => {
+                Some(Range3::fixed(1))
+            }
+            (ProfileRule::Image, Sym::Frames) => Some(Range3::fixed(1)),
+            (ProfileRule::Image, Sym::Height) => resolution(0, 1),
+            (ProfileRule::Image, Sym::Width) => resolution(1, 1),
             (ProfileRule::Tiles, Sym::LatentFrames) => {
                 Some(Range3([1, self.tile_frames, self.tile_frames]))
             }
@@ -417,6 +421,30 @@ mod tests {
         let e = entry(&[("input_ids", &["batch", "77"])]);
         let r = input_ranges(Component::TextEncoder2, &e, &preset(), &ctx()).unwrap();
         assert_eq!(r[0].opt, [1, 77]);
+    }
+
+    /// The VAE encoder takes one image (image-to-video's first frame) at batch 1, at any of
+    /// the preset's resolutions in pixels: 320 / 544 / 720 high, 512 / 960 / 1280 wide (the
+    /// first resolution is the optimum).
+    #[test]
+    fn the_vae_encoder_takes_one_image_at_the_presets_resolutions() {
+        let e = entry(&[("sample", &["batch", "3", "frames", "height", "width"])]);
+        let r = input_ranges(Component::VaeEncoder, &e, &preset(), &ctx()).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "sample");
+        assert_eq!(r[0].min, [1, 3, 1, 320, 512]);
+        assert_eq!(r[0].opt, [1, 3, 1, 544, 960]);
+        assert_eq!(r[0].max, [1, 3, 1, 720, 1280]);
+        // One resolution: a fixed shape.
+        let one = ShapePreset {
+            resolutions: vec![[32, 48]],
+            ..preset()
+        };
+        let r = input_ranges(Component::VaeEncoder, &e, &one, &ctx()).unwrap();
+        assert_eq!(
+            (&r[0].min, &r[0].max),
+            (&vec![1, 3, 1, 32, 48], &vec![1, 3, 1, 32, 48])
+        );
     }
 
     #[test]

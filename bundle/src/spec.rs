@@ -17,13 +17,14 @@ use crate::precision::TensorType;
 pub enum Sym {
     /// Prompts (or prompt + negative prompt) per run.
     Batch,
-    /// The transformer's latent grid, and the VAE's output video.
+    /// The transformer's latent grid, and the VAE's video (the decoder's output, the encoder's
+    /// input).
     Frames,
     Height,
     Width,
     /// Prompt tokens.
     TextLen,
-    /// The VAE decoder's latent tile.
+    /// The VAE's latents (the decoder's tile, the encoder's output).
     LatentFrames,
     LatentHeight,
     LatentWidth,
@@ -63,7 +64,8 @@ pub enum Size {
     PooledProjectionDim,
     /// VAE `latent_channels`.
     LatentChannels,
-    /// VAE `out_channels` (the video's colour channels).
+    /// VAE `out_channels` (the video's colour channels; the encoder's input has `in_channels`,
+    /// the same 3 in every HunyuanVideo VAE).
     VideoChannels,
     /// Text encoder `hidden_size`.
     HiddenSize,
@@ -75,6 +77,11 @@ pub enum Size {
     HeadDim,
     /// A broadcast dimension of size 1.
     One,
+    /// LLaVA: the vision tower's `num_channels`, its `image_size` (square), and the image
+    /// embeddings an image gives (`(image_size / patch_size)²`).
+    PixelChannels,
+    ImageSize,
+    ImageEmbeds,
 }
 
 impl Size {
@@ -91,6 +98,9 @@ impl Size {
             Size::InnerDim => "inner_dim",
             Size::HeadDim => "attention_head_dim",
             Size::One => "1",
+            Size::PixelChannels => "vision_config.num_channels",
+            Size::ImageSize => "vision_config.image_size",
+            Size::ImageEmbeds => "image_seq_length",
         }
     }
 }
@@ -190,6 +200,9 @@ pub enum ProfileRule {
     Tiles,
     /// One prompt at a time, padded to the encoder's fixed length.
     FixedPrompt,
+    /// One image at a time (image-to-video's conditioning frame): batch 1, one frame, the
+    /// preset's resolutions in pixels.
+    Image,
 }
 
 /// A component's contract: where its weights come from, its graph file, its I/O, its profiles.

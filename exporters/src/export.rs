@@ -16,13 +16,14 @@ use hyvideo_onnx::types::tensor_spec;
 
 use crate::bundle_writer::BundleWriter;
 use crate::checkpoint::{
-    Checkpoint, ClipTextConfig, DType, LlamaConfig, TransformerConfig, VaeConfig, Weights,
+    Checkpoint, ClipTextConfig, DType, LlamaConfig, LlavaConfig, TransformerConfig, VaeConfig,
+    Weights,
 };
 use crate::error::{ExportError, Result};
 use crate::graph::{Net, WeightProvider, concat_rows};
 use crate::onnx::{GraphBuilder, TensorSource, write_model};
 use crate::transformer_layout::{KeyLayout, Rows, fp8_module_name, tencent_parts};
-use crate::{clip, llama, transformer, vae_decoder};
+use crate::{clip, clip_vision, llama, transformer, vae_decoder, vae_encoder};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -388,40 +389,61 @@ pub fn export_vae_decoder(
     bundle: &mut BundleWriter,
     precision: Precision,
 ) -> Result<()> {
-    let dir = subfolder(model, Component::VaeDecoder)?;
+    export_vae(model, bundle, precision, Component::VaeDecoder)
+}
+
+/// Export the VAE encoder of `model` into the staging area of `bundle`.
+pub fn export_vae_encoder(
+    model: &Path,
+    bundle: &mut BundleWriter,
+    precision: Precision,
+) -> Result<()> {
+    export_vae(model, bundle, precision, Component::VaeEncoder)
+}
+
+/// One graph of the VAE (`component`: its decoder or encoder), the VAE's config (copied once
+/// when a request exports both) and the manifest's VAE settings.
+fn export_vae(
+    model: &Path,
+    bundle: &mut BundleWriter,
+    precision: Precision,
+    component: Component,
+) -> Result<()> {
+    let dir = subfolder(model, component)?;
     let cfg = VaeConfig::load(dir.join("config.json"))?;
     let ckpt = std::sync::Arc::new(Checkpoint::open(&dir)?);
     let provider = CheckpointWeights {
         weights: Weights::new(ckpt.clone()),
         target: READ_DTYPE,
     };
-    let mut net = Net::new(
-        with_metadata(
-            vae_decoder::graph_builder(),
-            Component::VaeDecoder,
-            precision,
+    type Build = fn(&mut Net<'_>, &VaeConfig) -> Result<()>;
+    let (builder, build, channels): (GraphBuilder, Build, usize) = match component {
+        Component::VaeEncoder => (
+            vae_encoder::graph_builder(),
+            vae_encoder::build,
+            cfg.in_channels,
         ),
-        &provider,
-    );
-    vae_decoder::build(&mut net, &cfg)?;
+        _ => (
+            vae_decoder::graph_builder(),
+            vae_decoder::build,
+            cfg.out_channels,
+        ),
+    };
+    let mut net = Net::new(with_metadata(builder, component, precision), &provider);
+    build(&mut net, &cfg)?;
     let sizes = |s: Size| match s {
         Size::LatentChannels => Some(cfg.latent_channels),
-        Size::VideoChannels => Some(cfg.out_channels),
+        Size::VideoChannels => Some(channels),
         _ => None,
     };
-    let e = write_staged(
-        net,
-        bundle,
-        &Component::VaeDecoder.spec(),
-        &sizes,
-        sources(&ckpt, model)?,
-    )?;
-    bundle.copy_file(
-        &dir.join("config.json"),
-        &Component::VaeDecoder.spec().config_file(),
-    )?;
+    let spec = component.spec();
+    let e = write_staged(net, bundle, &spec, &sizes, sources(&ckpt, model)?)?;
+    let config = spec.config_file();
+    if !bundle.staging_dir().join(&config).is_file() {
+        bundle.copy_file(&dir.join("config.json"), &config)?;
+    }
     let m: &mut Manifest = bundle.manifest_mut();
-    m.components.insert(Component::VaeDecoder, e);
+    m.components.insert(component, e);
     m.vae = Some(VaeSettings {
         latent_channels: cfg.latent_channels,
         out_channels: cfg.out_channels,
@@ -438,12 +460,24 @@ fn copy_folder(model: &Path, component: Component, bundle: &mut BundleWriter) ->
     let Some(folder) = component.spec().tokenizer else {
         return Ok(());
     };
+    copy_files(model, folder, "the tokenizer", component, bundle)
+}
+
+/// Copy every file directly inside `<model>/<folder>/` (`what` it holds, for errors) into the
+/// bundle under `<folder>/` (staged).
+fn copy_files(
+    model: &Path,
+    folder: &str,
+    what: &str,
+    component: Component,
+    bundle: &mut BundleWriter,
+) -> Result<()> {
     let dir = model.join(folder);
     let missing = || ExportError::Model {
         component: component.name(),
         reason: format!(
             "{} does not exist: --model must be a diffusers-format HunyuanVideo folder with a \
-             `{folder}/` sub-folder (the tokenizer goes into the bundle)",
+             `{folder}/` sub-folder ({what} goes into the bundle)",
             dir.display()
         ),
     };
@@ -465,7 +499,7 @@ fn copy_folder(model: &Path, component: Component, bundle: &mut BundleWriter) ->
     if files.is_empty() {
         return Err(ExportError::Model {
             component: component.name(),
-            reason: format!("{} holds no files (expected the tokenizer)", dir.display()),
+            reason: format!("{} holds no files (expected {what})", dir.display()),
         });
     }
     for f in files {
@@ -494,9 +528,29 @@ pub fn export_text_encoder(
         "hyvideo.num_hidden_layers_to_skip",
         llama::NUM_HIDDEN_LAYERS_TO_SKIP.to_string(),
     );
+    // HunyuanVideo-I2V's text encoder is LLaVA: its language model takes the image embeddings.
+    let config_text =
+        std::fs::read_to_string(dir.join(LlamaConfig::FILE_NAME)).map_err(|e| ExportError::Io {
+            path: dir.join(LlamaConfig::FILE_NAME),
+            source: e,
+        })?;
+    let image = match LlavaConfig::is_llava_json(&config_text) {
+        true => {
+            let llava = LlavaConfig::load(dir.join(LlavaConfig::FILE_NAME))?;
+            Some(llama::ImageTokens {
+                token_id: llava.image_token_index,
+                count: llava.image_tokens(),
+            })
+        }
+        false => None,
+    };
     let mut net = Net::new(builder, &provider);
-    llama::build(&mut net, &cfg, None)?;
-    let sizes = |s: Size| (s == Size::HiddenSize).then_some(cfg.hidden_size);
+    llama::build(&mut net, &cfg, image)?;
+    let sizes = |s: Size| match s {
+        Size::HiddenSize => Some(cfg.hidden_size),
+        Size::ImageEmbeds => image.map(|i| i.count),
+        _ => None,
+    };
     let srcs = sources(&ckpt, model)?;
     let config = dir.join(LlamaConfig::FILE_NAME);
     finish_text_encoder(net, bundle, model, component, &sizes, srcs, &config)
@@ -532,6 +586,67 @@ pub fn export_text_encoder_2(
     finish_text_encoder(net, bundle, model, component, &sizes, srcs, &config)
 }
 
+/// Tensors of LLaVA's image side: the vision tower's under its prefix, the projector's
+/// (`multi_modal_projector.*` in the graph) under its own.
+struct LlavaVisionWeights {
+    tower: Weights,
+    projector: Weights,
+    target: DType,
+}
+
+impl WeightProvider for LlavaVisionWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Box<dyn TensorSource>> {
+        let (weights, name) = match name.strip_prefix(&format!("{}.", clip_vision::PROJECTOR)) {
+            Some(rest) => (&self.projector, rest),
+            None => (&self.tower, name),
+        };
+        Ok(Box::new(weights.stream(name, shape, self.target)?))
+    }
+}
+
+/// Export LLaVA's image side (`vision_encoder`, from `text_encoder/`) and copy
+/// `image_processor/` into the bundle.
+pub fn export_vision_encoder(
+    model: &Path,
+    bundle: &mut BundleWriter,
+    precision: Precision,
+) -> Result<()> {
+    let component = Component::VisionEncoder;
+    let dir = subfolder(model, component)?;
+    let cfg = LlavaConfig::load(dir.join(LlavaConfig::FILE_NAME))?;
+    let ckpt = Arc::new(Checkpoint::open(&dir)?);
+    let (tower, projector) = clip_vision::checkpoint_prefixes(&ckpt)?;
+    let provider = LlavaVisionWeights {
+        tower: Weights::new(ckpt.clone()).pp(tower),
+        projector: Weights::new(ckpt.clone()).pp(projector),
+        target: READ_DTYPE,
+    };
+    let builder = with_metadata(clip_vision::graph_builder(), component, precision);
+    let mut net = Net::new(builder, &provider);
+    clip_vision::build(&mut net, &cfg)?;
+    let v = &cfg.vision_config;
+    let sizes = |s: Size| match s {
+        Size::PixelChannels => Some(v.num_channels),
+        Size::ImageSize => Some(v.image_size),
+        Size::ImageEmbeds => Some(cfg.image_tokens()),
+        Size::HiddenSize => Some(cfg.text_config.hidden_size),
+        _ => None,
+    };
+    let srcs = sources(&ckpt, model)?;
+    let config = dir.join(LlavaConfig::FILE_NAME);
+    copy_files(
+        model,
+        IMAGE_PROCESSOR_FOLDER,
+        "the image processor's preprocessor_config.json",
+        component,
+        bundle,
+    )?;
+    finish_text_encoder(net, bundle, model, component, &sizes, srcs, &config)
+}
+
+/// diffusers' folder of an image-to-video pipeline's `CLIPImageProcessor`.
+pub const IMAGE_PROCESSOR_FOLDER: &str = "image_processor";
+
 /// The end of a text encoder's export: its graph (checked and staged), its config and its
 /// tokenizer folder into the bundle, its manifest entry.
 fn finish_text_encoder(
@@ -545,7 +660,10 @@ fn finish_text_encoder(
 ) -> Result<()> {
     let spec = component.spec();
     let e = write_staged(net, bundle, &spec, sizes, sources)?;
-    bundle.copy_file(config, &spec.config_file())?;
+    // LLaVA's two graphs share `text_encoder/config.json`.
+    if !bundle.staging_dir().join(spec.config_file()).is_file() {
+        bundle.copy_file(config, &spec.config_file())?;
+    }
     copy_folder(model, component, bundle)?;
     bundle.manifest_mut().components.insert(component, e);
     Ok(())
@@ -570,6 +688,10 @@ pub fn export(req: &ExportRequest, mut on_component: impl FnMut(Component)) -> R
         on_component(c);
         match c {
             Component::VaeDecoder => export_vae_decoder(&req.model, &mut bundle, req.precision)?,
+            Component::VaeEncoder => export_vae_encoder(&req.model, &mut bundle, req.precision)?,
+            Component::VisionEncoder => {
+                export_vision_encoder(&req.model, &mut bundle, req.precision)?
+            }
             Component::Transformer => {
                 export_transformer(&req.model, &req.transformer, &mut bundle, req.precision)?
             }

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod bundle_writer;
 pub mod checkpoint;
 pub mod clip;
+pub mod clip_vision;
 pub mod error;
 pub mod export;
 pub mod graph;
@@ -17,7 +18,9 @@ pub mod precision;
 pub mod transformer;
 pub mod transformer_layout;
 pub mod transformer_stages;
+pub mod vae_blocks;
 pub mod vae_decoder;
+pub mod vae_encoder;
 
 pub use error::{ExportError, Result};
 /// ONNX graphs (builder, writer, protobuf types), re-exported for the graph builders.

@@ -307,7 +307,7 @@ impl Dit<'_, '_> {
         prefix: &str,
         xs: &[&Value],
         m: &Modulation,
-        f: &dyn Fn(&mut Self, &[Value], &[Value]) -> Result<Value>,
+        f: impl Fn(&mut Self, &[Value], &[Value]) -> Result<Value>,
     ) -> Result<Value> {
         let whole: Vec<Value> = xs.iter().map(|&x| x.clone()).collect();
         let Some((first, n)) = &m.first_frame else {
@@ -336,7 +336,7 @@ impl Dit<'_, '_> {
         shift: usize,
         scale: usize,
     ) -> Result<Value> {
-        self.per_token(prefix, &[x], m, &|g, x, c| {
+        self.per_token(prefix, &[x], m, |g, x, c| {
             g.modulate(prefix, &x[0], &c[shift], &c[scale])
         })
     }
@@ -350,7 +350,7 @@ impl Dit<'_, '_> {
         gate: usize,
         y: &Value,
     ) -> Result<Value> {
-        self.per_token(prefix, &[x, y], m, &|g, v, c| {
+        self.per_token(prefix, &[x, y], m, |g, v, c| {
             g.gated_residual(prefix, &v[0], &c[gate], &v[1])
         })
     }

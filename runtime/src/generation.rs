@@ -11,18 +11,26 @@
 //! cooperative cancellation ([`CancelFlag`], checked between denoising steps and between decode
 //! tiles) and request validation whose errors name the *setting* ([`Setting`]), which a front
 //! end maps to its own flags or fields.
+//!
+//! An image-to-video bundle (HunyuanVideo-I2V, `image_condition_type` token_replace or
+//! latent_concat) runs `HunyuanVideoImageToVideoPipeline.__call__` instead: the prompt encoded
+//! with the image (LLaVA), the image through the VAE encoder ([`Stage::ImageEncode`]), the loop
+//! with the condition type's latents ([`crate::i2v`]), and the condition type's output.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hyvideo_bundle::{Component, Manifest, ManifestError, VaeSettings};
+use hyvideo_bundle::{Component, ImageCondition, Manifest, ManifestError, VaeSettings};
 use hyvideo_engines::{BackendKind, SessionConfig};
 
-use crate::denoise::{DenoiseError, DenoiseSettings, TrueCfg, denoise};
+use crate::denoise::{DenoiseError, DenoiseSettings, TrueCfg, denoise_from_image};
 use crate::denoiser::{Denoiser, TransformerForm};
 use crate::engine_set::{EngineSet, EngineSetError, ModelFiles};
+use crate::i2v::{I2vError, ImageConditioning};
+use crate::image::{RgbImage, vae_pixels};
+use crate::image_prompt::ImageEmbedInterleave;
 use crate::pipeline::{PipelineError, TextEncoders, VideoSize, initial_latents};
 use crate::scheduler::FlowDirection;
 pub use crate::setting::{InvalidSetting, Setting};
@@ -33,24 +41,35 @@ use crate::transformer::{
     StepInput, TextConditioning, Transformer, TransformerError, VelocityModel,
 };
 use crate::vae::{VaeDecoder, VaeError};
+use crate::vae_encode::{VaeEncodeError, VaeEncoder};
 use crate::vae_tiling::{TilingConfig, TilingError};
 
 /// A stage of one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     TextEncoders,
+    /// Image-to-video only: the input image through the VAE encoder.
+    ImageEncode,
     Denoise,
     Decode,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::TextEncoders, Stage::Denoise, Stage::Decode];
+    /// Every stage, in the order they run (a text-to-video bundle has no
+    /// [`ImageEncode`](Stage::ImageEncode): loading it is a no-op there).
+    pub const ALL: [Stage; 4] = [
+        Stage::TextEncoders,
+        Stage::ImageEncode,
+        Stage::Denoise,
+        Stage::Decode,
+    ];
 }
 
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Stage::TextEncoders => "text encoders",
+            Stage::ImageEncode => "image encode",
             Stage::Denoise => "denoise",
             Stage::Decode => "decode",
         })
@@ -121,6 +140,16 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// The embedded guidance scale a transformer taking images as `kind` is run with by
+    /// default: 6.0 (Tencent's and diffusers' examples for HunyuanVideo and HunyuanVideo-I2V),
+    /// 1.0 for latent_concat (HunyuanVideo-I2V-33ch, with `true_cfg_scale` 1.0).
+    pub fn default_embedded_guidance(kind: ImageCondition) -> f32 {
+        match kind {
+            ImageCondition::LatentConcat => 1.0,
+            ImageCondition::None | ImageCondition::TokenReplace => 6.0,
+        }
+    }
+
     /// Every sampling setting checked; the first bad one is named.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.steps == 0 {
@@ -183,6 +212,8 @@ pub struct GenerateRequest {
     pub seed: u64,
     pub initial_latents: Option<Tensor5>,
     pub tiling: TilingConfig,
+    /// The input image of an image-to-video bundle (required there, refused elsewhere).
+    pub image: Option<RgbImage>,
 }
 
 impl GenerateRequest {
@@ -197,6 +228,39 @@ impl GenerateRequest {
             seed: 0,
             initial_latents: None,
             tiling: TilingConfig::default(),
+            image: None,
+        }
+    }
+
+    /// [`validate`](Self::validate) for a bundle whose transformer takes images as `kind`:
+    /// an image-to-video bundle needs the image (and latent_concat, which drops the first four
+    /// decoded frames, at least 5 frames); a text-to-video bundle takes none.
+    pub fn validate_for(&self, kind: ImageCondition) -> Result<VideoSize, InvalidSetting> {
+        let size = self.validate()?;
+        match (kind.is_image_to_video(), &self.image) {
+            (true, None) => Err(InvalidSetting::new(
+                Setting::Image,
+                format!(
+                    "this bundle is image-to-video (image_condition_type {kind}): give the \
+                     input image"
+                ),
+            )),
+            (false, Some(_)) => Err(InvalidSetting::new(
+                Setting::Image,
+                "this bundle is text-to-video: it takes no input image (export an \
+                 image-to-video checkpoint such as HunyuanVideo-I2V)",
+            )),
+            _ if kind == ImageCondition::LatentConcat && size.frames < 5 => {
+                Err(InvalidSetting::new(
+                    Setting::Frames,
+                    format!(
+                        "{} frames: an image_condition_type latent_concat video drops its first \
+                         four frames; give at least 5",
+                        size.frames
+                    ),
+                ))
+            }
+            _ => Ok(size),
         }
     }
 
@@ -229,9 +293,10 @@ impl GenerateRequest {
 /// What one generation made.
 #[derive(Debug, Clone)]
 pub struct Generated {
-    /// Final latents `[1, C, t, h, w]`, before the VAE scaling.
+    /// Final latents `[1, C, t, h, w]`, before the VAE scaling (image-to-video: what the
+    /// reference returns, latent_concat without its first frame).
     pub latents: Tensor5,
-    /// Decoded video `[1, 3, F, H, W]` in [-1, 1].
+    /// Decoded video `[1, 3, F, H, W]` in [-1, 1] (latent_concat: from the fifth frame).
     pub video: Tensor5,
     /// The seed the noise came from (`None` with initial latents).
     pub seed: Option<u64>,
@@ -284,6 +349,10 @@ pub enum GenerationError {
     Denoise(#[from] DenoiseError),
     #[error(transparent)]
     Vae(#[from] VaeError),
+    #[error(transparent)]
+    VaeEncode(#[from] VaeEncodeError),
+    #[error(transparent)]
+    ImageToVideo(#[from] I2vError),
 }
 
 impl GenerationError {
@@ -347,8 +416,29 @@ pub struct Pipeline {
     text: Option<TextEncoders>,
     transformer: Option<Denoiser>,
     vae: Option<VaeDecoder>,
+    /// Image-to-video: the VAE encoder of [`Stage::ImageEncode`].
+    vae_encoder: Option<VaeEncoder>,
+    /// How the bundle's transformer takes an image (text-to-video: none).
+    image_condition: ImageCondition,
     /// What the step cache of the last denoising loop computed.
     last_step_cache: Option<StepCacheRecord>,
+}
+
+/// The image condition type of `bundle`'s transformer (`transformer/config.json`); a bundle
+/// without a readable config is text-to-video.
+pub fn bundle_image_condition(bundle: &Path) -> Result<ImageCondition, GenerationError> {
+    let path = bundle.join(Component::Transformer.spec().config_file());
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(ImageCondition::None);
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let value = v.get("image_condition_type").and_then(|x| x.as_str());
+    ImageCondition::from_config(value).map_err(|reason| {
+        GenerationError::Pipeline(PipelineError::Image(format!(
+            "{}: {reason}",
+            path.display()
+        )))
+    })
 }
 
 /// The transformer with a cancellation check before every call.
@@ -416,6 +506,11 @@ impl Pipeline {
             true => Some(VaeDecoder::load_with(&files, &configs.vae)?),
             false => None,
         };
+        let image_condition = bundle_image_condition(bundle)?;
+        let vae_encoder = match wants(Stage::ImageEncode) && image_condition.is_image_to_video() {
+            true => Some(VaeEncoder::load_with(&files, &configs.vae)?),
+            false => None,
+        };
         Ok(Pipeline {
             bundle: bundle.to_path_buf(),
             manifest,
@@ -426,8 +521,24 @@ impl Pipeline {
             text,
             transformer,
             vae,
+            vae_encoder,
+            image_condition,
             last_step_cache: None,
         })
+    }
+
+    /// How the bundle's transformer takes an image ([`ImageCondition::None`]: text-to-video).
+    pub fn image_condition(&self) -> ImageCondition {
+        self.image_condition
+    }
+
+    /// The stages a generation of this bundle runs (no [`Stage::ImageEncode`] for
+    /// text-to-video).
+    pub fn generation_stages(&self) -> Vec<Stage> {
+        Stage::ALL
+            .into_iter()
+            .filter(|s| *s != Stage::ImageEncode || self.image_condition.is_image_to_video())
+            .collect()
     }
 
     /// Where ONNX Runtime placed each resident component's nodes: the providers that actually
@@ -445,6 +556,9 @@ impl Pipeline {
         if let Some(v) = &self.vae {
             out.push((Component::VaeDecoder, v.placement().clone()));
         }
+        if let Some(v) = &self.vae_encoder {
+            out.push((Component::VaeEncoder, v.placement().clone()));
+        }
         out
     }
 
@@ -452,6 +566,7 @@ impl Pipeline {
     pub fn resident_stages(&self) -> Vec<Stage> {
         [
             (Stage::TextEncoders, self.text.is_some()),
+            (Stage::ImageEncode, self.vae_encoder.is_some()),
             (Stage::Denoise, self.transformer.is_some()),
             (Stage::Decode, self.vae.is_some()),
         ]
@@ -532,6 +647,33 @@ impl Pipeline {
         prompt: &str,
         negative: Option<&str>,
     ) -> Result<Prompts, GenerationError> {
+        self.encode_prompts(prompt, negative, None)
+    }
+
+    /// Encode an image-to-video prompt with `image` (and the negative prompt, as diffusers does,
+    /// with a black image of the video's size and interleave 2). The image rows are taken
+    /// every 4th (token_replace) or 2nd (latent_concat), diffusers' defaults.
+    pub fn encode_with_image(
+        &mut self,
+        prompt: &str,
+        negative: Option<&str>,
+        image: &RgbImage,
+        size: VideoSize,
+    ) -> Result<Prompts, GenerationError> {
+        self.encode_prompts(prompt, negative, Some((image, size)))
+    }
+
+    fn encode_prompts(
+        &mut self,
+        prompt: &str,
+        negative: Option<&str>,
+        image: Option<(&RgbImage, VideoSize)>,
+    ) -> Result<Prompts, GenerationError> {
+        let interleave = match self.image_condition {
+            ImageCondition::TokenReplace => ImageEmbedInterleave(4),
+            ImageCondition::LatentConcat => ImageEmbedInterleave(2),
+            ImageCondition::None => ImageEmbedInterleave(1),
+        };
         if self.text.is_none() && self.stages.contains(&Stage::TextEncoders) {
             let files = ModelFiles {
                 bundle: &self.bundle,
@@ -541,10 +683,19 @@ impl Pipeline {
             self.text = Some(TextEncoders::load_with(&files, &self.text_config)?);
         }
         let text = loaded(Stage::TextEncoders, self.text.as_mut())?;
-        let p = text.encode(&[prompt], || {})?;
-        let n = match negative {
-            Some(n) => Some(text.encode(&[n], || {})?),
-            None => None,
+        let (p, n) = match image {
+            None => (
+                text.encode(&[prompt], || {})?,
+                negative.map(|n| text.encode(&[n], || {})).transpose()?,
+            ),
+            Some((img, size)) => {
+                let p = text.encode_with_image(&[prompt], img, interleave, || {})?;
+                let black = RgbImage::black(size.width, size.height);
+                let n = negative
+                    .map(|n| text.encode_with_image(&[n], &black, ImageEmbedInterleave(2), || {}))
+                    .transpose()?;
+                (p, n)
+            }
         };
         if self.residency == TextEncoderResidency::ReleasedAfterUse {
             self.text = None;
@@ -560,6 +711,28 @@ impl Pipeline {
         })
     }
 
+    /// The image latent of `image` for a `size` video: resized and normalised as diffusers'
+    /// `VideoProcessor.preprocess`, through the VAE encoder, the mode times the scaling factor;
+    /// with the noise `latent_shape`, the loop's [`ImageConditioning`].
+    pub fn encode_image(
+        &mut self,
+        image: &RgbImage,
+        size: VideoSize,
+        latent_shape: [usize; 5],
+    ) -> Result<ImageConditioning, GenerationError> {
+        let scale = self.vae_settings()?.scaling_factor as f32;
+        let kind = self.image_condition;
+        let encoder = loaded(Stage::ImageEncode, self.vae_encoder.as_mut())?;
+        let pixels = vae_pixels(image, size.height, size.width);
+        let sample = Tensor5::from_vec([1, 3, 1, size.height, size.width], pixels)
+            .map_err(|e| PipelineError::Image(e.to_string()))?;
+        let mut latent = encoder.encode(&sample)?;
+        for x in latent.data_mut() {
+            *x *= scale;
+        }
+        Ok(ImageConditioning::new(kind, latent, latent_shape)?)
+    }
+
     /// The denoising loop from `init` with `sampling`, one [`Progress::Step`] per step;
     /// `cancel` stops it between steps.
     pub fn denoise(
@@ -568,6 +741,24 @@ impl Pipeline {
         init: Tensor5,
         prompt: &TextConditioning,
         negative: Option<&TextConditioning>,
+        on_progress: &mut dyn FnMut(Progress),
+        cancel: &CancelFlag,
+    ) -> Result<Tensor5, GenerationError> {
+        self.denoise_from_image(sampling, init, prompt, negative, None, on_progress, cancel)
+    }
+
+    /// [`denoise`](Self::denoise) of an image-to-video bundle: `image` feeds and fixes the
+    /// latents as its condition type says; `init` are the mixed initial latents
+    /// ([`ImageConditioning::initial_latents`]). Returns all latent frames (see
+    /// [`ImageConditioning::output_latents`] for what the reference returns).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_from_image(
+        &mut self,
+        sampling: &Sampling,
+        init: Tensor5,
+        prompt: &TextConditioning,
+        negative: Option<&TextConditioning>,
+        image: Option<&ImageConditioning>,
         on_progress: &mut dyn FnMut(Progress),
         cancel: &CancelFlag,
     ) -> Result<Tensor5, GenerationError> {
@@ -597,6 +788,9 @@ impl Pipeline {
             // TensorRT engines are built for a shape range: refuse a size outside it up front
             // (CPU and CUDA sessions take any shape).
             let mut s = init.shape();
+            if let Some(c) = image {
+                s[1] = c.model_input(&init).shape()[1];
+            }
             let component = match model.form() {
                 TransformerForm::Single => {
                     s[0] *= if sampling.true_cfg() { 2 } else { 1 };
@@ -608,12 +802,13 @@ impl Pipeline {
             e.check_shape(component, crate::transformer::HIDDEN_STATES, &s)?;
         }
         let mut cancellable = Cancellable { model, cancel };
-        let latents = denoise(
+        let latents = denoise_from_image(
             &mut cancellable,
             init,
             prompt,
             negative,
             &settings,
+            image,
             |r, _| {
                 on_progress(Progress::Step {
                     step: r.step,
@@ -671,8 +866,12 @@ impl Pipeline {
         on_progress: &mut dyn FnMut(Progress),
         cancel: &CancelFlag,
     ) -> Result<Generated, GenerationError> {
-        let size = request.validate()?;
-        if let Some(&stage) = Stage::ALL.iter().find(|s| !self.stages.contains(s)) {
+        let size = request.validate_for(self.image_condition)?;
+        if let Some(stage) = self
+            .generation_stages()
+            .into_iter()
+            .find(|s| !self.stages.contains(s))
+        {
             return Err(GenerationError::NotLoaded { stage });
         }
         let init = self.initial_latents(size, request.seed, request.initial_latents.clone())?;
@@ -684,16 +883,31 @@ impl Pipeline {
             .negative_prompt
             .as_deref()
             .filter(|_| request.sampling.true_cfg());
-        let prompts = self.encode(&request.prompt, negative)?;
+        let prompts = match &request.image {
+            Some(image) => self.encode_with_image(&request.prompt, negative, image, size)?,
+            None => self.encode(&request.prompt, negative)?,
+        };
         timings.push((Stage::TextEncoders, t.elapsed()));
+
+        let (init, image) = match &request.image {
+            Some(image) => {
+                on_progress(Progress::Stage(Stage::ImageEncode));
+                let t = Instant::now();
+                let c = self.encode_image(image, size, init.shape())?;
+                timings.push((Stage::ImageEncode, t.elapsed()));
+                (c.initial_latents(init), Some(c))
+            }
+            None => (init, None),
+        };
 
         on_progress(Progress::Stage(Stage::Denoise));
         let t = Instant::now();
-        let latents = self.denoise(
+        let latents = self.denoise_from_image(
             &request.sampling,
             init,
             &prompts.prompt,
             prompts.negative.as_ref(),
+            image.as_ref(),
             on_progress,
             cancel,
         )?;
@@ -703,9 +917,20 @@ impl Pipeline {
         let t = Instant::now();
         let decoded = self.decode(&latents, &request.tiling, on_progress, cancel)?;
         timings.push((Stage::Decode, t.elapsed()));
+        // What the reference returns: latent_concat drops the conditioning frame (its latent
+        // and the first four decoded frames).
+        let (latents, video) = match &image {
+            Some(c) => {
+                let [_, _, f, h, w] = decoded.video.shape();
+                let drop = c.dropped_video_frames().min(f);
+                let video = decoded.video.slice(drop..f, 0..h, 0..w);
+                (c.output_latents(latents), video)
+            }
+            None => (latents, decoded.video),
+        };
         Ok(Generated {
             latents,
-            video: decoded.video,
+            video,
             seed: request.initial_latents.is_none().then_some(request.seed),
             truncated: prompts.truncated,
             decoder_calls: decoded.decoder_calls,

@@ -26,5 +26,6 @@ pub mod tensor;
 pub mod text;
 pub mod transformer;
 pub mod vae;
+pub mod vae_encode;
 pub mod vae_tiling;
 pub mod video;

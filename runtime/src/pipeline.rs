@@ -4,15 +4,25 @@
 //!
 //! The building blocks [`crate::generation::Pipeline`] composes: the text encoders stage
 //! ([`TextEncoders`]), video sizes and their latent shapes, the initial latents.
+//!
+//! An image-to-video bundle (HunyuanVideo-I2V, whose `text_encoder` is LLaVA) encodes the
+//! prompt with the image, as `HunyuanVideoImageToVideoPipeline._get_llama_prompt_embeds`: the
+//! `vision_encoder` graph gives the image embeddings of the `CLIPImageProcessor`'s pixels
+//! (`image_processor/`), the I2V template is tokenized and expanded around its `<image>`
+//! token, the language model takes both, and [`crate::image_prompt::crop`] makes the rows.
 
-use hyvideo_bundle::components::{clip, llama};
+use hyvideo_bundle::components::{clip, llama, vision_encoder};
 use hyvideo_bundle::{Component, ManifestError};
 use hyvideo_engines::{BackendKind, Engine, EngineError, Input, SessionConfig};
 
 use crate::engine_set::{ModelFileError, ModelFiles};
+use crate::image::{ClipConfigError, ClipImageConfig, RgbImage, clip_pixels};
+use crate::image_prompt::{
+    I2V_CROP_START, I2V_PROMPT_TEMPLATE, ImageEmbedInterleave, ImageTokenIds, PromptRows,
+};
 use crate::setting::{InvalidSetting, Setting};
 use crate::tensor::Tensor5;
-use crate::text::{ClipPrompts, LlamaPrompts, TextError, Tokens};
+use crate::text::{ClipPrompts, LlamaPrompts, MAX_SEQUENCE_LENGTH, TextError, Tokens};
 use crate::transformer::{TextConditioning, TransformerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +39,16 @@ pub enum PipelineError {
     Transformer(#[from] TransformerError),
     #[error(transparent)]
     Invalid(#[from] InvalidSetting),
+    #[error(transparent)]
+    ImageProcessor(#[from] ClipConfigError),
+    #[error("{}: {reason}", .path.display())]
+    TextEncoderConfig {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// An image-to-video bundle's prompt needs the image (and a text-to-video one takes none).
+    #[error("{0}")]
+    Image(String),
     #[error("{component} returned shape {found:?}; expected {expected}")]
     OutputShape {
         component: &'static str,
@@ -113,19 +133,51 @@ impl From<SizeError> for InvalidSetting {
     }
 }
 
-/// Llama hidden states past the template: `[B, 256, D]` values and the `[B, 256]` mask.
-struct Cropped {
-    shape: [usize; 3],
-    embeds: Vec<f32>,
-    mask: Vec<i64>,
-}
-
 /// Both text encoders and their tokenizers from a bundle.
 pub struct TextEncoders {
     llama: Engine,
     clip: Engine,
     llama_tokens: LlamaPrompts,
     clip_tokens: ClipPrompts,
+    /// LLaVA's image side, in an image-to-video bundle.
+    image: Option<ImageSide>,
+}
+
+/// LLaVA's image side: the vision graph, the pixels its processor makes, the token ids of the
+/// expansion and crop.
+struct ImageSide {
+    vision: Engine,
+    processor: ClipImageConfig,
+    ids: ImageTokenIds,
+}
+
+/// The `image_processor/` folder of an image-to-video bundle (diffusers' component name).
+pub const IMAGE_PROCESSOR_FOLDER: &str = "image_processor";
+/// Its config file.
+pub const IMAGE_PROCESSOR_CONFIG: &str = "preprocessor_config.json";
+
+/// `image_token_index` and `pad_token_id` of a LLaVA `text_encoder/config.json` (the pad id
+/// also from its `text_config`).
+fn llava_token_ids(path: &std::path::Path) -> Result<(i64, i64), PipelineError> {
+    let err = |reason: String| PipelineError::TextEncoderConfig {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let image = v
+        .get("image_token_index")
+        .and_then(|x| x.as_i64())
+        .ok_or_else(|| err("no `image_token_index` (is it a LLaVA config?)".into()))?;
+    let pad = v
+        .get("pad_token_id")
+        .and_then(|x| x.as_i64())
+        .or_else(|| {
+            v.pointer("/text_config/pad_token_id")
+                .and_then(|x| x.as_i64())
+        })
+        .ok_or_else(|| err("no `pad_token_id`".into()))?;
+    Ok((image, pad))
 }
 
 /// Encoded prompts plus which prompts were cut to fit each tokenizer.
@@ -145,13 +197,50 @@ impl TextEncoders {
         let backend = config.backend.kind();
         let llama = files.path(Component::TextEncoder, backend)?;
         let clip = files.path(Component::TextEncoder2, backend)?;
-        let llama_tokens = LlamaPrompts::load(&files.bundle.join("tokenizer"))?;
+        let tokenizer = files.bundle.join("tokenizer");
         let clip_tokens = ClipPrompts::load(&files.bundle.join("tokenizer_2"))?;
+        let image_to_video = files
+            .manifest
+            .components
+            .contains_key(&Component::VisionEncoder);
+        let (llama_tokens, image) = if image_to_video {
+            let llama_tokens = LlamaPrompts::with_crop_start(
+                &tokenizer,
+                I2V_PROMPT_TEMPLATE,
+                I2V_CROP_START,
+                MAX_SEQUENCE_LENGTH,
+            )?;
+            let config_file = files
+                .bundle
+                .join(Component::TextEncoder.spec().config_file());
+            let (image, pad) = llava_token_ids(&config_file)?;
+            let ids = ImageTokenIds {
+                image,
+                pad,
+                end_header: llama_tokens.token_id("<|end_header_id|>")?,
+            };
+            let processor = ClipImageConfig::from_file(
+                &files
+                    .bundle
+                    .join(IMAGE_PROCESSOR_FOLDER)
+                    .join(IMAGE_PROCESSOR_CONFIG),
+            )?;
+            let vision = files.path(Component::VisionEncoder, backend)?;
+            let side = ImageSide {
+                vision: crate::graph_load::load_engine(&vision, config)?,
+                processor,
+                ids,
+            };
+            (llama_tokens, Some(side))
+        } else {
+            (LlamaPrompts::load(&tokenizer)?, None)
+        };
         Ok(TextEncoders {
             llama: crate::graph_load::load_engine(&llama, config)?,
             clip: crate::graph_load::load_engine(&clip, config)?,
             llama_tokens,
             clip_tokens,
+            image,
         })
     }
 
@@ -164,21 +253,62 @@ impl TextEncoders {
         [self.llama.placement(), self.clip.placement()]
     }
 
+    /// Whether these are an image-to-video bundle's encoders (the prompt needs an image).
+    pub fn takes_image(&self) -> bool {
+        self.image.is_some()
+    }
+
     /// `prompt_embeds` [B, 256, D] with its mask, and `pooled_prompt_embeds` [B, P]
     /// (diffusers `encode_prompt`).
     /// `on_encoder` is called after each of the two encoders ran.
     pub fn encode(
         &mut self,
         prompts: &[&str],
+        on_encoder: impl FnMut(),
+    ) -> Result<EncodedPrompts, PipelineError> {
+        if self.image.is_some() {
+            return Err(PipelineError::Image(
+                "this bundle's text encoder is LLaVA (image-to-video): the prompt is encoded \
+                 with an image"
+                    .into(),
+            ));
+        }
+        self.encode_rows(prompts, None, on_encoder)
+    }
+
+    /// An image-to-video prompt: each of `prompts` with `image` (diffusers
+    /// `HunyuanVideoImageToVideoPipeline.encode_prompt(image=…, image_embed_interleave=…)`).
+    pub fn encode_with_image(
+        &mut self,
+        prompts: &[&str],
+        image: &RgbImage,
+        interleave: ImageEmbedInterleave,
+        on_encoder: impl FnMut(),
+    ) -> Result<EncodedPrompts, PipelineError> {
+        if self.image.is_none() {
+            return Err(PipelineError::Image(
+                "this bundle is text-to-video: its text encoder takes no image".into(),
+            ));
+        }
+        self.encode_rows(prompts, Some((image, interleave)), on_encoder)
+    }
+
+    fn encode_rows(
+        &mut self,
+        prompts: &[&str],
+        image: Option<(&RgbImage, ImageEmbedInterleave)>,
         mut on_encoder: impl FnMut(),
     ) -> Result<EncodedPrompts, PipelineError> {
         let lt = self.llama_tokens.encode(prompts)?;
         let ct = self.clip_tokens.encode(prompts)?;
-        let Cropped {
+        let PromptRows {
             shape: embeds_shape,
             embeds,
             mask,
-        } = self.llama_hidden(&lt)?;
+        } = match image {
+            Some((img, interleave)) => self.llava_hidden(&lt, img, interleave)?,
+            None => self.llama_hidden(&lt)?,
+        };
         on_encoder();
         let pooled = self.clip_pooled(&ct)?;
         on_encoder();
@@ -195,37 +325,97 @@ impl TextEncoders {
         })
     }
 
-    /// The Llama hidden states cropped past the template: shape, values, cropped mask.
-    fn llama_hidden(&mut self, t: &Tokens) -> Result<Cropped, PipelineError> {
+    /// The Llama hidden states `[B, L, D]` of `t` (with LLaVA's `image_embeds`): values and D.
+    fn llama_run(
+        &mut self,
+        t: &Tokens,
+        image_embeds: Option<(&[usize], &[f32])>,
+    ) -> Result<(Vec<f32>, usize), PipelineError> {
         let shape = [t.batch, t.len];
-        let out = self.llama.run_one(
-            &[
-                (
-                    llama::INPUT_IDS,
-                    Input::I64 {
-                        shape: &shape,
-                        data: &t.input_ids,
-                    },
-                ),
-                (
-                    llama::ATTENTION_MASK,
-                    Input::I64 {
-                        shape: &shape,
-                        data: &t.attention_mask,
-                    },
-                ),
-            ],
-            llama::OUTPUT,
+        let mut inputs = vec![
+            (
+                llama::INPUT_IDS,
+                Input::I64 {
+                    shape: &shape,
+                    data: &t.input_ids,
+                },
+            ),
+            (
+                llama::ATTENTION_MASK,
+                Input::I64 {
+                    shape: &shape,
+                    data: &t.attention_mask,
+                },
+            ),
+        ];
+        if let Some((shape, data)) = image_embeds {
+            inputs.push((llama::IMAGE_EMBEDS, Input::F32 { shape, data }));
+        }
+        let out = self.llama.run_one(&inputs, llama::OUTPUT)?;
+        match out.shape.as_slice() {
+            [b, l, d] if *b == t.batch && *l == t.len => Ok((out.data, *d)),
+            _ => Err(PipelineError::OutputShape {
+                component: "text_encoder",
+                found: out.shape,
+                expected: format!("[{}, {}, hidden]", t.batch, t.len),
+            }),
+        }
+    }
+
+    /// LLaVA: the image embeddings of `image` (one per prompt row), the expanded tokens through
+    /// the language model, the image and text rows of the I2V crop.
+    fn llava_hidden(
+        &mut self,
+        t: &Tokens,
+        image: &RgbImage,
+        interleave: ImageEmbedInterleave,
+    ) -> Result<PromptRows, PipelineError> {
+        let side = self
+            .image
+            .as_mut()
+            .ok_or_else(|| PipelineError::Image("no image side".into()))?;
+        let (pixels, [c, h, w]) = clip_pixels(image, &side.processor);
+        let px_shape = [1, c, h, w];
+        let out = side.vision.run_one(
+            &[(
+                vision_encoder::INPUT,
+                Input::F32 {
+                    shape: &px_shape,
+                    data: &pixels,
+                },
+            )],
+            vision_encoder::OUTPUT,
         )?;
-        let d = match out.shape.as_slice() {
-            [b, l, d] if *b == t.batch && *l == t.len => *d,
+        let ids = side.ids;
+        let (n, d) = match out.shape.as_slice() {
+            [1, n, d] => (*n, *d),
             _ => {
                 return Err(PipelineError::OutputShape {
-                    component: "text_encoder",
+                    component: "vision_encoder",
                     found: out.shape,
-                    expected: format!("[{}, {}, hidden]", t.batch, t.len),
+                    expected: "[1, image tokens, hidden]".into(),
                 });
             }
+        };
+        let embeds: Vec<f32> = out.data.repeat(t.batch);
+        let expanded = crate::image_prompt::expand(t, ids)?;
+        let (hidden, hd) = self.llama_run(&expanded, Some((&[t.batch, n, d], &embeds)))?;
+        Ok(crate::image_prompt::crop(
+            &hidden,
+            hd,
+            t,
+            expanded.len,
+            ids,
+            interleave,
+        )?)
+    }
+
+    /// The Llama hidden states cropped past the template: shape, values, cropped mask.
+    fn llama_hidden(&mut self, t: &Tokens) -> Result<PromptRows, PipelineError> {
+        let (data, d) = self.llama_run(t, None)?;
+        let out = hyvideo_engines::Tensor {
+            shape: vec![t.batch, t.len, d],
+            data,
         };
         let crop = self.llama_tokens.crop_start();
         let keep = t.len - crop;
@@ -237,7 +427,7 @@ impl TextEncoders {
             let m = row * t.len + crop;
             mask.extend_from_slice(&t.attention_mask[m..m + keep]);
         }
-        Ok(Cropped {
+        Ok(PromptRows {
             shape: [t.batch, keep, d],
             embeds,
             mask,

@@ -27,6 +27,8 @@ pub enum Setting {
     StepCacheThreshold,
     StepCacheStart,
     StepCacheEnd,
+    /// The input image of an image-to-video bundle.
+    Image,
 }
 
 impl std::fmt::Display for Setting {
@@ -51,6 +53,7 @@ impl std::fmt::Display for Setting {
             Setting::StepCacheThreshold => "step cache threshold",
             Setting::StepCacheStart => "step cache start",
             Setting::StepCacheEnd => "step cache end",
+            Setting::Image => "input image",
         })
     }
 }

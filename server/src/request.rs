@@ -138,6 +138,7 @@ pub fn setting_field(setting: Setting) -> &'static str {
         Setting::StepCacheThreshold => "step_cache_threshold",
         Setting::StepCacheStart => "step_cache_start",
         Setting::StepCacheEnd => "step_cache_end",
+        Setting::Image => "input_reference",
     }
 }
 

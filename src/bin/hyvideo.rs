@@ -113,6 +113,10 @@ struct GenerateArgs {
     /// Negative prompt, used with --cfg-scale > 1 (true classifier-free guidance).
     #[arg(long)]
     neg_prompt: Option<String>,
+    /// The input image (PNG or JPEG) of an image-to-video bundle (HunyuanVideo-I2V or
+    /// -I2V-33ch): required there, refused for text-to-video. Resized to --video-size.
+    #[arg(long)]
+    image: Option<PathBuf>,
     /// Video height and width in pixels (multiples of 16).
     #[arg(long, num_args = 2, value_names = ["HEIGHT", "WIDTH"], default_values_t = [720, 1280])]
     video_size: Vec<usize>,
@@ -424,7 +428,15 @@ fn read_text(file: &TensorFile, prefix: &str) -> Result<TextConditioning> {
 
 fn denoise_cmd(args: DenoiseArgs) -> Result<()> {
     check_output_dir("--output-latents", &args.output_latents)?;
-    let sampling = args.sampling.sampling();
+    let kind = hyvideo::generation::bundle_image_condition(&args.bundle).map_err(flagged)?;
+    if kind.is_image_to_video() {
+        anyhow::bail!(
+            "--bundle {} is image-to-video (image_condition_type {kind}): `hyvideo denoise` runs \
+             text-to-video bundles; use `hyvideo generate --image`",
+            args.bundle.display()
+        );
+    }
+    let sampling = args.sampling.sampling(kind);
     sampling
         .validate()
         .map_err(|e| anyhow::anyhow!(flagged_message(&e)))?;
@@ -551,6 +563,9 @@ struct RunRecord<'a> {
     latents: Option<String>,
     infer_steps: usize,
     embedded_cfg_scale: f32,
+    /// The input image of an image-to-video run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
     flow_shift: f32,
     flow_direction: hyvideo::scheduler::FlowDirection,
     cfg_scale: f32,
@@ -588,20 +603,26 @@ fn generate(args: GenerateArgs) -> Result<()> {
         }
         None => None,
     };
+    let kind = hyvideo::generation::bundle_image_condition(&args.bundle).map_err(flagged)?;
+    let image = match &args.image {
+        Some(p) => Some(hyvideo::image::load_image(p).with_context(|| "--image")?),
+        None => None,
+    };
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.neg_prompt.clone(),
         height,
         width,
         frames: args.video_length,
-        sampling: args.sampling.sampling(),
+        sampling: args.sampling.sampling(kind),
         seed,
         initial_latents,
         tiling: args.tiling.config(),
+        image,
     };
     // Everything checked before anything loads or runs.
     request
-        .validate()
+        .validate_for(kind)
         .map_err(|e| anyhow::anyhow!(flagged_message(&e)))?;
     VideoFormat::from_path(&args.save_path)?;
     check_output_dir("--save-path", &args.save_path)?;
@@ -636,6 +657,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     for (stage, d) in &generated.timings {
         let name = match stage {
             Stage::TextEncoders => "text encoders".to_string(),
+            Stage::ImageEncode => "image encode".to_string(),
             Stage::Denoise => format!("denoise ({:>3} s)", request.sampling.steps),
             Stage::Decode => format!("decode ({:>3} t)", generated.decoder_calls),
         };
@@ -663,7 +685,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         seed: generated.seed,
         latents: args.latents.as_ref().map(|p| p.display().to_string()),
         infer_steps: request.sampling.steps,
-        embedded_cfg_scale: args.sampling.embedded_cfg_scale,
+        embedded_cfg_scale: request.sampling.embedded_guidance,
+        image: args.image.as_ref().map(|p| p.display().to_string()),
         flow_shift: request.sampling.flow_shift,
         flow_direction: request.sampling.direction,
         cfg_scale: args.sampling.cfg_scale,
