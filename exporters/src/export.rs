@@ -141,7 +141,8 @@ const READ_DTYPE: DType = DType::F32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentScan {
     /// Those whose sub-folder exists (the transformer also when `--transformer FILE` is given),
-    /// in [`Component::ALL`] order.
+    /// in [`Component::ALL`] order; for an image-to-video folder then the VAE encoder and
+    /// LLaVA's vision graph.
     pub present: Vec<Component>,
     /// The others, with the sub-folder each lacks.
     pub missing: Vec<(Component, PathBuf)>,
@@ -167,7 +168,35 @@ pub fn scan_components(model: &Path, transformer: &TransformerSource) -> Result<
             scan.missing.push((c, dir));
         }
     }
+    // An image-to-video folder (HunyuanVideo-I2V) also needs the image side: the VAE encoder,
+    // and LLaVA's vision graph when its text encoder is LLaVA.
+    if image_to_video_folder(model) {
+        scan.present.push(Component::VaeEncoder);
+        let te = model.join(Component::TextEncoder.spec().config_file());
+        if std::fs::read_to_string(te).is_ok_and(|t| LlavaConfig::is_llava_json(&t)) {
+            scan.present.push(Component::VisionEncoder);
+        }
+    }
     Ok(scan)
+}
+
+/// Whether `model` is an image-to-video folder: its transformer config sets
+/// `image_condition_type`, or `model_index.json` names diffusers' image-to-video pipeline.
+pub fn image_to_video_folder(model: &Path) -> bool {
+    let json = |p: PathBuf| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let condition = json(model.join(Component::Transformer.spec().config_file()))
+        .and_then(|v| v.get("image_condition_type").cloned())
+        .is_some_and(|v| !v.is_null());
+    let pipeline = json(model.join("model_index.json"))
+        .and_then(|v| {
+            v.get("_class_name")
+                .and_then(|c| c.as_str())
+                .map(str::to_owned)
+        })
+        .is_some_and(|c| c == "HunyuanVideoImageToVideoPipeline");
+    condition || pipeline
 }
 
 /// The sub-folder of the model directory a component's weights live in.

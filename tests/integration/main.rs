@@ -11,6 +11,7 @@ mod engines;
 mod generate;
 mod graphs;
 mod http_client;
+mod i2v_pipeline;
 mod i2v_text_encoder;
 mod i2v_transformer;
 mod pipeline;
