@@ -31,6 +31,7 @@ use hyvideo::engine_set::{
     FORMAT_VERSION, bundle_manifest_sha, check_context_model, engine_dir_name, io,
 };
 use hyvideo::graph_load;
+use hyvideo::image_prompt::{self, ImageEmbedInterleave};
 use hyvideo::text::{LlamaPrompts, MAX_SEQUENCE_LENGTH, TextError};
 use hyvideo::vae_tiling;
 use hyvideo_bundle::profile::{ProfileContext, ProfileError, Range3, ShapePreset, input_ranges};
@@ -73,22 +74,50 @@ pub const TEXT_OPT_TOKENS: usize = 128;
 pub fn profile_context(bundle: &Path, manifest: &Manifest) -> Result<ProfileContext, BuildError> {
     let (sr, tr) = ProfileContext::ratios(manifest);
     let mut encoder_tokens = Vec::new();
+    // An image-to-video bundle (LLaVA): the I2V template, expanded around its image, and the
+    // transformer's prompt rows include the image rows (the negative prompt's at interleave 2).
+    let image_to_video = manifest.components.contains_key(&Component::VisionEncoder);
     if manifest.components.contains_key(&Component::TextEncoder) {
-        let dir = Component::TextEncoder
-            .spec()
-            .tokenizer
-            .unwrap_or("tokenizer");
-        let len = LlamaPrompts::load(&bundle.join(dir))?.encoder_len();
+        let dir = bundle.join(
+            Component::TextEncoder
+                .spec()
+                .tokenizer
+                .unwrap_or("tokenizer"),
+        );
+        let len = match image_to_video {
+            true => image_prompt::expanded_len(
+                LlamaPrompts::with_crop_start(
+                    &dir,
+                    image_prompt::I2V_PROMPT_TEMPLATE,
+                    image_prompt::I2V_CROP_START,
+                    MAX_SEQUENCE_LENGTH,
+                )?
+                .encoder_len(),
+            ),
+            false => LlamaPrompts::load(&dir)?.encoder_len(),
+        };
         encoder_tokens.push((Component::TextEncoder, len));
     }
-    Ok(ProfileContext {
-        spatial_ratio: sr,
-        temporal_ratio: tr,
-        prompt_tokens: Range3([
+    let prompt_tokens = match image_to_video {
+        true => {
+            let kind = hyvideo::generation::bundle_image_condition(bundle).unwrap_or_default();
+            let rows = |i| image_prompt::max_rows(i, TEXT_OPT_TOKENS.min(MAX_SEQUENCE_LENGTH) + 4);
+            Range3([
+                1,
+                rows(ImageEmbedInterleave::default_for(kind)),
+                image_prompt::max_rows(ImageEmbedInterleave::NEGATIVE, MAX_SEQUENCE_LENGTH),
+            ])
+        }
+        false => Range3([
             1,
             TEXT_OPT_TOKENS.min(MAX_SEQUENCE_LENGTH),
             MAX_SEQUENCE_LENGTH,
         ]),
+    };
+    Ok(ProfileContext {
+        spatial_ratio: sr,
+        temporal_ratio: tr,
+        prompt_tokens,
         tile_frames: vae_tiling::DEFAULT_TILE_FRAMES / tr + 1,
         tile_size: vae_tiling::DEFAULT_TILE_SIZE / sr,
         encoder_tokens,

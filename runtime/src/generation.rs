@@ -669,11 +669,7 @@ impl Pipeline {
         negative: Option<&str>,
         image: Option<(&RgbImage, VideoSize)>,
     ) -> Result<Prompts, GenerationError> {
-        let interleave = match self.image_condition {
-            ImageCondition::TokenReplace => ImageEmbedInterleave(4),
-            ImageCondition::LatentConcat => ImageEmbedInterleave(2),
-            ImageCondition::None => ImageEmbedInterleave(1),
-        };
+        let interleave = ImageEmbedInterleave::default_for(self.image_condition);
         if self.text.is_none() && self.stages.contains(&Stage::TextEncoders) {
             let files = ModelFiles {
                 bundle: &self.bundle,

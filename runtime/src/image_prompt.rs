@@ -12,6 +12,8 @@
 //! `interleave`-th (when 0 < interleave < 6). With the default 256 prompt tokens the result has
 //! 252 text rows and 576 / interleave image rows.
 
+use hyvideo_bundle::ImageCondition;
+
 use crate::text::{TextError, Tokens};
 
 /// diffusers' I2V `DEFAULT_PROMPT_TEMPLATE["template"]`.
@@ -46,10 +48,35 @@ pub struct ImageTokenIds {
 pub struct ImageEmbedInterleave(pub usize);
 
 impl ImageEmbedInterleave {
+    /// diffusers' default for a transformer taking images as `kind`: 4 for token_replace, 2
+    /// for latent_concat (the negative prompt always uses 2), 1 otherwise.
+    pub fn default_for(kind: ImageCondition) -> Self {
+        match kind {
+            ImageCondition::TokenReplace => ImageEmbedInterleave(4),
+            ImageCondition::LatentConcat => ImageEmbedInterleave(2),
+            ImageCondition::None => ImageEmbedInterleave(1),
+        }
+    }
+
+    /// The negative prompt's (diffusers calls `encode_prompt` for it without an interleave).
+    pub const NEGATIVE: ImageEmbedInterleave = ImageEmbedInterleave(2);
+
     /// The step the image rows are taken with.
     fn step(self) -> usize {
         if (1..6).contains(&self.0) { self.0 } else { 1 }
     }
+}
+
+/// The text encoder's input length for `tokenized` prompt tokens: the `<image>` token becomes
+/// [`IMAGE_EMB_LEN`] positions.
+pub fn expanded_len(tokenized: usize) -> usize {
+    tokenized + IMAGE_EMB_LEN - 1
+}
+
+/// The most rows an image-to-video prompt gives the transformer with `interleave`: the image
+/// rows and the prompt's tokens less the 4 dropped assistant-header positions.
+pub fn max_rows(interleave: ImageEmbedInterleave, max_sequence_length: usize) -> usize {
+    IMAGE_EMB_LEN.div_ceil(interleave.step()) + max_sequence_length.saturating_sub(4)
 }
 
 /// `_expand_input_ids_with_image_tokens`: each row's `<image>` token becomes
@@ -67,7 +94,7 @@ pub fn expand(t: &Tokens, ids: ImageTokenIds) -> Result<Tokens, TextError> {
             found: images[row],
         });
     }
-    let len = t.len + (IMAGE_EMB_LEN - 1);
+    let len = expanded_len(t.len);
     let mut out = Tokens {
         batch: t.batch,
         len,
@@ -229,6 +256,18 @@ mod tests {
             expand(&tokens(&[vec![1, 9, 2, 3, 4, 5]]), IDS),
             Err(TextError::ImageTokenPosition { .. })
         ));
+    }
+
+    #[test]
+    fn row_counts_follow_the_interleave() {
+        // diffusers' 256 prompt tokens: 252 text rows after 144 (every 4th) or 288 image rows.
+        assert_eq!(max_rows(ImageEmbedInterleave(4), 256), 396);
+        assert_eq!(max_rows(ImageEmbedInterleave::NEGATIVE, 256), 540);
+        assert_eq!(expanded_len(359), 934);
+        assert_eq!(
+            ImageEmbedInterleave::default_for(ImageCondition::LatentConcat),
+            ImageEmbedInterleave(2)
+        );
     }
 
     #[test]

@@ -270,3 +270,55 @@ fn generate_cli_takes_the_image_and_refuses_what_it_cannot_use() {
         &["--image", "broken.png"],
     );
 }
+
+#[test]
+fn cpu_engines_of_an_i2v_bundle_give_the_bundles_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    crate::generate::copy_dir(i2v_bundle("latent_concat"), &bundle);
+    let o = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
+        .args(["build", "--backend", "cpu", "--threads", "2", "--bundle"])
+        .arg(&bundle)
+        .arg("--shapes")
+        .arg(crate::common::root().join("configs/shapes/tiny.yaml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let engines = std::fs::read_dir(bundle.join("engines"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("engine.yaml").is_file())
+        .unwrap();
+    for c in [
+        "vae_encoder",
+        "vision_encoder",
+        "text_encoder",
+        "transformer",
+    ] {
+        assert!(engines.join(format!("{c}.onnx")).is_file(), "{c}");
+    }
+    // The text encoder's profile is the expanded I2V prompt (103 + 256 + 575 tokens).
+    let record = std::fs::read_to_string(engines.join("engine.yaml")).unwrap();
+    assert!(record.contains("934"), "{record}");
+    let set = hyvideo::engine_set::EngineSet::open(
+        &engines,
+        &bundle,
+        &SessionConfig::default().with_intra_threads(Some(2)),
+        0,
+    )
+    .unwrap();
+    let config = SessionConfig::default().with_intra_threads(Some(2));
+    let mut p = Pipeline::load(&bundle, Some(set), &StageConfigs::all(config)).unwrap();
+    let g = p
+        .generate(
+            &request("latent_concat", "resized"),
+            &mut |_| {},
+            &CancelFlag::new(),
+        )
+        .unwrap();
+    let want = golden5("i2v_pipeline_latent_concat.safetensors", "resized.latents");
+    let err = rel_max_err(g.latents.data(), want.data());
+    eprintln!("latent_concat on CPU engines: latents relative max error {err:.3e}");
+    assert!(err <= 1e-3, "{err:.3e}");
+}
