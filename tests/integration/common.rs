@@ -77,6 +77,17 @@ pub fn rel_max_err(a: &[f32], b: &[f32]) -> f64 {
     err / scale
 }
 
+/// ||a − b|| / ||b||.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den).sqrt()
+}
+
 /// Export `components` of the tiny pipeline (fp32) into a fresh temporary bundle.
 pub fn export_tiny(components: &[Component], transformer: TransformerSource) -> PathBuf {
     export_tiny_at(components, transformer, Precision::Fp32)

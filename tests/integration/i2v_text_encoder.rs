@@ -16,7 +16,7 @@ use hyvideo_engines::{Engine, Input, SessionConfig};
 use hyvideo_exporters::export::TransformerSource;
 
 use crate::common::{
-    export_model, fixtures, golden, golden_i64, list_dir, rel_max_err, tiny_i2v_model,
+    export_model, fixtures, golden, golden_i64, list_dir, rel_l2, rel_max_err, tiny_i2v_model,
 };
 
 const FILE: &str = "i2v_text_encoder.safetensors";
@@ -221,4 +221,81 @@ fn i2v_bundle_holds_the_image_processor_and_llava_config() {
     let m = Manifest::load(bundle).unwrap();
     let te = &m.components[&Component::TextEncoder];
     assert!(te.inputs.iter().any(|t| t.name == "image_embeds"));
+}
+
+/// The fp16 profile of LLaVA's two graphs on ONNX Runtime CPU, against transformers' fp32 (the
+/// other graphs' fp16 bound, relative L2 ≤ 3e-3).
+#[test]
+fn llava_graphs_in_fp16_stay_close() {
+    let bundle = export_model(
+        &tiny_i2v_model("tiny_i2v"),
+        &[Component::TextEncoder, Component::VisionEncoder],
+        TransformerSource::default(),
+        Precision::Fp16,
+    );
+    let m = Manifest::load(&bundle).unwrap();
+    let load = |c: Component| {
+        let e = m.component(&bundle, c).unwrap();
+        Engine::load(&bundle.join(&e.file), &config()).unwrap()
+    };
+    let (shape, pixels) = golden(FILE, "resized.pixel_values");
+    let out = load(Component::VisionEncoder)
+        .run_one(
+            &[(
+                "pixel_values",
+                Input::F32 {
+                    shape: &shape,
+                    data: &pixels,
+                },
+            )],
+            "image_embeds",
+        )
+        .unwrap();
+    let (_, want) = golden(FILE, "resized.image_embeds");
+    let err = rel_l2(&out.data, &want);
+    eprintln!("vision fp16: relative L2 {err:.3e}");
+    assert!(err <= 3e-3, "{err:.3e}");
+    let (s, ids) = golden_i64(FILE, "language.input_ids");
+    let (_, mask) = golden_i64(FILE, "language.attention_mask");
+    let (es, embeds) = golden(FILE, "language.image_embeds");
+    let out = load(Component::TextEncoder)
+        .run_one(
+            &[
+                (
+                    "input_ids",
+                    Input::I64 {
+                        shape: &s,
+                        data: &ids,
+                    },
+                ),
+                (
+                    "attention_mask",
+                    Input::I64 {
+                        shape: &s,
+                        data: &mask,
+                    },
+                ),
+                (
+                    "image_embeds",
+                    Input::F32 {
+                        shape: &es,
+                        data: &embeds,
+                    },
+                ),
+            ],
+            "hidden_states",
+        )
+        .unwrap();
+    let (ws, want) = golden(FILE, "language.hidden_states");
+    let d = ws[2];
+    let real = |v: &[f32]| -> Vec<f32> {
+        v.chunks(d)
+            .zip(&mask)
+            .filter(|(_, m)| **m == 1)
+            .flat_map(|(r, _)| r.to_vec())
+            .collect()
+    };
+    let err = rel_l2(&real(&out.data), &real(&want));
+    eprintln!("language model fp16: relative L2 {err:.3e}");
+    assert!(err <= 3e-3, "{err:.3e}");
 }

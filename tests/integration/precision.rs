@@ -16,7 +16,7 @@ use hyvideo_exporters::export::TransformerSource;
 use hyvideo_onnx::proto::ModelProto;
 use prost::Message;
 
-use crate::common::{export_tiny_at, golden, golden_i64, golden5};
+use crate::common::{export_tiny_at, golden, golden_i64, golden5, rel_l2};
 
 const ALL: [Component; 4] = [
     Component::TextEncoder,
@@ -37,17 +37,6 @@ fn bundle(precision: Precision) -> &'static Path {
 
 fn cfg() -> SessionConfig {
     SessionConfig::default().with_intra_threads(Some(2))
-}
-
-/// ||a − b|| / ||b||.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den).sqrt()
 }
 
 /// Relative L2 error of the bundle's transformer on the golden `video` case.

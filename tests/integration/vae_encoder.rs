@@ -17,7 +17,7 @@ use hyvideo_exporters::export::TransformerSource;
 use hyvideo_onnx::proto::{ModelProto, ValueInfoProto};
 use prost::Message;
 
-use crate::common::{export_tiny, export_tiny_at, golden5, rel_max_err, root, tiny_model};
+use crate::common::{export_tiny, export_tiny_at, golden5, rel_l2, rel_max_err, root, tiny_model};
 
 const FILE: &str = "i2v_vae_encode.safetensors";
 const CASES: [&str; 3] = ["image", "batch2", "video"];
@@ -206,16 +206,6 @@ fn exported_on_request_and_beside_the_decoder() {
     );
     assert_eq!(dec.inputs[0].dims, enc.outputs[0].dims);
     assert_eq!(dec.outputs[0].dims, enc.inputs[0].dims);
-}
-
-/// ||a − b|| / ||b||.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den).sqrt()
 }
 
 /// The fp16 profile runs on ONNX Runtime CPU close to fp32 (the bound of the other graphs'
