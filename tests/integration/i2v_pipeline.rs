@@ -322,3 +322,44 @@ fn cpu_engines_of_an_i2v_bundle_give_the_bundles_video() {
     eprintln!("latent_concat on CPU engines: latents relative max error {err:.3e}");
     assert!(err <= 1e-3, "{err:.3e}");
 }
+
+/// Step caching runs on an image-to-video transformer's stages too: threshold 0 computes every
+/// step and gives the single graph's latents; a high threshold skips steps.
+#[test]
+fn step_caches_run_on_the_token_replace_stages() {
+    use hyvideo::denoiser::TransformerForm;
+    use hyvideo::step_cache::{StepCache, StepCacheMethod};
+    let config = SessionConfig::default().with_intra_threads(Some(2));
+    let configs = StageConfigs {
+        transformer_form: TransformerForm::Staged,
+        ..StageConfigs::all(config)
+    };
+    let mut p = Pipeline::load(i2v_bundle("token_replace"), None, &configs).unwrap();
+    let want = golden5("i2v_pipeline_token_replace.safetensors", "resized.latents");
+    for (method, threshold) in [
+        (StepCacheMethod::TeaCache, 0.0),
+        (StepCacheMethod::FbCache, 0.0),
+        (StepCacheMethod::FbCache, 10.0),
+    ] {
+        let mut req = request("token_replace", "resized");
+        req.sampling.step_cache = Some(StepCache {
+            method,
+            threshold,
+            start: 0,
+            end: None,
+        });
+        let g = p.generate(&req, &mut |_| {}, &CancelFlag::new()).unwrap();
+        let computed = g.step_cache.as_ref().unwrap().to_json()["computed_steps"].clone();
+        let n = computed.as_array().map(|a| a.len()).unwrap_or(0);
+        let err = rel_max_err(g.latents.data(), want.data());
+        eprintln!(
+            "{method:?} {threshold}: {n} of 4 steps computed, latents vs diffusers {err:.3e}"
+        );
+        if threshold == 0.0 {
+            assert_eq!(n, 4, "{computed}");
+            assert!(err <= 1e-3, "{err:.3e}");
+        } else {
+            assert!(n < 4, "{computed}");
+        }
+    }
+}
