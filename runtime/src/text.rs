@@ -185,6 +185,14 @@ fn check_prompts(prompts: &[&str]) -> Result<(), TextError> {
     Ok(())
 }
 
+/// Where the template's `crop_start` comes from.
+#[derive(Debug, Clone, Copy)]
+enum CropStart {
+    /// Computed as diffusers does when the template carries none.
+    FromTemplate,
+    Given(usize),
+}
+
 /// The Llama-3 side: template, `crop_start`, 256 prompt tokens.
 pub struct LlamaPrompts {
     /// Configured for `crop_start + max_sequence_length` tokens.
@@ -207,26 +215,7 @@ impl LlamaPrompts {
         template: &str,
         max_sequence_length: usize,
     ) -> Result<LlamaPrompts, TextError> {
-        if template.matches("{}").count() != 1 {
-            return Err(TextError::Template(template.to_owned()));
-        }
-        let (tokenizer, pad_id, pad) = load_tokenizer(dir)?;
-        let path = dir.join("tokenizer.json");
-        let n = tokenizer
-            .encode(template, true)
-            .map_err(|e| tok_err(&path, e))?
-            .len();
-        // diffusers: the template's length minus the `{}` placeholder and `<|eot_id|>`.
-        let crop_start = n.saturating_sub(2);
-        Self::new(
-            tokenizer,
-            path,
-            template,
-            crop_start,
-            max_sequence_length,
-            pad_id,
-            &pad,
-        )
+        Self::with_crop(dir, template, CropStart::FromTemplate, max_sequence_length)
     }
 
     /// A template whose `crop_start` is given (diffusers' image-to-video template hard-codes
@@ -237,11 +226,36 @@ impl LlamaPrompts {
         crop_start: usize,
         max_sequence_length: usize,
     ) -> Result<LlamaPrompts, TextError> {
+        Self::with_crop(
+            dir,
+            template,
+            CropStart::Given(crop_start),
+            max_sequence_length,
+        )
+    }
+
+    fn with_crop(
+        dir: &Path,
+        template: &str,
+        crop: CropStart,
+        max_sequence_length: usize,
+    ) -> Result<LlamaPrompts, TextError> {
         if template.matches("{}").count() != 1 {
             return Err(TextError::Template(template.to_owned()));
         }
         let (tokenizer, pad_id, pad) = load_tokenizer(dir)?;
         let path = dir.join("tokenizer.json");
+        let crop_start = match crop {
+            CropStart::Given(n) => n,
+            CropStart::FromTemplate => {
+                let n = tokenizer
+                    .encode(template, true)
+                    .map_err(|e| tok_err(&path, e))?
+                    .len();
+                // diffusers: the template's length minus the `{}` placeholder and `<|eot_id|>`.
+                n.saturating_sub(2)
+            }
+        };
         Self::new(
             tokenizer,
             path,

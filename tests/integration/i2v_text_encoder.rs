@@ -49,34 +49,30 @@ fn engine(component: Component) -> Engine {
     Engine::load(&bundle.join(&entry.file), &config()).unwrap()
 }
 
-#[test]
-fn vision_graph_matches_llava_image_features() {
-    let mut e = engine(Component::VisionEncoder);
-    for image in ["exact", "resized"] {
-        let (shape, pixels) = golden(FILE, &format!("{image}.pixel_values"));
-        let out = e
-            .run_one(
-                &[(
-                    "pixel_values",
-                    Input::F32 {
-                        shape: &shape,
-                        data: &pixels,
-                    },
-                )],
-                "image_embeds",
-            )
-            .unwrap();
-        let (want_shape, want) = golden(FILE, &format!("{image}.image_embeds"));
-        assert_eq!(out.shape, want_shape);
-        let err = rel_max_err(&out.data, &want);
-        eprintln!("vision {image}: relative max error {err:.3e}");
-        assert!(err <= 1e-4, "{image}: {err:.3e}");
-    }
+/// The vision graph `e` on the golden pixels of `image`.
+fn run_vision(e: &mut Engine, image: &str) -> Vec<f32> {
+    let (shape, pixels) = golden(FILE, &format!("{image}.pixel_values"));
+    let out = e
+        .run_one(
+            &[(
+                "pixel_values",
+                Input::F32 {
+                    shape: &shape,
+                    data: &pixels,
+                },
+            )],
+            "image_embeds",
+        )
+        .unwrap();
+    let (want_shape, _) = golden(FILE, &format!("{image}.image_embeds"));
+    assert_eq!(out.shape, want_shape);
+    out.data
 }
 
-#[test]
-fn language_model_with_the_image_matches_on_every_real_token() {
-    let mut e = engine(Component::TextEncoder);
+/// The language model `e` on the golden expanded tokens with the `resized` image's embeddings:
+/// its rows of real tokens, and the golden's. The pipeline gives pads position 1, this graph
+/// 0..L (pad rows are never read; their values differ).
+fn run_language(e: &mut Engine) -> (Vec<f32>, Vec<f32>) {
     let (shape, ids) = golden_i64(FILE, "language.input_ids");
     let (_, mask) = golden_i64(FILE, "language.attention_mask");
     let (es, embeds) = golden(FILE, "language.image_embeds");
@@ -111,20 +107,35 @@ fn language_model_with_the_image_matches_on_every_real_token() {
     let (want_shape, want) = golden(FILE, "language.hidden_states");
     assert_eq!(out.shape, want_shape);
     let d = want_shape[2];
-    // Real tokens only: the pipeline gives pads position 1, this graph 0..L (pad rows are never
-    // read; their values differ).
-    let real = |v: &[f32]| -> Vec<f32> {
-        v.chunks(d)
-            .zip(&mask)
-            .filter(|(_, m)| **m == 1)
-            .flat_map(|(r, _)| r.to_vec())
-            .collect()
-    };
-    let err = rel_max_err(&real(&out.data), &real(&want));
-    eprintln!(
-        "language model ({} real tokens): relative max error {err:.3e}",
-        mask.iter().sum::<i64>()
-    );
+    (real_rows(&out.data, d, &mask), real_rows(&want, d, &mask))
+}
+
+/// The rows of `v` ([L, d] per batch) whose `mask` is 1.
+fn real_rows(v: &[f32], d: usize, mask: &[i64]) -> Vec<f32> {
+    v.chunks(d)
+        .zip(mask)
+        .filter(|(_, m)| **m == 1)
+        .flat_map(|(r, _)| r.to_vec())
+        .collect()
+}
+
+#[test]
+fn vision_graph_matches_llava_image_features() {
+    let mut e = engine(Component::VisionEncoder);
+    for image in ["exact", "resized"] {
+        let out = run_vision(&mut e, image);
+        let (_, want) = golden(FILE, &format!("{image}.image_embeds"));
+        let err = rel_max_err(&out, &want);
+        eprintln!("vision {image}: relative max error {err:.3e}");
+        assert!(err <= 1e-4, "{image}: {err:.3e}");
+    }
+}
+
+#[test]
+fn language_model_with_the_image_matches_on_every_real_token() {
+    let (out, want) = run_language(&mut engine(Component::TextEncoder));
+    let err = rel_max_err(&out, &want);
+    eprintln!("language model (real tokens): relative max error {err:.3e}");
     assert!(err <= 1e-4, "{err:.3e}");
 }
 
@@ -159,14 +170,7 @@ fn check_prompt(
     // Rows the transformer reads (mask 1): the pipeline's pad rows hold the language model's
     // states at position 1 (its position ids), this graph's at 0..L; neither is ever read.
     let d = es[2];
-    let real = |v: &[f32]| -> Vec<f32> {
-        v.chunks(d)
-            .zip(&m)
-            .filter(|(_, m)| **m == 1)
-            .flat_map(|(r, _)| r.to_vec())
-            .collect()
-    };
-    let err = rel_max_err(&real(enc.text.embeds()), &real(&e));
+    let err = rel_max_err(&real_rows(enc.text.embeds(), d, &m), &real_rows(&e, d, &m));
     eprintln!(
         "{file} {prefix}: prompt embeddings ({} rows read) relative max error {err:.3e}",
         m.iter().sum::<i64>()
@@ -238,64 +242,13 @@ fn llava_graphs_in_fp16_stay_close() {
         let e = m.component(&bundle, c).unwrap();
         Engine::load(&bundle.join(&e.file), &config()).unwrap()
     };
-    let (shape, pixels) = golden(FILE, "resized.pixel_values");
-    let out = load(Component::VisionEncoder)
-        .run_one(
-            &[(
-                "pixel_values",
-                Input::F32 {
-                    shape: &shape,
-                    data: &pixels,
-                },
-            )],
-            "image_embeds",
-        )
-        .unwrap();
+    let out = run_vision(&mut load(Component::VisionEncoder), "resized");
     let (_, want) = golden(FILE, "resized.image_embeds");
-    let err = rel_l2(&out.data, &want);
+    let err = rel_l2(&out, &want);
     eprintln!("vision fp16: relative L2 {err:.3e}");
     assert!(err <= 3e-3, "{err:.3e}");
-    let (s, ids) = golden_i64(FILE, "language.input_ids");
-    let (_, mask) = golden_i64(FILE, "language.attention_mask");
-    let (es, embeds) = golden(FILE, "language.image_embeds");
-    let out = load(Component::TextEncoder)
-        .run_one(
-            &[
-                (
-                    "input_ids",
-                    Input::I64 {
-                        shape: &s,
-                        data: &ids,
-                    },
-                ),
-                (
-                    "attention_mask",
-                    Input::I64 {
-                        shape: &s,
-                        data: &mask,
-                    },
-                ),
-                (
-                    "image_embeds",
-                    Input::F32 {
-                        shape: &es,
-                        data: &embeds,
-                    },
-                ),
-            ],
-            "hidden_states",
-        )
-        .unwrap();
-    let (ws, want) = golden(FILE, "language.hidden_states");
-    let d = ws[2];
-    let real = |v: &[f32]| -> Vec<f32> {
-        v.chunks(d)
-            .zip(&mask)
-            .filter(|(_, m)| **m == 1)
-            .flat_map(|(r, _)| r.to_vec())
-            .collect()
-    };
-    let err = rel_l2(&real(&out.data), &real(&want));
+    let (out, want) = run_language(&mut load(Component::TextEncoder));
+    let err = rel_l2(&out, &want);
     eprintln!("language model fp16: relative L2 {err:.3e}");
     assert!(err <= 3e-3, "{err:.3e}");
 }

@@ -10,13 +10,13 @@ use hyvideo::engine_set::ModelFiles;
 use hyvideo::i2v::ImageConditioning;
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::staged_transformer::StagedTransformer;
-use hyvideo::tensor::Tensor5;
-use hyvideo::transformer::{StepInput, TextConditioning, Transformer, VelocityModel};
+use hyvideo::transformer::{TextConditioning, Transformer};
 use hyvideo_bundle::{Component, ImageCondition, Manifest, Precision};
 use hyvideo_engines::SessionConfig;
 use hyvideo_exporters::export::TransformerSource;
 
 use crate::common::{export_model, golden, golden_i64, golden5, rel_max_err, tiny_i2v_model};
+use crate::transformer::run_golden_case;
 
 const FILE: &str = "i2v_transformer.safetensors";
 
@@ -43,26 +43,6 @@ fn config() -> SessionConfig {
     SessionConfig::default().with_intra_threads(Some(2))
 }
 
-/// Golden case `case` through `model`.
-fn run_case(model: &mut dyn VelocityModel, case: &str) -> Tensor5 {
-    let g = |n: &str| golden(FILE, &format!("{case}.{n}"));
-    let hs = golden5(FILE, &format!("{case}.hidden_states"));
-    let (es, e) = g("encoder_hidden_states");
-    let (ms, m) = golden_i64(FILE, &format!("{case}.encoder_attention_mask"));
-    let (ps, p) = g("pooled_projections");
-    let text = TextConditioning::new((&es, e), (&ms, m), (&ps, p)).unwrap();
-    let (_, t) = g("timestep");
-    let (_, guidance) = g("guidance");
-    model
-        .predict(&StepInput {
-            latents: &hs,
-            timestep: &t,
-            text: &text,
-            guidance: Some(&guidance),
-        })
-        .unwrap()
-}
-
 fn check(kind: &str) {
     let bundle = i2v_transformer_bundle(kind);
     let manifest = Manifest::load(bundle).unwrap();
@@ -72,12 +52,12 @@ fn check(kind: &str) {
     for case in ["video", "batch2"] {
         let case = format!("{kind}.{case}");
         let want = golden5(FILE, &format!("{case}.sample"));
-        let one = run_case(&mut single, &case);
+        let one = run_golden_case(&mut single, FILE, &case);
         assert_eq!(one.shape(), want.shape(), "{case}");
         let err = rel_max_err(one.data(), want.data());
         eprintln!("{case}: single graph vs diffusers, relative max error {err:.3e}");
         assert!(err <= 1e-4, "{case}: {err:.3e}");
-        let four = run_case(&mut staged, &case);
+        let four = run_golden_case(&mut staged, FILE, &case);
         let err = rel_max_err(four.data(), one.data());
         eprintln!("{case}: stages vs single graph, relative max error {err:.3e}");
         assert!(err <= 1e-6, "{case}: stages {err:.3e}");

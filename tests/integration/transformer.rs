@@ -38,12 +38,18 @@ fn load_as(bundle: &Path, attention: AttentionPolicy) -> Transformer {
     .unwrap()
 }
 
-/// Run golden case `case` through the transformer of `bundle`.
+/// Run golden case `case` of `goldens/transformer.safetensors` through `model`.
 fn run_case(model: &mut Transformer, case: &str) -> Tensor5 {
-    let g = |n: &str| golden(FILE, &format!("{case}.{n}"));
-    let hs = golden5(FILE, &format!("{case}.hidden_states"));
+    run_golden_case(model, FILE, case)
+}
+
+/// Run golden case `case` of the transformer golden `file` (its `<case>.hidden_states`,
+/// `.timestep`, text and guidance) through `model`.
+pub fn run_golden_case(model: &mut dyn VelocityModel, file: &str, case: &str) -> Tensor5 {
+    let g = |n: &str| golden(file, &format!("{case}.{n}"));
+    let hs = golden5(file, &format!("{case}.hidden_states"));
     let (es, e) = g("encoder_hidden_states");
-    let (ms, m) = golden_i64(FILE, &format!("{case}.encoder_attention_mask"));
+    let (ms, m) = golden_i64(file, &format!("{case}.encoder_attention_mask"));
     let (ps, p) = g("pooled_projections");
     let text = TextConditioning::new((&es, e), (&ms, m), (&ps, p)).unwrap();
     let (_, t) = g("timestep");
