@@ -546,9 +546,7 @@ impl Pipeline {
     pub fn placements(&self) -> Vec<(Component, hyvideo_engines::Placement)> {
         let mut out = vec![];
         if let Some(t) = &self.text {
-            let [l, c] = t.placements();
-            out.push((Component::TextEncoder, l.clone()));
-            out.push((Component::TextEncoder2, c.clone()));
+            out.extend(t.placements().into_iter().map(|(c, p)| (c, p.clone())));
         }
         if let Some(t) = &self.transformer {
             out.push((Component::Transformer, t.placement().clone()));

@@ -248,9 +248,17 @@ impl TextEncoders {
         (self.llama.provider(), self.clip.provider())
     }
 
-    /// Where ONNX Runtime placed the Llama and the CLIP graphs' nodes.
-    pub fn placements(&self) -> [&hyvideo_engines::Placement; 2] {
-        [self.llama.placement(), self.clip.placement()]
+    /// Where ONNX Runtime placed each encoder graph's nodes (Llama, CLIP, and LLaVA's vision
+    /// graph in an image-to-video bundle).
+    pub fn placements(&self) -> Vec<(Component, &hyvideo_engines::Placement)> {
+        let mut v = vec![
+            (Component::TextEncoder, self.llama.placement()),
+            (Component::TextEncoder2, self.clip.placement()),
+        ];
+        if let Some(side) = &self.image {
+            v.push((Component::VisionEncoder, side.vision.placement()));
+        }
+        v
     }
 
     /// Whether these are an image-to-video bundle's encoders (the prompt needs an image).
