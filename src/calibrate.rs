@@ -99,6 +99,13 @@ pub fn calibrate(
             manifest.precision
         )));
     }
+    if manifest.components.contains_key(&Component::VisionEncoder) {
+        return Err(CalibrateError::Setting(format!(
+            "{}: an image-to-video bundle; calibration runs text-to-video prompts only (not \
+             implemented for image-to-video: export it at fp16 or bf16)",
+            bundle.display()
+        )));
+    }
     let quantize = PrecisionProfile::builtin(Precision::Fp8)?
         .fp8_quantize
         .ok_or_else(|| CalibrateError::Setting("the fp8 profile quantises nothing".into()))?;
