@@ -363,3 +363,18 @@ fn step_caches_run_on_the_token_replace_stages() {
         }
     }
 }
+
+#[test]
+fn fp8_calibration_of_an_i2v_bundle_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
+        .args(["calibrate", "--bundle"])
+        .arg(i2v_bundle("token_replace"))
+        .arg("--out")
+        .arg(dir.path().join("scales.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("image-to-video"), "{err}");
+    assert!(!dir.path().join("scales.json").exists());
+}
