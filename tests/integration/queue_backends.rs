@@ -1,7 +1,8 @@
 //! The job queue's contract, checked the same way on both databases: SQLite in a temporary data
 //! dir and a throwaway PostgreSQL server (`crate::postgres`). Each behaviour runs on queue
 //! handles opened afresh (two handles stand for two servers sharing the queue); timestamps are
-//! passed in, so leases run out without waiting.
+//! passed in, so leases run out without waiting. Image-to-video jobs' input images are stored
+//! with the create, read by any handle and deleted with the job.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
@@ -210,11 +211,59 @@ fn two_handles_never_claim_the_same_job(open: Open) {
     assert_eq!(q.counts().unwrap()[&JobStatus::Completed], JOBS);
 }
 
+/// An image-to-video job's input image: stored in the create's transaction, read by another
+/// handle (the server that claims the job), untouched by an idempotent retry, kept through the
+/// job's life and deleted with its row (DELETE or retention).
+fn stores_input_images(open: Open) {
+    let (q, other) = (open(), open());
+    // Every byte value, and more than a page of either database.
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let c = q
+        .create_with_image("video_i", "{}", Some("img"), MAX, 1, Some(&image))
+        .unwrap();
+    assert!(!c.existing);
+    assert_eq!(other.input_image("video_i").unwrap(), Some(image.clone()));
+    let retry = other
+        .create_with_image("video_j", "{}", Some("img"), MAX, 2, Some(b"other"))
+        .unwrap();
+    assert!(retry.existing && retry.job.id == "video_i");
+    assert_eq!(q.input_image("video_i").unwrap(), Some(image.clone()));
+    assert_eq!(q.input_image("video_j").unwrap(), None);
+    add(&*q, "video_t", 3);
+    assert_eq!(other.input_image("video_t").unwrap(), None, "no image");
+    assert_eq!(other.input_image("video_nope").unwrap(), None);
+    // A full queue stores nothing.
+    assert!(matches!(
+        q.create_with_image("video_k", "{}", None, 2, 4, Some(b"x")),
+        Err(QueueError::Full { .. })
+    ));
+    assert_eq!(q.input_image("video_k").unwrap(), None);
+    // The worker that claims the job reads its image; it stays until the job is gone.
+    let job = other.claim("w", LEASE, 10).unwrap().unwrap();
+    assert_eq!(job.id, "video_i");
+    assert_eq!(other.input_image(&job.id).unwrap(), Some(image.clone()));
+    assert!(
+        other
+            .complete("video_i", "w", "{}", 20, 11, &none())
+            .unwrap()
+    );
+    assert_eq!(q.input_image("video_i").unwrap(), Some(image.clone()));
+    assert_eq!(q.expired(20).unwrap(), vec!["video_i".to_string()]);
+    assert!(q.delete("video_i").unwrap());
+    assert_eq!(other.input_image("video_i").unwrap(), None);
+    // A queued job deleted by the other handle takes its image along.
+    q.create_with_image("video_l", "{}", None, MAX, 30, Some(b"\x89PNG"))
+        .unwrap();
+    assert!(other.delete("video_l").unwrap());
+    assert_eq!(q.input_image("video_l").unwrap(), None);
+}
+
 /// Every behaviour, each on its own empty queue.
-const BEHAVIOURS: [fn(Open); 3] = [
+const BEHAVIOURS: [fn(Open); 4] = [
     creates_and_lists,
     claims_and_leases,
     two_handles_never_claim_the_same_job,
+    stores_input_images,
 ];
 
 /// Run every behaviour; `open(i)` opens a handle on the `i`-th empty queue.

@@ -1,7 +1,9 @@
 //! The durable job queue behind `/v1/videos`, in one of two databases behind one trait
 //! ([`JobQueue`]): SQLite in the data dir ([`sqlite`], the default: embedded, one server) or
 //! PostgreSQL ([`postgres`]: several servers on several machines share one queue, and the
-//! finished videos are stored in the database too).
+//! finished videos are stored in the database too). An image-to-video job's input image is
+//! stored in the database with the job, in the transaction that creates it, and deleted with the
+//! job's row, so it survives restarts and reaches whichever worker claims the job.
 //!
 //! It mirrors the life of an OpenAI video object: `queued` → `in_progress` (with `progress`) →
 //! `completed` or `failed`, with the create request's settings and the worker's result kept as
@@ -175,7 +177,27 @@ pub trait JobQueue: Send + Sync {
         idempotency_key: Option<&str>,
         max_queued: usize,
         now: i64,
+    ) -> Result<Created, QueueError> {
+        self.create_with_image(id, settings, idempotency_key, max_queued, now, None)
+    }
+
+    /// [`create`](JobQueue::create), storing `image` (an image-to-video job's input file) with
+    /// the job in the same transaction: a job is never claimable without its image. An
+    /// idempotent retry returns the first job and stores nothing. The image is deleted with the
+    /// job ([`delete`](JobQueue::delete), retention).
+    fn create_with_image(
+        &self,
+        id: &str,
+        settings: &str,
+        idempotency_key: Option<&str>,
+        max_queued: usize,
+        now: i64,
+        image: Option<&[u8]>,
     ) -> Result<Created, QueueError>;
+
+    /// The image stored with job `id` by [`create_with_image`](JobQueue::create_with_image)
+    /// (None: the job has none, or is gone). Every handle on the queue reads it.
+    fn input_image(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError>;
 
     fn get(&self, id: &str) -> Result<Option<Job>, QueueError>;
 
@@ -230,7 +252,8 @@ pub trait JobQueue: Send + Sync {
         now: i64,
     ) -> Result<bool, QueueError>;
 
-    /// Delete the job row, its idempotency key and any stored content; true if it existed.
+    /// Delete the job row, its idempotency key, its input image and any stored content; true if
+    /// it existed.
     fn delete(&self, id: &str) -> Result<bool, QueueError>;
 
     /// At start-up: InProgress jobs that this server's previous process left behind get their

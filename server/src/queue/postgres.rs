@@ -4,7 +4,9 @@
 //! and neither waits for the other; creates take a transaction-scoped advisory lock so the
 //! queue-length limit and idempotency keys hold across servers. A finished video and its
 //! thumbnail are stored in the database in the transaction that marks the job completed
-//! ([`ContentStore::Database`]), so every server answers `/content` for every job.
+//! ([`ContentStore::Database`]), so every server answers `/content` for every job; an
+//! image-to-video job's input image is stored (`hyvideo_images`) in the transaction that creates
+//! the job, so whichever server claims it reads it, and goes with the job's row.
 //!
 //! The client is the `postgres` crate (rust-postgres' synchronous client, the same crate family
 //! as `tokio-postgres`); connections are kept in a small pool and a closed one is replaced.
@@ -50,6 +52,10 @@ CREATE TABLE IF NOT EXISTS hyvideo_videos (
     id        TEXT  PRIMARY KEY REFERENCES hyvideo_jobs (id) ON DELETE CASCADE,
     video     BYTEA NOT NULL,
     thumbnail BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hyvideo_images (
+    id    TEXT  PRIMARY KEY REFERENCES hyvideo_jobs (id) ON DELETE CASCADE,
+    image BYTEA NOT NULL
 );
 ";
 
@@ -209,13 +215,14 @@ fn count_status(c: &mut impl GenericClient, status: JobStatus) -> Result<usize, 
 }
 
 impl JobQueue for PgQueue {
-    fn create(
+    fn create_with_image(
         &self,
         id: &str,
         settings: &str,
         idempotency_key: Option<&str>,
         max_queued: usize,
         now: i64,
+        image: Option<&[u8]>,
     ) -> Result<Created, QueueError> {
         self.in_tx(|tx| {
             tx.batch_execute(LOCK)?;
@@ -241,6 +248,12 @@ impl JobQueue for PgQueue {
                  VALUES ($1, $2, $3, 'queued', 0, $4, 0) RETURNING {COLUMNS}"
             );
             let row = tx.query_one(&sql, &[&id, &idempotency_key, &now, &settings])?;
+            if let Some(image) = image {
+                tx.execute(
+                    "INSERT INTO hyvideo_images (id, image) VALUES ($1, $2)",
+                    &[&id, &image],
+                )?;
+            }
             Ok(Created {
                 job: raw_job(&row)?.into_job()?,
                 existing: false,
@@ -415,7 +428,16 @@ impl JobQueue for PgQueue {
         Ok(changed > 0)
     }
 
-    /// The stored video goes with the row (`ON DELETE CASCADE`).
+    fn input_image(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        let row = self
+            .with(|c| Ok(c.query_opt("SELECT image FROM hyvideo_images WHERE id = $1", &[&id])?))?;
+        match row {
+            Some(row) => Ok(Some(row.try_get(0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored video and input image go with the row (`ON DELETE CASCADE`).
     fn delete(&self, id: &str) -> Result<bool, QueueError> {
         let changed = self.execute("DELETE FROM hyvideo_jobs WHERE id = $1", &[&id])?;
         Ok(changed > 0)

@@ -2,7 +2,9 @@
 //! data dir (WAL mode, synchronous FULL, a busy timeout, schema created on open). Every write
 //! that reads before it writes runs in a `BEGIN IMMEDIATE` transaction, so two threads or two
 //! processes on the same file never claim the same job. Videos stay in the data dir
-//! ([`ContentStore::DataDir`]); one server per data dir (see [`SqliteQueue::release_orphans`]).
+//! ([`ContentStore::DataDir`]); an image-to-video job's input image is a BLOB in the table
+//! `job_images`, written in the create's transaction and deleted in the delete's. One server per
+//! data dir (see [`SqliteQueue::release_orphans`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +43,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at, seq);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, seq);
+CREATE TABLE IF NOT EXISTS job_images (
+    id    TEXT PRIMARY KEY,
+    image BLOB NOT NULL
+);
 ";
 
 /// The durable job queue: one SQLite connection behind a mutex (`Send + Sync`); open several
@@ -94,13 +100,14 @@ impl SqliteQueue {
 }
 
 impl JobQueue for SqliteQueue {
-    fn create(
+    fn create_with_image(
         &self,
         id: &str,
         settings: &str,
         idempotency_key: Option<&str>,
         max_queued: usize,
         now: i64,
+        image: Option<&[u8]>,
     ) -> Result<Created, QueueError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -126,6 +133,12 @@ impl JobQueue for SqliteQueue {
              VALUES (?1, ?2, ?3, 'queued', 0, ?4, 0)",
             params![id, idempotency_key, now, settings],
         )?;
+        if let Some(image) = image {
+            tx.execute(
+                "INSERT OR REPLACE INTO job_images (id, image) VALUES (?1, ?2)",
+                params![id, image],
+            )?;
+        }
         let job = get_job(&tx, id)?.ok_or_else(|| {
             QueueError::Corrupt(id.to_string(), "not found right after insert".to_string())
         })?;
@@ -298,10 +311,23 @@ impl JobQueue for SqliteQueue {
         Ok(changed > 0)
     }
 
-    fn delete(&self, id: &str) -> Result<bool, QueueError> {
-        let changed = self
+    fn input_image(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        Ok(self
             .conn()
-            .execute("DELETE FROM jobs WHERE id = ?1", params![id])?;
+            .query_row(
+                "SELECT image FROM job_images WHERE id = ?1",
+                params![id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn delete(&self, id: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM job_images WHERE id = ?1", params![id])?;
+        let changed = tx.execute("DELETE FROM jobs WHERE id = ?1", params![id])?;
+        tx.commit()?;
         Ok(changed > 0)
     }
 
