@@ -1,10 +1,16 @@
 //! The HTTP routes: OpenAI's Videos API (`POST/GET /v1/videos`, `GET/DELETE /v1/videos/{id}`,
 //! `GET /v1/videos/{id}/content` with Range and `variant=thumbnail` — from this data dir, else
 //! from the shared queue's database — `GET
-//! /v1/videos/{id}/events` as server-sent events), `GET /healthz` and `GET /metrics`
-//! (Prometheus text). Bodies are read by hand so every rejection — bad JSON, an unknown field,
-//! a body over the limit — answers in the OpenAI error shape (never axum's default 422), and ids
-//! are checked for the server's own form before any lookup, so no request names a path.
+//! /v1/videos/{id}/events` as server-sent events), `GET /v1/server` (what this server runs and
+//! accepts: the web page reads it), `GET /healthz` and `GET /metrics` (Prometheus text). Bodies
+//! are read by hand so every rejection — bad JSON, an unknown field, a body over the limit —
+//! answers in the OpenAI error shape (never axum's default 422), and ids are checked for the
+//! server's own form before any lookup, so no request names a path.
+//!
+//! A create body's fields may take the body limit (`body_limit`, 1 MiB); an `input_reference`
+//! image may take `Limits::max_image_bytes` more (as base64 in JSON, a third more). Multipart
+//! bodies are read part by part, so an image over its limit is refused (413 naming
+//! `input_reference`) as soon as its part says so.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,8 +28,9 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::input_reference::{self as image_input, InputReference, media_type, shown_name};
 use crate::queue::{JobQueue, JobStatus, Order, QueueError, Variant};
-use crate::request::{JobSettings, Limits, is_job_id, new_id, parse};
+use crate::request::{JobSettings, Limits, MODEL, is_job_id, new_id, parse_create};
 use crate::video::VideoObject;
 use crate::worker::{Running, now, remove_files, thumbnail_path, video_path};
 
@@ -114,51 +121,174 @@ fn with_poll_header(state: &AppState, body: impl IntoResponse) -> Response {
     r
 }
 
-/// The create body's fields, from JSON or multipart/form-data.
-async fn fields(state: &Shared, req: Request) -> Result<BTreeMap<String, Value>, ApiError> {
+/// A create body as read: its fields, and the image if it came as a file part.
+struct CreateBody {
+    fields: BTreeMap<String, Value>,
+    upload: Option<InputReference>,
+}
+
+/// Bytes of the text of `input_reference` (a data URL) at most: the image's base64 and room for
+/// its `data:…;base64,` prefix and JSON quoting.
+fn image_text_limit(limits: &Limits) -> usize {
+    limits.max_image_bytes.div_ceil(3).saturating_mul(4) + 1024
+}
+
+/// The hard limit of a create body: the fields' limit plus the image's, as base64.
+pub fn create_body_limit(body_limit: usize, limits: &Limits) -> usize {
+    body_limit.saturating_add(image_text_limit(limits))
+}
+
+/// Whether a multipart part named `input_reference` is the image file itself rather than its
+/// URL as text: it has a file name, or a content type that is not text.
+fn is_file_part(file_name: Option<&str>, content_type: Option<&str>) -> bool {
+    file_name.is_some() || content_type.is_some_and(|t| !media_type(t).starts_with("text/"))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::bad_request(format!("multipart body: {}", e.body_text()))
+    }
+}
+
+/// The create body, from JSON or multipart/form-data.
+async fn read_create(state: &Shared, req: Request) -> Result<CreateBody, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, state.body_limit)
-        .await
-        .map_err(|_| ApiError::too_large(state.body_limit))?;
+    let limits = &state.limits;
+    let hard = create_body_limit(state.body_limit, limits);
     if content_type.starts_with("multipart/form-data") {
-        let req = Request::from_parts(parts, Body::from(bytes));
-        let mut mp = Multipart::from_request(req, &())
-            .await
-            .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
-        let mut out = BTreeMap::new();
-        while let Some(field) = mp
-            .next_field()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?
-        {
-            let name = field.name().unwrap_or_default().to_owned();
-            if field.file_name().is_some() {
-                return Err(ApiError::invalid(
-                    &name,
-                    "file uploads are not accepted by this text-to-video server",
-                ));
-            }
-            let text = field
-                .text()
-                .await
-                .map_err(|e| ApiError::invalid(&name, format!("not text: {e}")))?;
-            out.insert(name, Value::String(text));
-        }
-        Ok(out)
-    } else {
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
-        match v {
-            Value::Object(m) => Ok(m.into_iter().collect()),
-            _ => Err(ApiError::bad_request("the body must be a JSON object")),
+        return read_multipart(state, req, hard).await;
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), hard)
+        .await
+        .map_err(|_| ApiError::too_large(hard))?;
+    let parsed = serde_json::from_slice::<Value>(&bytes);
+    if bytes.len() > state.body_limit {
+        // Only the image may take more than the body limit.
+        let image_len = match &parsed {
+            Ok(Value::Object(m)) => match m.get(image_input::FIELD) {
+                Some(Value::String(s)) => s.len(),
+                Some(Value::Object(o)) => o
+                    .get("image_url")
+                    .and_then(Value::as_str)
+                    .map_or(0, str::len),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if bytes.len().saturating_sub(image_len) > state.body_limit {
+            return Err(ApiError::too_large(state.body_limit));
         }
     }
+    let v = parsed.map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(CreateBody {
+            fields: m.into_iter().collect(),
+            upload: None,
+        }),
+        _ => Err(ApiError::bad_request("the body must be a JSON object")),
+    }
+}
+
+/// A multipart body, part by part: text fields within the body limit, one image file part
+/// (`input_reference`) within the image limit. OpenAI's object form of `input_reference`
+/// arrives as `input_reference[image_url]` / `input_reference[file_id]` text fields.
+async fn read_multipart(state: &Shared, req: Request, hard: usize) -> Result<CreateBody, ApiError> {
+    let limits = &state.limits;
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
+    let mut fields = BTreeMap::new();
+    let mut reference = serde_json::Map::new();
+    let mut upload: Option<InputReference> = None;
+    let mut text_bytes = 0usize;
+    while let Some(mut field) = mp
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, hard))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let part_type = field.content_type().map(str::to_owned);
+        if name == image_input::FIELD && is_file_part(file_name.as_deref(), part_type.as_deref()) {
+            if upload.is_some() {
+                return Err(ApiError::invalid(image_input::FIELD, "given twice"));
+            }
+            let mut bytes = Vec::new();
+            let mut size = 0usize;
+            while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, hard))? {
+                size += chunk.len();
+                // Past the limit the rest is read and dropped (answering before the client has
+                // sent it all would make it see a reset connection, not the 413).
+                if size <= limits.max_image_bytes {
+                    bytes.extend_from_slice(&chunk);
+                }
+            }
+            if size > limits.max_image_bytes {
+                return Err(image_input::too_large(Some(size), limits.max_image_bytes));
+            }
+            upload = Some(InputReference {
+                bytes,
+                content_type: part_type.as_deref().map(media_type),
+                name: shown_name(file_name.as_deref()),
+            });
+            continue;
+        }
+        if file_name.is_some() {
+            return Err(ApiError::invalid(
+                &name,
+                "file uploads are accepted only as input_reference (the image of an \
+                 image-to-video job)",
+            ));
+        }
+        let is_reference =
+            name == image_input::FIELD || name.starts_with(&format!("{}[", image_input::FIELD));
+        let budget = if is_reference {
+            image_text_limit(limits)
+        } else {
+            state.body_limit
+        };
+        let mut buf = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, hard))? {
+            buf.extend_from_slice(&chunk);
+            if is_reference && buf.len() > budget {
+                return Err(image_input::too_large(None, limits.max_image_bytes));
+            }
+            if !is_reference && text_bytes + name.len() + buf.len() > budget {
+                return Err(ApiError::too_large(state.body_limit));
+            }
+        }
+        if !is_reference {
+            text_bytes += name.len() + buf.len();
+        }
+        let text = String::from_utf8(buf)
+            .map_err(|_| ApiError::invalid(&name, "not text: the value is not UTF-8"))?;
+        let key = name
+            .strip_prefix(image_input::FIELD)
+            .and_then(|k| k.strip_prefix('['))
+            .and_then(|k| k.strip_suffix(']'));
+        match key {
+            Some(k) => {
+                reference.insert(k.to_owned(), Value::String(text));
+            }
+            None => {
+                fields.insert(name, Value::String(text));
+            }
+        }
+    }
+    if !reference.is_empty() {
+        if fields.contains_key(image_input::FIELD) {
+            return Err(ApiError::invalid(image_input::FIELD, "given twice"));
+        }
+        fields.insert(image_input::FIELD.to_owned(), Value::Object(reference));
+    }
+    Ok(CreateBody { fields, upload })
 }
 
 async fn create(State(state): State<Shared>, req: Request) -> Result<Response, ApiError> {
@@ -168,30 +298,88 @@ async fn create(State(state): State<Shared>, req: Request) -> Result<Response, A
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let fields = fields(&state, req).await?;
-    let settings = parse(&fields, &state.limits)?;
-    let json = serde_json::to_string(&settings)
+    let body = read_create(&state, req).await?;
+    // Decoding an image is CPU work: off the async threads.
+    let limits = state.limits.clone();
+    let created =
+        tokio::task::spawn_blocking(move || parse_create(&body.fields, body.upload, &limits))
+            .await
+            .map_err(|e| ApiError::internal(format!("request task: {e}")))??;
+    let json = serde_json::to_string(&created.settings)
         .map_err(|e| ApiError::internal(format!("settings: {e}")))?;
     let (q, max) = (state.queue.clone(), state.max_queue);
     let id = new_id();
-    let created = db(move || q.create(&id, &json, idempotency.as_deref(), max, now())).await?;
+    let image = created.image;
+    let created = db(move || {
+        q.create_with_image(
+            &id,
+            &json,
+            idempotency.as_deref(),
+            max,
+            now(),
+            image.as_deref(),
+        )
+    })
+    .await?;
     state.wakeup.notify();
     let stored: JobSettings = serde_json::from_str(&created.job.settings)
         .map_err(|e| ApiError::internal(format!("stored settings: {e}")))?;
     eprintln!(
-        "job {}: {} (model {})",
+        "job {}: {} (model {}{})",
         created.job.id,
         if created.existing {
             "idempotent retry"
         } else {
             "queued"
         },
-        stored.model
+        stored.model,
+        match &stored.input_reference {
+            Some(i) => format!(
+                ", input_reference {}x{} {} of {} bytes",
+                i.width, i.height, i.format, i.bytes
+            ),
+            None => String::new(),
+        }
     );
     Ok(with_poll_header(
         &state,
         Json(VideoObject::new(&created.job, &stored)),
     ))
+}
+
+/// `GET /v1/server`: what this server runs and accepts (read-only; the web page shows the
+/// image input when `image_to_video`, and takes its guidance default from here).
+async fn server_info(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let l = &state.limits;
+    let kind = l.image_condition;
+    Ok(Json(serde_json::json!({
+        "object": "server",
+        "model": MODEL,
+        "image_to_video": kind.is_image_to_video(),
+        "image_condition": kind.config_value(),
+        "input_reference": {
+            "required": kind.is_image_to_video(),
+            "content_types": image_input::CONTENT_TYPES,
+            "max_bytes": l.max_image_bytes,
+        },
+        "defaults": {
+            "guidance_scale": hyvideo::generation::Sampling::default_embedded_guidance(kind),
+            "min_frames": if kind == hyvideo_bundle::ImageCondition::LatentConcat { 5 } else { 1 },
+        },
+        "limits": {
+            "max_steps": l.max_steps,
+            "max_frames": l.max_frames,
+            "max_size": l.max_size,
+            "max_prompt_chars": l.max_prompt_chars,
+            "engine_max": l.engine_max,
+            "step_cache": l.step_cache,
+        },
+    }))
+    .into_response())
 }
 
 async fn retrieve(
@@ -439,8 +627,11 @@ async fn not_found() -> ApiError {
 
 /// The server's routes over `state`.
 pub fn router(state: Shared) -> Router {
+    // Multipart bodies are streamed under this hard limit (JSON ones are read under it by hand).
+    let hard = create_body_limit(state.body_limit, &state.limits);
     Router::new()
         .route("/v1/videos", get(list).post(create))
+        .route("/v1/server", get(server_info))
         .route("/v1/videos/{id}", get(retrieve).delete(delete))
         .route("/v1/videos/{id}/content", get(content))
         .route("/v1/videos/{id}/events", get(events))
@@ -448,6 +639,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(hard))
         .with_state(state)
 }
 

@@ -3,7 +3,8 @@
 //! `Pipeline` (engines loaded once, any number of jobs).
 //!
 //! - [`request`]: create bodies (JSON or multipart) parsed and validated into job settings, each
-//!   error naming its field;
+//!   error naming its field; [`input_reference`]: the image of an image-to-video create (a file
+//!   upload or a data URL), checked and decoded at request time;
 //! - [`video`]: the video object the API answers with;
 //! - [`queue`]: the job queue, SQLite or a PostgreSQL database shared by several servers
 //!   (durable across restarts, leases for crashed workers);
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod error;
+pub mod input_reference;
 pub mod metrics;
 pub mod page;
 pub mod queue;

@@ -1,7 +1,9 @@
 //! The web page at `/`: one HTML file with its script and style inline
 //! (`server/static/index.html`, compiled into the binary; no build step, no external resources),
-//! speaking only the public `/v1/videos` API with the key the user enters (kept in the
-//! browser's localStorage, sent as `Authorization: Bearer`). Served with a strict
+//! speaking only the public `/v1/videos` API (and `GET /v1/server`, which says whether the bundle
+//! is image-to-video: then the page shows an image file input, sent as the multipart
+//! `input_reference`) with the key the user enters (kept in the browser's localStorage, sent as
+//! `Authorization: Bearer`). Served with a strict
 //! `Content-Security-Policy`: inline script and style, fetches to this origin only, media from
 //! `blob:` URLs (the page fetches each MP4 with the key and plays it from a blob), images
 //! only as `data:` URLs (the empty favicon), nothing else.

@@ -7,8 +7,16 @@
 //! and HunyuanVideo's, named as diffusers' `HunyuanVideoPipeline.__call__` arguments:
 //! `num_frames` (4k + 1, wins over `seconds`), `num_inference_steps`, `guidance_scale` (the
 //! embedded guidance), `true_cfg_scale` with `negative_prompt`, `flow_shift`, `seed`, `fps`.
-//! Defaults are `hyvideo generate`'s (720 × 1280, 129 frames, 50 steps, guidance 6, shift 7,
-//! 24 fps, sampling 1 → 0).
+//! Defaults are `hyvideo generate`'s (720 × 1280, 129 frames, 50 steps, guidance 6 — 1 for an
+//! image_condition_type latent_concat bundle, as the runtime's default — shift 7, 24 fps,
+//! sampling 1 → 0).
+//!
+//! Image-to-video: `input_reference` (see [`crate::input_reference`]) is required by a server
+//! whose bundle is image-to-video and refused by a text-to-video one; it is decoded here, at
+//! request time, and the whole request is then checked as the runtime will check it
+//! (`GenerateRequest::validate_for` the bundle's condition type), so bad input fails the create,
+//! never the job. [`parse_create`] does all of it; [`parse`] is the same for bodies whose image,
+//! if any, is a field value (JSON).
 //!
 //! Step caching, as `hyvideo generate --step-cache …`: `step_cache` ("none", the default, or
 //! "teacache" / "fbcache"), and with a method `step_cache_threshold` (≥ 0; default 0.15 for
@@ -18,12 +26,16 @@
 
 use std::collections::BTreeMap;
 
+use hyvideo::generation::{GenerateRequest, Sampling};
+use hyvideo::image::RgbImage;
 use hyvideo::setting::{InvalidSetting, Setting};
 use hyvideo::step_cache::{StepCache, StepCacheMethod, parse_step_cache};
+use hyvideo_bundle::ImageCondition;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::input_reference::{self, ImageInfo, InputReference};
 
 /// What a server accepts at most (its `--max-*` flags and what its engines admit).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +52,15 @@ pub struct Limits {
     /// Whether requests may ask for a step cache: the loaded transformer is in stages
     /// (`Prepared::start` sets it from the pipeline; a single-graph transformer cannot skip).
     pub step_cache: bool,
+    /// Bytes of an `input_reference` image at most (the file, not its base64).
+    pub max_image_bytes: usize,
+    /// How the loaded bundle's transformer takes an image (`Prepared::start` sets it from the
+    /// pipeline): image-to-video requires `input_reference`, text-to-video refuses it.
+    pub image_condition: ImageCondition,
 }
+
+/// The default [`Limits::max_image_bytes`]: 20 MiB.
+pub const MAX_IMAGE_BYTES: usize = 20 << 20;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -51,6 +71,8 @@ impl Default for Limits {
             max_prompt_chars: 4000,
             engine_max: None,
             step_cache: true,
+            max_image_bytes: MAX_IMAGE_BYTES,
+            image_condition: ImageCondition::None,
         }
     }
 }
@@ -79,6 +101,16 @@ pub struct JobSettings {
     /// `None`: every step computed (also what jobs stored before step caching parse to).
     #[serde(default)]
     pub step_cache: Option<StepCacheSettings>,
+    /// Image-to-video: what the input image is (the queue stores its bytes with the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_reference: Option<ImageInfo>,
+}
+
+/// A validated create: the job's settings and, for image-to-video, the image file to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Create {
+    pub settings: JobSettings,
+    pub image: Option<Vec<u8>>,
 }
 
 /// A job's step cache as requested: the method, its threshold (the method's default filled
@@ -161,6 +193,28 @@ impl JobSettings {
 
     pub fn size(&self) -> String {
         format!("{}x{}", self.width, self.height)
+    }
+
+    /// The runtime's request for these settings (what the worker runs and what a create is
+    /// validated as).
+    pub fn generate_request(&self, image: Option<RgbImage>) -> GenerateRequest {
+        GenerateRequest {
+            negative_prompt: self.negative_prompt.clone(),
+            height: self.height,
+            width: self.width,
+            frames: self.num_frames,
+            sampling: Sampling {
+                steps: self.num_inference_steps,
+                embedded_guidance: self.guidance_scale,
+                flow_shift: self.flow_shift,
+                cfg_scale: self.true_cfg_scale,
+                step_cache: self.step_cache.map(|c| c.step_cache()),
+                ..Sampling::default()
+            },
+            seed: self.seed,
+            image,
+            ..GenerateRequest::new(self.prompt.clone())
+        }
     }
 }
 
@@ -293,17 +347,83 @@ pub fn frames_for_seconds(seconds: f64, fps: u32) -> usize {
     k.saturating_mul(4).saturating_add(1)
 }
 
-/// Validate a create body given as field → value.
+/// Validate a create body given as field → value (an image only as the `input_reference`
+/// value: a data URL or `{"image_url": …}`).
 pub fn parse(fields: &BTreeMap<String, Value>, limits: &Limits) -> Result<JobSettings, ApiError> {
+    parse_create(fields, None, limits).map(|c| c.settings)
+}
+
+/// Validate a create: the fields, and the image uploaded as a file part (`upload`) or given as
+/// the `input_reference` field; decodes the image (CPU work: call it off the async threads).
+pub fn parse_create(
+    fields: &BTreeMap<String, Value>,
+    upload: Option<InputReference>,
+    limits: &Limits,
+) -> Result<Create, ApiError> {
     if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(k, "unknown field"));
     }
-    if fields.contains_key("input_reference") {
-        return Err(ApiError::invalid(
-            "input_reference",
-            "image-to-video needs an image-to-video bundle; this server runs text-to-video",
-        ));
+    let mut settings = parse_settings(fields, limits)?;
+    let field = fields.get(input_reference::FIELD).filter(|v| !v.is_null());
+    let kind = limits.image_condition;
+    let given = match (upload, field) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                input_reference::FIELD,
+                "given twice (a file part and a field)",
+            ));
+        }
+        (Some(u), None) => Some(u),
+        (None, Some(v)) if kind.is_image_to_video() => {
+            Some(input_reference::from_json(v, limits.max_image_bytes)?)
+        }
+        (None, Some(_)) => None,
+        (None, None) => None,
+    };
+    let has_image = given.is_some() || field.is_some();
+    match (kind.is_image_to_video(), has_image) {
+        (false, true) => {
+            return Err(ApiError::invalid(
+                input_reference::FIELD,
+                "this server's bundle is text-to-video: it takes no input image (serve an \
+                 image-to-video bundle, exported from a checkpoint such as HunyuanVideo-I2V)",
+            ));
+        }
+        (true, false) => {
+            return Err(ApiError::invalid(
+                input_reference::FIELD,
+                format!(
+                    "is required: this server's bundle is image-to-video (image_condition_type \
+                     {kind}); upload a PNG or JPEG file, or give a data:image/png;base64,… URL"
+                ),
+            ));
+        }
+        _ => {}
     }
+    let (image, bytes) = match given {
+        Some(r) => {
+            let (image, info) = input_reference::decode(&r, limits.max_image_bytes)?;
+            settings.input_reference = Some(info);
+            (Some(image), Some(r.bytes))
+        }
+        None => (None, None),
+    };
+    // Everything the runtime will check, checked now (latent_concat's frame count, …).
+    settings
+        .generate_request(image)
+        .validate_for(kind)
+        .map_err(|e| setting_error(&e))?;
+    Ok(Create {
+        settings,
+        image: bytes,
+    })
+}
+
+/// The fields other than `input_reference`.
+fn parse_settings(
+    fields: &BTreeMap<String, Value>,
+    limits: &Limits,
+) -> Result<JobSettings, ApiError> {
     let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
     let prompt = get("prompt")
         .ok_or_else(|| ApiError::invalid("prompt", "is required"))
@@ -409,7 +529,12 @@ pub fn parse(fields: &BTreeMap<String, Value>, limits: &Limits) -> Result<JobSet
             }
         }
     };
-    let guidance_scale = float("guidance_scale", 6.0, 0.0, 100.0)?;
+    let guidance_scale = float(
+        "guidance_scale",
+        Sampling::default_embedded_guidance(limits.image_condition),
+        0.0,
+        100.0,
+    )?;
     let true_cfg_scale = float("true_cfg_scale", 1.0, 1.0, 100.0)?;
     let flow_shift = float("flow_shift", 7.0, 1e-3, 100.0)?;
     let negative_prompt = match get("negative_prompt") {
@@ -444,6 +569,7 @@ pub fn parse(fields: &BTreeMap<String, Value>, limits: &Limits) -> Result<JobSet
         seed,
         fps,
         step_cache,
+        input_reference: None,
     })
 }
 
@@ -760,6 +886,97 @@ mod tests {
         let e = setting_error(&InvalidSetting::new(Setting::StepCacheEnd, "too far"));
         assert_eq!(e.param.as_deref(), Some("step_cache_end"));
         assert_eq!(e.message, "step_cache_end: too far");
+    }
+
+    #[test]
+    fn image_to_video_needs_the_image_and_text_to_video_refuses_it() {
+        let png = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/goldens/i2v_images/resized.png"),
+        )
+        .unwrap();
+        let upload = || InputReference {
+            bytes: png.clone(),
+            content_type: Some("image/png".into()),
+            name: "resized.png".into(),
+        };
+        let i2v = |kind| Limits {
+            image_condition: kind,
+            ..Limits::default()
+        };
+        let tr = i2v(ImageCondition::TokenReplace);
+        let lc = i2v(ImageCondition::LatentConcat);
+        let small = body(json!({"prompt": "a cat", "size": "48x32", "num_frames": 9}));
+        let c = parse_create(&small, Some(upload()), &tr).unwrap();
+        assert_eq!(c.image.as_deref(), Some(png.as_slice()));
+        assert_eq!(
+            c.settings.input_reference,
+            Some(ImageInfo {
+                format: "png".into(),
+                width: 75,
+                height: 44,
+                bytes: png.len()
+            })
+        );
+        // The guidance default follows the bundle (the runtime's default for its kind).
+        assert_eq!(c.settings.guidance_scale, 6.0);
+        let c = parse_create(&small, Some(upload()), &lc).unwrap();
+        assert_eq!(c.settings.guidance_scale, 1.0);
+        // A stored job's settings keep the image's description; a text-to-video job's JSON
+        // has no such key (as before image-to-video).
+        let json = serde_json::to_value(&c.settings).unwrap();
+        assert_eq!(json["input_reference"]["width"], 75);
+        let t2v = parse(&small, &Limits::default()).unwrap();
+        assert!(
+            serde_json::to_value(&t2v)
+                .unwrap()
+                .get("input_reference")
+                .is_none()
+        );
+
+        let refused = |fields: Value, up: Option<InputReference>, limits: &Limits, param: &str| {
+            let e = parse_create(&body(fields.clone()), up, limits).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{fields}: {e:?}");
+            assert!(e.message.starts_with(param), "{}", e.message);
+            e.message
+        };
+        let m = refused(small_json(), None, &tr, "input_reference");
+        assert!(
+            m.contains("is required") && m.contains("token_replace"),
+            "{m}"
+        );
+        let m = refused(
+            small_json(),
+            Some(upload()),
+            &Limits::default(),
+            "input_reference",
+        );
+        assert!(m.contains("text-to-video"), "{m}");
+        let mut with_url = small_json();
+        with_url["input_reference"] = json!("data:image/png;base64,AAAA");
+        let m = refused(with_url, None, &Limits::default(), "input_reference");
+        assert!(m.contains("text-to-video"), "{m}");
+        let m = refused(
+            json!({"prompt": "a", "size": "48x32", "num_frames": 1}),
+            Some(upload()),
+            &lc,
+            "num_frames",
+        );
+        assert!(m.contains("latent_concat"), "{m}");
+        let mut both = small_json();
+        both["input_reference"] = json!("data:image/png;base64,AAAA");
+        let m = refused(both, Some(upload()), &tr, "input_reference");
+        assert!(m.contains("twice"), "{m}");
+        let truncated = InputReference {
+            bytes: png[..png.len() / 2].to_vec(),
+            ..upload()
+        };
+        let m = refused(small_json(), Some(truncated), &tr, "input_reference");
+        assert!(m.contains("resized.png: truncated PNG"), "{m}");
+    }
+
+    fn small_json() -> Value {
+        json!({"prompt": "a cat", "size": "48x32", "num_frames": 9})
     }
 
     #[test]

@@ -70,6 +70,9 @@ impl ServeConfig {
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    /// Held so that the queue is dropped here, after both threads ended, never inside the HTTP
+    /// runtime (a PostgreSQL connection cannot close from within another async runtime).
+    queue: Option<Arc<dyn JobQueue>>,
     shutdown: Arc<AtomicBool>,
     running: Running,
     wakeup: Arc<Wakeup>,
@@ -116,13 +119,15 @@ impl Prepared {
     }
 
     /// Start the worker on `pipeline` and listen. Requests may ask for a step cache when its
-    /// transformer is loaded in stages.
+    /// transformer is loaded in stages; they must give an `input_reference` image when its bundle
+    /// is image-to-video, and must not otherwise.
     pub fn start(self, pipeline: Pipeline) -> Result<Server, ServeError> {
         let Prepared { mut config, queue } = self;
         config.limits.step_cache = matches!(
             pipeline.transformer().map(|t| t.form()),
             Ok(TransformerForm::Staged)
         );
+        config.limits.image_condition = pipeline.image_condition();
         let running: Running = Arc::new(Mutex::new(Default::default()));
         let shutdown = Arc::new(AtomicBool::new(false));
         let wakeup = Arc::new(Wakeup::default());
@@ -170,7 +175,7 @@ impl Prepared {
             });
         });
         let worker = Worker {
-            queue,
+            queue: queue.clone(),
             pipeline,
             data_dir: config.data_dir.clone(),
             id: config.worker_id.clone(),
@@ -189,6 +194,7 @@ impl Prepared {
         );
         Ok(Server {
             addr,
+            queue: Some(queue),
             shutdown,
             running,
             wakeup,
@@ -221,6 +227,7 @@ impl Server {
         for t in [self.worker.take(), self.http.take()].into_iter().flatten() {
             let _ = t.join();
         }
+        drop(self.queue.take());
     }
 }
 

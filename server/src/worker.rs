@@ -6,8 +6,11 @@
 //! job is marked completed (a queue that stores videos — PostgreSQL — gets them in the same
 //! transaction). A worker that dies leaves its lease to run out; the job then runs again from
 //! the start on whichever worker claims it (attempts are counted by the queue). Requests may ask
-//! for a step cache; its record is kept with the job's timings. Between jobs the retention sweep
-//! deletes expired jobs and this data dir's files of jobs that no longer exist.
+//! for a step cache; its record is kept with the job's timings. An image-to-video job's input
+//! image is read back from the queue (which stored it with the job, so any server of a shared
+//! queue can run it) and decoded again. Between jobs the retention sweep deletes expired jobs
+//! (their stored images go with their rows) and this data dir's files of jobs that no longer
+//! exist.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,9 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyvideo::generation::{
-    CancelFlag, GenerateRequest, GenerationError, Pipeline, Progress, Sampling,
-};
+use hyvideo::generation::{CancelFlag, GenerationError, Pipeline, Progress};
+use hyvideo::image::{RgbImage, load_image_bytes};
 use hyvideo::video::{Video, save_video};
 
 use crate::queue::{Content, ContentStore, Job, JobQueue};
@@ -107,6 +109,11 @@ enum Outcome {
     },
     /// Deleted while it ran, or its lease lost to another worker: nothing to record.
     Abandoned,
+    /// Could not start for a reason that may pass (the queue's database did not answer): handed
+    /// back to run again.
+    Retry {
+        message: String,
+    },
 }
 
 impl Worker {
@@ -232,6 +239,14 @@ impl Worker {
                 eprintln!("job {id}: stopped (deleted or taken over)");
                 Ok(false)
             }
+            Outcome::Retry { message } => {
+                eprintln!("job {id}: handed back to run again: {message}");
+                if let Err(e) = self.queue.release(&id, &self.id) {
+                    eprintln!("job {id}: releasing it: {e}");
+                }
+                std::thread::sleep(self.idle);
+                return;
+            }
         };
         match recorded {
             Ok(true) => eprintln!("job {id}: recorded"),
@@ -259,23 +274,40 @@ impl Worker {
         }
     }
 
-    fn generate(&mut self, id: &str, s: &JobSettings, cancel: &CancelFlag) -> Outcome {
-        let request = GenerateRequest {
-            negative_prompt: s.negative_prompt.clone(),
-            height: s.height,
-            width: s.width,
-            frames: s.num_frames,
-            sampling: Sampling {
-                steps: s.num_inference_steps,
-                embedded_guidance: s.guidance_scale,
-                flow_shift: s.flow_shift,
-                cfg_scale: s.true_cfg_scale,
-                step_cache: s.step_cache.map(|c| c.step_cache()),
-                ..Sampling::default()
-            },
-            seed: s.seed,
-            ..GenerateRequest::new(s.prompt.clone())
+    /// The job's input image, from the queue, decoded (`None` for a text-to-video job).
+    fn input_image(&self, id: &str, s: &JobSettings) -> Result<Option<RgbImage>, Outcome> {
+        if s.input_reference.is_none() {
+            return Ok(None);
+        }
+        let bytes = match self.queue.input_image(id) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Err(Outcome::Failed {
+                    code: "invalid_job",
+                    message: "input_reference: the image stored with the job is missing".into(),
+                });
+            }
+            Err(e) => {
+                return Err(Outcome::Retry {
+                    message: format!("reading its input_reference: {e}"),
+                });
+            }
         };
+        match load_image_bytes(&bytes, "the stored image") {
+            Ok(image) => Ok(Some(image)),
+            Err(e) => Err(Outcome::Failed {
+                code: "invalid_job",
+                message: format!("input_reference: {e}"),
+            }),
+        }
+    }
+
+    fn generate(&mut self, id: &str, s: &JobSettings, cancel: &CancelFlag) -> Outcome {
+        let image = match self.input_image(id, s) {
+            Ok(image) => image,
+            Err(outcome) => return outcome,
+        };
+        let request = s.generate_request(image);
         let (queue, worker, lease) = (self.queue.clone(), self.id.clone(), self.lease_secs);
         let metrics = self.metrics.clone();
         let mut last_renew = Instant::now();

@@ -19,6 +19,7 @@ mod postgres;
 mod precision;
 mod queue_backends;
 mod serve;
+mod serve_i2v;
 mod serve_process;
 mod serve_shared_queue;
 mod step_cache;

@@ -47,15 +47,20 @@ impl Drop for Serve {
 }
 
 impl Serve {
-    /// Start `hyvideo serve` on `data` (one intra-op thread: tests run side by side on 2 cores)
-    /// and wait for its `listening on` line.
+    /// Start `hyvideo serve` on the tiny bundle and `data` (one intra-op thread: tests run side
+    /// by side on 2 cores) and wait for its `listening on` line.
     pub(crate) fn start(data: &Path, extra: &[&str]) -> Serve {
+        Serve::start_bundle(full_bundle(), data, extra)
+    }
+
+    /// [`start`](Serve::start) on `bundle`.
+    pub(crate) fn start_bundle(bundle: &Path, data: &Path, extra: &[&str]) -> Serve {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("serve.log");
         let child = Command::new(env!("CARGO_BIN_EXE_hyvideo"))
             .arg("serve")
             .arg("--bundle")
-            .arg(full_bundle())
+            .arg(bundle)
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", "127.0.0.1:0", "--threads", "1"])
@@ -522,7 +527,15 @@ fn the_queue_survives_kill_9_and_every_job_runs_once() {
         assert_eq!(v["worker"].as_str(), Some(worker.as_str()), "{v}");
         assert!(v["timings"]["denoise"].as_f64().is_some(), "{v}");
     }
-    let log = second.log();
+    // The worker logs `recorded` just after the queue marks the job completed: wait for it.
+    let t = Instant::now();
+    let mut log = second.log();
+    while ids.iter().any(|id| log_count(&log, id, "recorded") == 0)
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        log = second.log();
+    }
     assert!(
         log.contains("1 job(s) left running by a previous process will run again"),
         "{log}"

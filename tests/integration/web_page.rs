@@ -3,12 +3,18 @@
 //! in-process on the tiny bundle with an API key: the page asks for the key, shows the server's
 //! 400 naming the field, submits a job, follows its events to `completed` and plays the MP4
 //! inline (a `<video>` at 48x32, playing); after a reload the stored key lists it again; its
-//! delete button removes it. A screenshot goes to `/tmp/hyvideo-page.png`.
+//! delete button removes it. A screenshot goes to `/tmp/hyvideo-page.png`. On an image-to-video
+//! server (the tiny HunyuanVideo-I2V) the page shows its image input (hidden on text-to-video),
+//! shows the 400 naming `input_reference` without an image, and sends the chosen file (set
+//! through WebDriver as ChromeDriver sets file inputs: the path typed into the element) as the
+//! multipart `input_reference`: the job completes from it and plays.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hyvideo::generation::{Pipeline, StageConfigs};
+use hyvideo_engines::SessionConfig;
 use hyvideo_server::serve::{ServeConfig, Server};
 use serde_json::Value;
 
@@ -117,6 +123,14 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
          return {ok: l.dataset.loaded === 'true' && l.querySelectorAll('[data-video-id]').length === 0,
                  list: document.querySelector('#list-status').textContent,
                  key: document.querySelector('#key-status').textContent};",
+    );
+    // Text-to-video: the server says so, and there is no image input.
+    b.wait(
+        "the server info says text-to-video",
+        Duration::from_secs(10),
+        "return {ok: document.querySelector('#kind').textContent === 'text-to-video'
+                     && document.querySelector('#image-box').hidden,
+                 kind: document.querySelector('#kind').textContent};",
     );
 
     // A frame count that is not 4k + 1: the server's 400 shown next to the form, naming the
@@ -300,4 +314,109 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     drop(b);
     server.stop();
     eprintln!("web_page: done in {:.1?}", t0.elapsed());
+}
+
+#[test]
+fn the_page_sends_an_image_to_an_image_to_video_server() {
+    let t0 = Instant::now();
+    let b = Browser::start();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = SessionConfig::default().with_intra_threads(Some(2));
+    let bundle = crate::i2v_pipeline::i2v_bundle("token_replace");
+    let pipeline = Pipeline::load(bundle, None, &StageConfigs::all(cfg)).unwrap();
+    let server = Server::start(config(data.path()), pipeline).unwrap();
+    let addr = server.addr();
+    b.goto(&format!("http://{addr}/"));
+    b.js(WATCH_ERRORS, &[]);
+    b.fill("#api-key", KEY);
+    b.click("#save-key");
+    // The server info arrives with the key: the image input shows, the guidance default is the
+    // bundle's.
+    let shown = b.wait(
+        "the image input shown",
+        Duration::from_secs(10),
+        "const box = document.querySelector('#image-box');
+         return {ok: !box.hidden && document.querySelector('#image').checkVisibility(),
+                 kind: document.querySelector('#kind').textContent,
+                 guidance: document.querySelector('#guidance').value,
+                 accept: document.querySelector('#image').accept};",
+    );
+    assert_eq!(shown["kind"], "image-to-video (token_replace)", "{shown}");
+    assert_eq!(shown["guidance"], "6.0", "{shown}");
+    assert_eq!(shown["accept"], "image/png,image/jpeg", "{shown}");
+
+    b.fill("#prompt", PROMPT);
+    b.click("#size option[value='48x32']");
+    b.fill("#frames", "9");
+    b.fill("#steps", "4");
+    b.fill("#seed", "42");
+    // Without an image: the server's 400 naming input_reference, the file input marked.
+    b.click("#submit");
+    let e = b.wait(
+        "the missing image named",
+        Duration::from_secs(10),
+        "const e = document.querySelector('#form-error').textContent;
+         const f = document.querySelector('#image');
+         return {ok: e.startsWith('input_reference') && f.getAttribute('aria-invalid') === 'true',
+                 error: e};",
+    );
+    eprintln!("web_page: {}", e["error"]);
+    assert_eq!(
+        api(addr, "GET", "/v1/videos").1["data"],
+        serde_json::json!([])
+    );
+
+    // ChromeDriver sets a file input from the path typed into it.
+    let image = crate::common::fixtures().join("goldens/i2v_images/resized.png");
+    let input = b.find("#image");
+    b.send_keys(&input, image.to_str().unwrap());
+    let chosen = b.js(
+        "const f = document.querySelector('#image').files; return f.length ? [f[0].name, f[0].size] : null;",
+        &[],
+    );
+    assert_eq!(chosen, serde_json::json!(["resized.png", 7800]), "{chosen}");
+    b.click("#submit");
+    let row = b.wait(
+        "the new row",
+        Duration::from_secs(10),
+        "const r = document.querySelector('#videos > [data-video-id]');
+         return {ok: !!r && document.querySelector('#form-error').textContent === '',
+                 id: r && r.dataset.videoId,
+                 error: document.querySelector('#form-error').textContent};",
+    );
+    let id = row["id"].as_str().unwrap().to_owned();
+    let s = row_state(
+        &b,
+        &id,
+        "the image-to-video row playing",
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        (s["video"]["width"].as_u64(), s["video"]["height"].as_u64()),
+        (Some(48), Some(32)),
+        "{s}"
+    );
+    let (status, job) = api(addr, "GET", &format!("/v1/videos/{id}"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["seed"].as_u64(),
+            job["guidance_scale"].as_f64()
+        ),
+        (Some("completed"), Some(42), Some(6.0)),
+        "{job}"
+    );
+    // The uploaded file is the one the queue stored.
+    let q = hyvideo_server::queue::QueueLocation::Sqlite
+        .open(data.path())
+        .unwrap();
+    assert_eq!(
+        q.input_image(&id).unwrap(),
+        Some(std::fs::read(&image).unwrap())
+    );
+    assert_no_page_errors(&b);
+    drop(b);
+    server.stop();
+    eprintln!("web_page: image-to-video done in {:.1?}", t0.elapsed());
 }
