@@ -119,6 +119,11 @@ SETTINGS_NOTES = {
             "generator=torch.Generator('cpu').manual_seed(seed))",
     "vae_tiling": "diffusers' enable_tiling() defaults (pixels) + frame-wise decoding (on by default)",
 }
+# How the weights were drawn (bench_model.json's "init").
+INIT_NOTES = {"linear": "N(0, gain/sqrt(fan_in)), gain 1", "embeddings":
+              f"N(0, 0.5) (Llama {LLAMA_EMB_STD}, CLIP {CLIP_EMB_STD})", "biases": "N(0, 0.1)",
+              "norm weights": "1 + N(0, 0.1)", "norm biases": "N(0, 0.1)",
+              "storage": "bf16 (values bf16-rounded before saving)"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,19 +176,30 @@ def randomize(model, seed: int, *, linear_std=None, linear_gain=1.0, emb_std=0.5
             p.copy_(p.to(torch.bfloat16).to(p.dtype))
 
 
-def build_models():
+def build_llama():
+    from transformers import LlamaConfig, LlamaModel
+
+    text_encoder = LlamaModel(LlamaConfig(**LLAMA_CONFIG))
+    randomize(text_encoder, SEEDS["text_encoder"], linear_gain=LLAMA_LINEAR_GAIN, emb_std=LLAMA_EMB_STD)
+    return text_encoder
+
+
+def build_models(transformer_config: dict = TRANSFORMER_CONFIG, transformer_seed: int = SEEDS["transformer"],
+                 text_encoder=build_llama):
+    """The pipeline's models (fp32, eval) and scheduler. `make_bench_i2v_model.py` passes its
+    transformer config and seed and a LLaVA builder as `text_encoder`; the VAE and CLIP are the
+    same in both."""
     import torch
     from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler,
                            HunyuanVideoTransformer3DModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    transformer = HunyuanVideoTransformer3DModel(**TRANSFORMER_CONFIG)
-    randomize(transformer, SEEDS["transformer"])
+    transformer = HunyuanVideoTransformer3DModel(**transformer_config)
+    randomize(transformer, transformer_seed)
     vae = AutoencoderKLHunyuanVideo(**VAE_CONFIG)
     randomize(vae, SEEDS["vae"])
-    text_encoder = LlamaModel(LlamaConfig(**LLAMA_CONFIG))
-    randomize(text_encoder, SEEDS["text_encoder"], linear_gain=LLAMA_LINEAR_GAIN, emb_std=LLAMA_EMB_STD)
+    text_encoder = text_encoder()
     text_encoder_2 = CLIPTextModel(CLIPTextConfig(**CLIP_CONFIG))
     randomize(text_encoder_2, SEEDS["text_encoder_2"], emb_std=CLIP_EMB_STD)
     models = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder,
@@ -333,18 +349,98 @@ def tree_digest(root: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def out_dir_error(out: Path) -> str | None:
+    """Why `out` must not be replaced (None: it may be)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "model_index.json").exists())):
+        return (f"--out {out} exists and is not an empty directory or a pipeline folder "
+                f"(no model_index.json); refusing to replace it")
+    return None
+
+
+def versions() -> dict:
+    import diffusers
+    import safetensors
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "safetensors": safetensors.__version__}
+
+
+def write_json_file(path: Path, obj: dict, **kw) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, **kw) + "\n", encoding="utf-8")
+
+
+def build_folder(out: Path, fill) -> int:
+    """Build the folder as `.<name>.partial` beside `out` with `fill(tmp)` (returns an exit status)
+    and rename it into place when that is 0."""
+    tmp = out.parent / f".{out.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        status = fill(tmp)
+        if status:
+            return status
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def run_sanity(check_fn, tmp: Path, threads: int) -> int:
+    """The sanity statistics are printed, not stored: their last digits may depend on the thread
+    count, and the folder must be byte-identical on every rerun."""
+    stats = check_fn(tmp, threads)
+    print("sanity: " + json.dumps({k: v for k, v in stats.items() if k != "failures"}))
+    if stats["failures"]:
+        print("error: sanity checks failed: " + "; ".join(stats["failures"]), file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_summary(out: Path, params: dict, components, t0: float, settings: dict) -> None:
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    rows = []
+    for name in components:
+        size = sum(p.stat().st_size for p in (out / name).rglob("*") if p.is_file())
+        n = params.get(name)
+        rows.append([name, f"{n / 1e6:.2f} M" if n else "-", C.fmt_bytes(size)])
+    C.print_table(["component", "parameters", "on disk"], rows)
+    digest = hashlib.sha256(json.dumps(tree_digest(out), sort_keys=True).encode()).hexdigest()
+    print(f"wrote {out} ({C.fmt_bytes(total)}, {time.perf_counter() - t0:.1f} s); tree sha256 {digest[:16]}")
+    print(f"settings: {out / 'bench_settings.json'}: {settings['height']}x{settings['width']} px, "
+          f"{settings['frames']} frames, {settings['steps']} steps, seed {settings['seed']}")
+
+
+def base_arg_parser(doc: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="the pipeline folder to write (replaced if it exists "
                                                  "and is empty or holds a model_index.json)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the sanity checks (default 2)")
     ap.add_argument("--no-check", action="store_true", help="skip loading the folder back for the sanity checks")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def start_torch(threads: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv=None) -> int:
+    args = base_arg_parser(__doc__).parse_args(argv)
 
     out = Path(args.out).resolve()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "model_index.json").exists())):
-        print(f"error: --out {out} exists and is not an empty directory or a pipeline folder "
-              f"(no model_index.json); refusing to replace it", file=sys.stderr)
+    err = out_dir_error(out)
+    if err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     for src in (FIXTURE_TINY / "tokenizer", FIXTURE_TINY / "tokenizer_2", FIXTURE_TINY / "model_index.json",
                 FIXTURE_LICENSES):
@@ -352,70 +448,34 @@ def main(argv=None) -> int:
             print(f"error: {src} is missing (the tokenizers are copied from tests/fixtures)", file=sys.stderr)
             return 2
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import diffusers
-    import safetensors
-    import torch
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-
+    start_torch(args.threads)
     t0 = time.perf_counter()
-    tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    params: dict = {}
+
+    def fill(tmp: Path) -> int:
         models, scheduler = build_models()
-        params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+        params.update({name: sum(p.numel() for p in m.parameters()) for name, m in models.items()})
         save_models(models, scheduler, tmp)
         del models
-        settings = dict(BENCH_SETTINGS)
-        settings["notes"] = SETTINGS_NOTES
-        (tmp / "bench_settings.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
-                                                encoding="utf-8")
+        write_json_file(tmp / "bench_settings.json", dict(BENCH_SETTINGS, notes=SETTINGS_NOTES))
         info = {
             "made_by": "benches/native/make_bench_model.py",
             "configs": {"transformer": TRANSFORMER_CONFIG, "vae": VAE_CONFIG, "text_encoder": LLAMA_CONFIG,
                         "text_encoder_2": CLIP_CONFIG, "scheduler": {"shift": SCHEDULER_SHIFT}},
             "params": params,
             "seeds": SEEDS,
-            "init": {"linear": "N(0, gain/sqrt(fan_in)), gain 1", "embeddings":
-                     f"N(0, 0.5) (Llama {LLAMA_EMB_STD}, CLIP {CLIP_EMB_STD})", "biases": "N(0, 0.1)",
-                     "norm weights": "1 + N(0, 0.1)", "norm biases": "N(0, 0.1)",
-                     "storage": "bf16 (values bf16-rounded before saving)"},
+            "init": INIT_NOTES,
             "tokenizers": "copied from tests/fixtures/tiny (real Llama-3 and CLIP tokenizers)",
-            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__, "safetensors": safetensors.__version__},
+            "versions": versions(),
         }
         (tmp / "bench_model.json").write_text(json.dumps(info, indent=2, default=list) + "\n")
-        # The sanity statistics are printed, not stored: their last digits may depend on the
-        # thread count, and the folder must be byte-identical on every rerun.
-        if not args.no_check:
-            stats = sanity(tmp, args.threads)
-            print("sanity: " + json.dumps({k: v for k, v in stats.items() if k != "failures"}))
-            if stats["failures"]:
-                print("error: sanity checks failed: " + "; ".join(stats["failures"]), file=sys.stderr)
-                return 1
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        return 0 if args.no_check else run_sanity(sanity, tmp, args.threads)
 
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    rows = []
-    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
-        size = sum(p.stat().st_size for p in (out / name).rglob("*") if p.is_file())
-        n = params.get(name)
-        rows.append([name, f"{n / 1e6:.2f} M" if n else "-", C.fmt_bytes(size)])
-    C.print_table(["component", "parameters", "on disk"], rows)
-    digest = hashlib.sha256(json.dumps(tree_digest(out), sort_keys=True).encode()).hexdigest()
-    print(f"wrote {out} ({C.fmt_bytes(total)}, {time.perf_counter() - t0:.1f} s); tree sha256 {digest[:16]}")
-    print(f"settings: {out / 'bench_settings.json'}: {BENCH_SETTINGS['height']}x{BENCH_SETTINGS['width']} px, "
-          f"{BENCH_SETTINGS['frames']} frames, {BENCH_SETTINGS['steps']} steps, seed {BENCH_SETTINGS['seed']}")
+    status = build_folder(out, fill)
+    if status:
+        return status
+    print_summary(out, params, ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+                  t0, BENCH_SETTINGS)
     return 0
 
 

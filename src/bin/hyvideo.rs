@@ -152,10 +152,15 @@ struct BenchArgs {
     #[arg(long)]
     bundle: PathBuf,
     /// Settings JSON (prompt, height, width, frames, steps, embedded_cfg_scale, flow_shift,
-    /// seed), e.g. the `bench_settings.json` that benches/native/make_bench_model.py writes.
-    /// Flags below override nothing when it is given.
+    /// seed, and for an image-to-video bundle image), e.g. the `bench_settings.json` that
+    /// benches/native/make_bench_model.py (or make_bench_i2v_model.py) writes. Flags below
+    /// override nothing when it is given, except --image.
     #[arg(long)]
     settings: Option<PathBuf>,
+    /// The input image (PNG or JPEG) of an image-to-video bundle, in place of the settings'
+    /// `image`: required there, refused for text-to-video.
+    #[arg(long)]
+    image: Option<PathBuf>,
     #[arg(long, default_value = "A cat walks on the grass, realistic style.")]
     prompt: String,
     #[arg(long, num_args = 2, value_names = ["HEIGHT", "WIDTH"], default_values_t = [256, 256])]
@@ -166,8 +171,10 @@ struct BenchArgs {
     seed: u64,
     #[arg(long, default_value_t = 10)]
     infer_steps: usize,
-    #[arg(long, default_value_t = 6.0)]
-    embedded_cfg_scale: f32,
+    /// Embedded guidance scale [default: 6.0; 1.0 for an image_condition_type latent_concat
+    /// bundle].
+    #[arg(long)]
+    embedded_cfg_scale: Option<f32>,
     #[arg(long, default_value_t = 7.0)]
     flow_shift: f32,
     /// Timed runs per stage.
@@ -716,62 +723,37 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// What one bench run makes: the keys of `bench_settings.json` (benches/native/
-/// make_bench_model.py), which the native script reads too. The schedule always runs σ 1 → 0,
-/// as diffusers' pipeline does (`flow_reverse: false` there means "not Tencent's 0 → 1").
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct BenchSettings {
-    prompt: String,
-    height: usize,
-    width: usize,
-    frames: usize,
-    steps: usize,
-    #[serde(default = "default_guidance", alias = "embedded_cfg_scale")]
-    embedded_guidance_scale: f32,
-    #[serde(default = "default_shift")]
-    flow_shift: f32,
-    #[serde(default)]
-    flow_reverse: bool,
-    seed: u64,
-    #[serde(default = "default_max_sequence_length")]
-    max_sequence_length: usize,
-}
-
-fn default_guidance() -> f32 {
-    6.0
-}
-
-fn default_shift() -> f32 {
-    7.0
-}
-
-fn default_max_sequence_length() -> usize {
-    hyvideo::text::MAX_SEQUENCE_LENGTH
-}
-
-impl BenchSettings {
-    fn resolve(args: &BenchArgs) -> Result<BenchSettings> {
-        if let Some(p) = &args.settings {
+/// The bench's settings: `--settings` (its `image` relative to its folder) or the flags, then
+/// `--image` in place of the settings' image.
+fn bench_settings(args: &BenchArgs) -> Result<hyvideo_cli::bench::BenchSettings> {
+    use hyvideo_cli::bench::BenchSettings;
+    let s = match &args.settings {
+        Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("--settings {}", p.display()))?;
-            return serde_json::from_str(&text)
-                .with_context(|| format!("--settings {}: not a bench settings file", p.display()));
+            let dir = p.parent().unwrap_or(Path::new(""));
+            BenchSettings::from_json(&text, dir)
+                .with_context(|| format!("--settings {}: not a bench settings file", p.display()))?
         }
-        let [height, width] = <[usize; 2]>::try_from(args.video_size.as_slice())
-            .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
-        Ok(BenchSettings {
-            prompt: args.prompt.clone(),
-            height,
-            width,
-            frames: args.video_length,
-            steps: args.infer_steps,
-            embedded_guidance_scale: args.embedded_cfg_scale,
-            flow_shift: args.flow_shift,
-            flow_reverse: false,
-            seed: args.seed,
-            max_sequence_length: hyvideo::text::MAX_SEQUENCE_LENGTH,
-        })
-    }
+        None => {
+            let [height, width] = <[usize; 2]>::try_from(args.video_size.as_slice())
+                .map_err(|_| anyhow::anyhow!("--video-size takes two numbers: HEIGHT WIDTH"))?;
+            BenchSettings {
+                prompt: args.prompt.clone(),
+                height,
+                width,
+                frames: args.video_length,
+                steps: args.infer_steps,
+                embedded_guidance_scale: args.embedded_cfg_scale,
+                flow_shift: args.flow_shift,
+                flow_reverse: false,
+                seed: args.seed,
+                max_sequence_length: hyvideo::text::MAX_SEQUENCE_LENGTH,
+                image: None,
+            }
+        }
+    };
+    Ok(s.with_image(args.image.as_deref()))
 }
 
 /// Run `f` warm-up + timed times; the timed seconds and the last result.
@@ -828,42 +810,55 @@ fn native_python(explicit: Option<&Path>, script: &Path) -> PathBuf {
 }
 
 fn bench_cmd(args: BenchArgs) -> Result<()> {
-    use hyvideo::pipeline::VideoSize;
+    use hyvideo::i2v::ImageConditioning;
     use hyvideo::transformer::{StepInput, VelocityModel};
-    use hyvideo_cli::bench::{max_abs_diff, rows, table};
+    use hyvideo_cli::bench::{
+        image_latent, loop_start, max_abs_diff, max_abs_diff_valid_rows, rows, step_zero_input,
+        table,
+    };
     use std::collections::BTreeMap;
 
-    let s = BenchSettings::resolve(&args)?;
-    if s.flow_reverse {
-        bail!(
-            "bench settings: flow_reverse = true (Tencent's t = 0 -> 1) is not what the native pipeline runs"
-        );
-    }
-    if s.max_sequence_length != hyvideo::text::MAX_SEQUENCE_LENGTH {
-        bail!(
-            "bench settings: max_sequence_length {} (only {} is supported)",
-            s.max_sequence_length,
-            hyvideo::text::MAX_SEQUENCE_LENGTH
-        );
-    }
+    let kind = hyvideo::generation::bundle_image_condition(&args.bundle).map_err(flagged)?;
+    let mut s = bench_settings(&args)?;
+    s.check()
+        .map_err(|e| anyhow::anyhow!("bench settings: {e}"))?;
+    // Resolved here so the native script runs with the same guidance.
+    s.embedded_guidance_scale = Some(s.guidance(kind));
+    let image = match &s.image {
+        Some(p) => {
+            Some(hyvideo::image::load_image(p).with_context(|| format!("image {}", p.display()))?)
+        }
+        None => None,
+    };
     let request = GenerateRequest {
         height: s.height,
         width: s.width,
         frames: s.frames,
         sampling: Sampling {
             steps: s.steps,
-            embedded_guidance: s.embedded_guidance_scale,
+            embedded_guidance: s.guidance(kind),
             flow_shift: s.flow_shift,
             step_cache: args.step_cache.step_cache(),
             ..Sampling::default()
         },
         seed: s.seed,
         tiling: args.tiling.config(),
+        image,
         ..GenerateRequest::new(s.prompt.clone())
     };
-    let size: VideoSize = request
-        .validate()
-        .map_err(|e| anyhow::anyhow!(flagged_message(&e)))?;
+    let size = request.validate_for(kind).map_err(|e| {
+        let hint = match e.setting {
+            hyvideo::generation::Setting::Image if kind.is_image_to_video() => {
+                " (bench: --image PATH, or \"image\" in the --settings file)"
+            }
+            hyvideo::generation::Setting::Image => {
+                " (bench: drop --image and the --settings file's \"image\")"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{}{hint}", flagged_message(&e))
+    })?;
+    let image = request.image.as_ref();
     let t = Instant::now();
     let mut pipeline = load_pipeline(
         &args.bundle,
@@ -873,6 +868,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     )?;
     let load_s = t.elapsed().as_secs_f64();
     let provider = pipeline.transformer().map_err(flagged)?.provider();
+    let takes_guidance = pipeline.transformer().map_err(flagged)?.takes_guidance();
     let cancel = CancelFlag::new();
     let sampling = request.sampling;
     let tiling = &request.tiling;
@@ -882,7 +878,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         .initial_latents(size, s.seed, None)
         .map_err(flagged)?;
     eprintln!(
-        "bench: {}x{} px, {} frames, {} steps, latents {:?}, {} warm-up + {} runs per stage on {provider}",
+        "bench: {}x{} px, {} frames, {} steps, latents {:?}, {} warm-up + {} runs per stage on {provider}{}",
         s.height,
         s.width,
         s.frames,
@@ -890,47 +886,74 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         init.shape(),
         w,
         r,
+        match &s.image {
+            Some(p) => format!("; image-to-video ({kind}) from {}", p.display()),
+            None => String::new(),
+        }
     );
 
-    let (secs, enc) = timed(w, r, || pipeline.encode(&s.prompt, None).map_err(flagged))?;
+    let (secs, enc) = timed(w, r, || {
+        match image {
+            Some(img) => pipeline.encode_with_image(&s.prompt, None, img, size),
+            None => pipeline.encode(&s.prompt, None),
+        }
+        .map_err(flagged)
+    })?;
     ours.insert("text_encoders".into(), secs);
+    let cond = match image {
+        Some(img) => {
+            let (secs, c) = timed(w, r, || {
+                pipeline
+                    .encode_image(img, size, init.shape())
+                    .map_err(flagged)
+            })?;
+            ours.insert("image_encode".into(), secs);
+            Some(c)
+        }
+        None => None,
+    };
     let sigmas = hyvideo::scheduler::sigmas(s.steps, s.flow_shift);
     let t0 = [sigmas[0] * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
-    let g = [s.embedded_guidance_scale * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
+    let g = [s.guidance(kind) * hyvideo::scheduler::NUM_TRAIN_TIMESTEPS];
     let step_input = |latents, text| StepInput {
         latents,
         timestep: &t0,
         text,
-        guidance: Some(g.as_slice()),
+        guidance: takes_guidance.then_some(g.as_slice()),
     };
     // One step as the loop runs it: the text cropped to the prompt's valid tokens (the graph
-    // takes no padding; see `Transformer::predict_observed`).
+    // takes no padding; see `Transformer::predict_observed`), the latents as the image condition
+    // type feeds them.
     let step_text = enc.prompt.cropped_to_prompts();
+    let step_latents = step_zero_input(cond.as_ref(), &init);
     let (secs, _) = timed(w, r, || {
         let model = pipeline.transformer_mut().map_err(flagged)?;
-        Ok(model.predict(&step_input(&init, &step_text))?)
+        Ok(model.predict(&step_input(&step_latents, &step_text))?)
     })?;
     ours.insert("transformer_step".into(), secs);
+    // The loop with the image mix of the initial latents (diffusers' prepare_latents), every
+    // latent frame returned (what the decoder gets).
     let (secs, latents) = timed(w, r, || {
         pipeline
-            .denoise(
+            .denoise_from_image(
                 &sampling,
-                init.clone(),
+                loop_start(cond.as_ref(), &init),
                 &enc.prompt,
                 None,
+                cond.as_ref(),
                 &mut |_| {},
                 &cancel,
             )
             .map_err(flagged)
     })?;
     ours.insert("denoise_loop".into(), secs);
-    let (secs, decoded) = timed(w, r, || {
+    let (secs, _) = timed(w, r, || {
         pipeline
             .decode(&latents, tiling, &mut |_| {}, &cancel)
             .map_err(flagged)
     })?;
     ours.insert("vae_decode".into(), secs);
-    let (secs, _) = timed(0, r, || {
+    let (secs, generated) = timed(0, r, || {
         pipeline
             .generate(&request, &mut |_| {}, &cancel)
             .map_err(flagged)
@@ -941,6 +964,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let mut native: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut diffs: BTreeMap<String, f64> = BTreeMap::new();
     let mut native_rss = None;
+    let mut text_detail = None;
     if args.native {
         let dir = tempfile::tempdir()?;
         let settings_path = dir.path().join("settings.json");
@@ -998,22 +1022,63 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         let (es, e) = nf.f32("prompt_embeds")?;
         let (ms, m) = nf.i64("prompt_attention_mask")?;
         let (ps, p) = nf.f32("pooled_prompt_embeds")?;
-        let d_embeds = max_abs_diff(enc.prompt.embeds(), &e).unwrap_or(f64::NAN);
+        // The rows the transformer reads: the prompt's valid ones (an image-to-video prompt's
+        // padded rows are never read, and are not what diffusers' are; text-to-video's agree).
+        let d_all = max_abs_diff(enc.prompt.embeds(), &e).unwrap_or(f64::NAN);
+        let d_valid = max_abs_diff_valid_rows(enc.prompt.embeds(), &e, enc.prompt.mask(), &m)
+            .unwrap_or(f64::NAN);
         let d_pooled = max_abs_diff(enc.prompt.pooled(), &p).unwrap_or(f64::NAN);
-        diffs.insert("text_encoders".into(), d_embeds.max(d_pooled));
+        diffs.insert("text_encoders".into(), d_valid.max(d_pooled));
+        text_detail = Some(serde_json::json!({
+            "prompt_embeds_valid_rows": d_valid,
+            "prompt_embeds_all_rows": d_all,
+            "pooled_prompt_embeds": d_pooled,
+            "masks_equal": enc.prompt.mask() == m.as_slice(),
+        }));
+        eprintln!(
+            "text_encoders max abs diff: valid rows {d_valid:.3e}, all rows {d_all:.3e}, pooled {d_pooled:.3e}"
+        );
         let ntext = hyvideo::transformer::TextConditioning::new((&es, e), (&ms, m), (&ps, p))?;
         let ninit = nf.tensor5("init_latents")?;
+        let ncond = match &cond {
+            Some(c) => {
+                // Ours from the same image file; the native image latent feeds the later stages.
+                let nimage = nf.tensor5("image_latents")?;
+                diffs.insert(
+                    "image_encode".into(),
+                    max_abs_diff(image_latent(c, init.shape()).data(), nimage.data())
+                        .unwrap_or(f64::NAN),
+                );
+                Some(ImageConditioning::new(kind, nimage, ninit.shape())?)
+            }
+            None => None,
+        };
         let model = pipeline.transformer_mut().map_err(flagged)?;
-        let step = model.predict(&step_input(&ninit, &ntext.cropped_to_prompts()))?;
+        let step = model.predict(&step_input(
+            &step_zero_input(ncond.as_ref(), &ninit),
+            &ntext.cropped_to_prompts(),
+        ))?;
         let (_, nstep) = nf.f32("step_sample")?;
         diffs.insert(
             "transformer_step".into(),
             max_abs_diff(step.data(), &nstep).unwrap_or(f64::NAN),
         );
         let fin = pipeline
-            .denoise(&sampling, ninit, &ntext, None, &mut |_| {}, &cancel)
+            .denoise_from_image(
+                &sampling,
+                loop_start(ncond.as_ref(), &ninit),
+                &ntext,
+                None,
+                ncond.as_ref(),
+                &mut |_| {},
+                &cancel,
+            )
             .map_err(flagged)?;
-        let nfinal = nf.tensor5("final_latents")?;
+        // Every latent frame (latent_concat returns all but the first, which is decoded too).
+        let nfinal = nf.tensor5(match ncond {
+            Some(_) => "final_latents_all",
+            None => "final_latents",
+        })?;
         diffs.insert(
             "denoise_loop".into(),
             max_abs_diff(fin.data(), nfinal.data()).unwrap_or(f64::NAN),
@@ -1022,14 +1087,18 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             .decode(&nfinal, tiling, &mut |_| {}, &cancel)
             .map_err(flagged)?
             .video;
-        let (_, ndec) = nf.f32("decoded")?;
+        let ndec = nf.tensor5("decoded")?;
         diffs.insert(
             "vae_decode".into(),
-            max_abs_diff(dec.data(), &ndec).unwrap_or(f64::NAN),
+            max_abs_diff(dec.data(), ndec.data()).unwrap_or(f64::NAN),
         );
+        // The final frames, in the decoder's range: latent_concat's video starts at frame 5.
+        let [_, _, f, h, w] = ndec.shape();
+        let drop = f - generated.video.shape()[2].min(f);
+        let nvideo = ndec.slice(drop..f, 0..h, 0..w);
         diffs.insert(
             "end_to_end".into(),
-            max_abs_diff(decoded.video.data(), &ndec).unwrap_or(f64::NAN),
+            max_abs_diff(generated.video.data(), nvideo.data()).unwrap_or(f64::NAN),
         );
     }
 
@@ -1067,6 +1136,8 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             "peak_rss_mib": rss,
             "native_peak_rss_mib": native_rss,
             "provider": provider.to_string(),
+            "image_condition_type": kind.to_string(),
+            "text_encoders_diff": text_detail,
             "placement": placement_record(&pipeline),
             "threads": args.runtime.session.threads,
             "load_seconds": load_s,
