@@ -375,6 +375,9 @@ fn fp8_calibration_of_an_i2v_bundle_is_refused_clearly() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success() && err.contains("image-to-video"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("image-to-video"),
+        "{err}"
+    );
     assert!(!dir.path().join("scales.json").exists());
 }
