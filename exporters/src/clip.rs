@@ -13,6 +13,9 @@
 //! as `argmax` of all zeros). Both are `ArgMax` (first maximum) on an int32 tensor, as
 //! transformers casts.
 //!
+//! Its encoder layers ([`Clip`]) also build LLaVA's CLIP vision tower ([`crate::clip_vision`]),
+//! there without a mask.
+//!
 //! Graph choices: every `nn.Linear` a 2-D `Gemm` (`transB = 1`) with `q|k|v` fused, attention
 //! [`crate::attention`]'s builder with the causal bias as an additive mask, quick-GELU as `x · sigmoid(1.702 x)`.
 //!

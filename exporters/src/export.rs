@@ -1,7 +1,9 @@
 //! `hyvideo-export onnx`: read a diffusers-format HunyuanVideo folder and write the requested
 //! components into a bundle. One function per component, sharing the checkpoint-to-graph glue;
 //! every graph is checked against its component's spec (`hyvideo_bundle::Component::spec`)
-//! before it is written, and the manifest records the graph's own I/O.
+//! before it is written, and the manifest records the graph's own I/O. An image-to-video folder
+//! (HunyuanVideo-I2V) also exports the VAE encoder and LLaVA's vision graph by default
+//! ([`scan_components`]), and its `text_encoder` is LLaVA's language model.
 
 use std::path::{Path, PathBuf};
 

@@ -9,7 +9,9 @@
 //! from the template itself as diffusers does when the template carries none: the template's
 //! token count minus 2 (the `{}` placeholder and the closing `<|eot_id|>`). CLIP sees the raw
 //! prompt, 77 tokens. Truncation and padding are the `tokenizers` library's own (the one
-//! transformers' fast tokenizers run), so special tokens are kept when a prompt is cut.
+//! transformers' fast tokenizers run), so special tokens are kept when a prompt is cut. The
+//! image-to-video template (a given `crop_start`, [`LlamaPrompts::with_crop_start`]) and its
+//! image expansion are [`crate::image_prompt`]'s.
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,9 @@
 //! Defaults:
 //! - diffusers configs ([`VaeConfig`], [`TransformerConfig`], [`SchedulerConfig`]): every key
 //!   defaults as in the class's `__init__` signature, which is what `from_pretrained` does.
-//! - transformers configs ([`LlamaConfig`], [`ClipTextConfig`]): the shape-defining keys
+//! - transformers configs ([`LlamaConfig`], [`ClipTextConfig`], and HunyuanVideo-I2V's
+//!   [`LlavaConfig`] with its [`ClipVisionConfig`]; a LLaVA config's `text_config` is also read
+//!   as the [`LlamaConfig`]): the shape-defining keys
 //!   (`vocab_size`, `hidden_size`, `intermediate_size`, `num_hidden_layers`,
 //!   `num_attention_heads`) are required, because transformers' defaults describe other models
 //!   (Llama-2-7B, CLIP ViT-B/32) that HunyuanVideo never uses; the rest default as in
