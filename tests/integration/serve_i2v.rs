@@ -554,8 +554,12 @@ fn a_queued_image_job_survives_kill_9() {
     drop(first);
 
     let second = Serve::start_bundle(bundle, data.path(), &args);
-    // The running job runs again from its stored image (attempt 2); then it is deleted.
-    let v = wait_for(&second, &blocker, Duration::from_secs(60), claimed);
+    // The running job runs again from its stored image (attempt 2); then it is deleted. (Wait
+    // for the second attempt itself: the restarted server may answer before it has released
+    // the dead one's job, which then still reads in_progress, attempt 1.)
+    let v = wait_for(&second, &blocker, Duration::from_secs(60), |v| {
+        claimed(v) && v["attempts"] == 2
+    });
     assert_eq!(v["attempts"], 2, "{v}");
     let d = http(
         second.addr,
