@@ -43,10 +43,7 @@ fn config() -> SessionConfig {
 }
 
 fn engine(component: Component) -> Engine {
-    let bundle = i2v_text_bundle();
-    let m = Manifest::load(bundle).unwrap();
-    let entry = m.component(bundle, component).unwrap();
-    Engine::load(&bundle.join(&entry.file), &config()).unwrap()
+    crate::text_encoders::engine(i2v_text_bundle(), component)
 }
 
 /// The vision graph `e` on the golden pixels of `image`.
@@ -237,11 +234,7 @@ fn llava_graphs_in_fp16_stay_close() {
         TransformerSource::default(),
         Precision::Fp16,
     );
-    let m = Manifest::load(&bundle).unwrap();
-    let load = |c: Component| {
-        let e = m.component(&bundle, c).unwrap();
-        Engine::load(&bundle.join(&e.file), &config()).unwrap()
-    };
+    let load = |c: Component| crate::text_encoders::engine(&bundle, c);
     let out = run_vision(&mut load(Component::VisionEncoder), "resized");
     let (_, want) = golden(FILE, "resized.image_embeds");
     let err = rel_l2(&out, &want);

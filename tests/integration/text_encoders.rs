@@ -12,7 +12,8 @@ use crate::common::{golden, golden_i64, list_dir, rel_max_err, text_encoders_bun
 
 const FILE: &str = "text_encoders.safetensors";
 
-fn engine(bundle: &Path, component: Component) -> Engine {
+/// The graph of `component` in `bundle` on ONNX Runtime CPU, 2 threads.
+pub(crate) fn engine(bundle: &Path, component: Component) -> Engine {
     let m = Manifest::load(bundle).unwrap();
     let entry = m.component(bundle, component).unwrap();
     Engine::load(
