@@ -466,8 +466,12 @@ fn sigterm_stops_gracefully_and_the_running_job_runs_again() {
     assert!(log.contains("released for a later run"), "{log}");
     drop(first);
     let second = Serve::start(data.path(), &["--max-steps", "100000"]);
-    // The long job is claimable again at once (released, not waiting for its lease).
-    let v = wait_for(&second, &ids[0], Duration::from_secs(60), running);
+    // The long job is claimable again at once (released, not waiting for its lease). Wait for
+    // the second attempt itself: until the new worker claims it, the released job still reads
+    // in_progress under the stopped server, attempt 1.
+    let v = wait_for(&second, &ids[0], Duration::from_secs(60), |v| {
+        running(v) && v["attempts"] == 2
+    });
     assert_eq!(v["attempts"].as_u64(), Some(2), "{v}");
     let d = http(
         second.addr,
