@@ -231,18 +231,45 @@ impl Server {
     }
 }
 
-/// Block until SIGINT or SIGTERM.
-pub fn wait_for_signal() -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    })
+/// SIGINT and SIGTERM handlers. Install them before the server says it listens: a signal that
+/// arrives after that line is then always a graceful stop, never the default exit.
+pub struct StopSignals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Install the handlers (from now on SIGINT/SIGTERM no longer end the process by default).
+    pub fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int) = {
+            let _entered = rt.enter();
+            (
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            )
+        };
+        Ok(StopSignals { rt, term, int })
+    }
+
+    /// Block until SIGINT or SIGTERM (also one that arrived since [`install`](Self::install)).
+    pub fn wait(self) {
+        let StopSignals {
+            rt,
+            mut term,
+            mut int,
+        } = self;
+        rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        });
+    }
 }
 
 /// `host:pid`, the default worker id.

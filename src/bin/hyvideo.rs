@@ -1152,7 +1152,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
 fn serve_cmd(args: ServeArgs) -> Result<()> {
     use hyvideo_server::queue::QueueLocation;
     use hyvideo_server::request::Limits;
-    use hyvideo_server::serve::{ServeConfig, Server, default_worker_id, wait_for_signal};
+    use hyvideo_server::serve::{ServeConfig, Server, StopSignals, default_worker_id};
     let queue = QueueLocation::parse(&args.queue)?;
     if args.lease_seconds < 3 {
         bail!("--lease-seconds {}: at least 3", args.lease_seconds);
@@ -1198,9 +1198,10 @@ fn serve_cmd(args: ServeArgs) -> Result<()> {
         args.bundle.display(),
         t.elapsed().as_secs_f64()
     );
+    let signals = StopSignals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let server = prepared.start(pipeline)?;
     println!("listening on http://{}", server.addr());
-    wait_for_signal()?;
+    signals.wait();
     eprintln!("serve: stopping");
     server.stop();
     Ok(())

@@ -108,7 +108,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     b.js(WATCH_ERRORS, &[]);
     let asked = b.wait(
         "the page asks for the API key",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "const s = document.querySelector('#key-status').textContent;
          return {ok: s.includes('API key') && document.activeElement.id === 'api-key',
                  status: s, focus: document.activeElement.id};",
@@ -118,7 +118,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     b.click("#save-key");
     b.wait(
         "the list loads with the key",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "const l = document.querySelector('#videos');
          return {ok: l.dataset.loaded === 'true' && l.querySelectorAll('[data-video-id]').length === 0,
                  list: document.querySelector('#list-status').textContent,
@@ -127,7 +127,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     // Text-to-video: the server says so, and there is no image input.
     b.wait(
         "the server info says text-to-video",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "return {ok: document.querySelector('#kind').textContent === 'text-to-video'
                      && document.querySelector('#image-box').hidden,
                  kind: document.querySelector('#kind').textContent};",
@@ -157,7 +157,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     b.click("#submit");
     let shown = b.wait(
         "the server's error on the page",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "const e = document.querySelector('#form-error').textContent;
          const f = document.querySelector('#frames');
          return {ok: e.includes('num_frames') && e.includes('4k + 1')
@@ -189,7 +189,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     b.click("#submit");
     let row = b.wait(
         "the new row",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "const r = document.querySelector('#videos > [data-video-id]');
          return {ok: !!r && document.querySelector('#form-error').textContent === ''
                      && !document.querySelector('#frames').hasAttribute('aria-invalid'),
@@ -227,20 +227,23 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     );
     assert_eq!(v["src"], "blob:", "played from the fetched blob");
     assert_eq!(s["rowError"], "");
-    // Playing: the position moves.
-    let mut times = vec![];
-    for _ in 0..5 {
-        let t = b.js(
+    // Playing: the position moves (within 15 s: a loaded machine can stall the player).
+    let current_time = || {
+        b.js(
             "return document.querySelector(`[data-video-id=\"${arguments[0]}\"] video`).currentTime;",
             &[Value::from(id.as_str())],
+        )
+        .as_f64()
+        .unwrap()
+    };
+    let (first, t) = (current_time(), Instant::now());
+    while current_time() == first {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "currentTime stands still at {first}"
         );
-        times.push(t.as_f64().unwrap());
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        times.windows(2).any(|w| w[0] != w[1]),
-        "currentTime stands still: {times:?}"
-    );
     let statuses = b.js("return window.__statuses;", &[]);
     eprintln!("web_page: the row showed {statuses}");
     assert_eq!(
@@ -295,7 +298,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
         &b,
         &id,
         "the listed job plays after a reload",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
     );
     assert_eq!(again["video"]["width"], 48, "{again}");
     let key = b.js("return [document.querySelector('#api-key').value, localStorage.getItem('hyvideo.apiKey')];", &[]);
@@ -305,7 +308,7 @@ fn the_page_submits_a_job_follows_it_and_plays_the_video() {
     b.click(&format!("[data-video-id='{id}'] .delete"));
     b.wait(
         "the row is gone",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "return {ok: !document.querySelector('[data-video-id]') && !!document.querySelector('#videos .empty')};",
     );
     assert_eq!(api(addr, "GET", &format!("/v1/videos/{id}")).0, 404);
@@ -334,7 +337,7 @@ fn the_page_sends_an_image_to_an_image_to_video_server() {
     // bundle's.
     let shown = b.wait(
         "the image input shown",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "const box = document.querySelector('#image-box');
          return {ok: !box.hidden && document.querySelector('#image').checkVisibility(),
                  kind: document.querySelector('#kind').textContent,
@@ -354,7 +357,7 @@ fn the_page_sends_an_image_to_an_image_to_video_server() {
     b.click("#submit");
     let e = b.wait(
         "the missing image named",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "const e = document.querySelector('#form-error').textContent;
          const f = document.querySelector('#image');
          return {ok: e.startsWith('input_reference') && f.getAttribute('aria-invalid') === 'true',
@@ -378,7 +381,7 @@ fn the_page_sends_an_image_to_an_image_to_video_server() {
     b.click("#submit");
     let row = b.wait(
         "the new row",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "const r = document.querySelector('#videos > [data-video-id]');
          return {ok: !!r && document.querySelector('#form-error').textContent === '',
                  id: r && r.dataset.videoId,

@@ -152,8 +152,8 @@ impl Browser {
                 panic!("chromedriver exited ({status}):\n{}", b.log());
             }
             assert!(
-                t.elapsed() < Duration::from_secs(15),
-                "chromedriver not ready in 15 s:\n{}",
+                t.elapsed() < Duration::from_secs(60),
+                "chromedriver not ready in 60 s:\n{}",
                 b.log()
             );
             std::thread::sleep(Duration::from_millis(50));
