@@ -48,6 +48,16 @@ impl ImageCondition {
     pub fn is_image_to_video(self) -> bool {
         self != ImageCondition::None
     }
+
+    /// Frames the reference pipeline drops from the front of the decoded video: latent_concat
+    /// returns the frames after the conditioning latent frame's 4 (`video[:, :, 4:]`), so a
+    /// request for `num_frames` delivers `num_frames − 4`; the others deliver all.
+    pub fn dropped_video_frames(self) -> usize {
+        match self {
+            ImageCondition::LatentConcat => 4,
+            ImageCondition::None | ImageCondition::TokenReplace => 0,
+        }
+    }
 }
 
 impl fmt::Display for ImageCondition {
@@ -73,5 +83,7 @@ mod tests {
         assert!(e.contains("`concat`") && e.contains("latent_concat"), "{e}");
         assert!(!ImageCondition::None.is_image_to_video());
         assert!(ImageCondition::LatentConcat.is_image_to_video());
+        assert_eq!(ImageCondition::LatentConcat.dropped_video_frames(), 4);
+        assert_eq!(ImageCondition::TokenReplace.dropped_video_frames(), 0);
     }
 }

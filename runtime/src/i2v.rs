@@ -18,8 +18,6 @@ use crate::tensor::Tensor5;
 
 /// diffusers' `t = 0.999` of `latents · t + image_latents · (1 − t)`.
 pub const NOISE_WEIGHT: f32 = 0.999;
-/// Video frames latent_concat drops from the decode (one latent frame's worth).
-pub const LATENT_CONCAT_DROPPED_FRAMES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum I2vError {
@@ -123,10 +121,7 @@ impl ImageConditioning {
 
     /// Video frames to drop from the front of the decode of all latents.
     pub fn dropped_video_frames(&self) -> usize {
-        match self.kind {
-            ImageCondition::LatentConcat => LATENT_CONCAT_DROPPED_FRAMES,
-            _ => 0,
-        }
+        self.kind.dropped_video_frames()
     }
 
     fn replace_first_frame(&self, x: &mut Tensor5) {

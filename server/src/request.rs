@@ -104,6 +104,11 @@ pub struct JobSettings {
     /// Image-to-video: what the input image is (the queue stores its bytes with the job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_reference: Option<ImageInfo>,
+    /// Frames of the delivered video: `num_frames` less what the bundle's condition type drops
+    /// (latent_concat: 4, as the reference pipeline returns). `None` in jobs stored before this
+    /// was recorded: then `num_frames`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_frames: Option<usize>,
 }
 
 /// A validated create: the job's settings and, for image-to-video, the image file to store.
@@ -180,9 +185,14 @@ pub fn setting_error(e: &InvalidSetting) -> ApiError {
 }
 
 impl JobSettings {
-    /// The video's length as the API reports it (`seconds`, a string).
+    /// Frames in the delivered video (see [`JobSettings::output_frames`]).
+    pub fn delivered_frames(&self) -> usize {
+        self.output_frames.unwrap_or(self.num_frames)
+    }
+
+    /// The delivered video's length as the API reports it (`seconds`, a string).
     pub fn seconds(&self) -> String {
-        let s = self.num_frames as f64 / self.fps.max(1) as f64;
+        let s = self.delivered_frames() as f64 / self.fps.max(1) as f64;
         let r = (s * 100.0).round() / 100.0;
         if r.fract() == 0.0 {
             format!("{r:.0}")
@@ -570,6 +580,9 @@ fn parse_settings(
         fps,
         step_cache,
         input_reference: None,
+        output_frames: Some(
+            num_frames.saturating_sub(limits.image_condition.dropped_video_frames()),
+        ),
     })
 }
 
@@ -922,6 +935,18 @@ mod tests {
         assert_eq!(c.settings.guidance_scale, 6.0);
         let c = parse_create(&small, Some(upload()), &lc).unwrap();
         assert_eq!(c.settings.guidance_scale, 1.0);
+        // latent_concat delivers 4 frames fewer than asked (the reference drops them): the
+        // video object's `seconds` is that video's length, `output_frames` its frame count.
+        assert_eq!(
+            (c.settings.num_frames, c.settings.delivered_frames()),
+            (9, 5)
+        );
+        assert_eq!(
+            c.settings.seconds(),
+            format!("{}", (5.0f64 / 24.0 * 100.0).round() / 100.0)
+        );
+        let tr_settings = parse_create(&small, Some(upload()), &tr).unwrap().settings;
+        assert_eq!(tr_settings.delivered_frames(), 9);
         // A stored job's settings keep the image's description; a text-to-video job's JSON
         // has no such key (as before image-to-video).
         let json = serde_json::to_value(&c.settings).unwrap();

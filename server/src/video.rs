@@ -1,8 +1,9 @@
 //! The video object every `/v1/videos` route answers with, as OpenAI's Videos API defines it
 //! (`id`, `object: "video"`, `status` one of `queued` / `in_progress` / `completed` / `failed`,
 //! integer `progress`, `created_at`, `completed_at`, `expires_at`, `model`, `size`, `seconds`,
-//! `prompt`, `error`), plus this server's fields (`num_frames`, `seed`, `attempts`, `worker`,
-//! `timings`, the sampling settings, `step_cache`).
+//! `prompt`, `error`), plus this server's fields (`num_frames` as requested, `output_frames` in
+//! the delivered video — 4 fewer for a latent_concat bundle, whose `seconds` is that video's
+//! length — `seed`, `attempts`, `worker`, `timings`, the sampling settings, `step_cache`).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -31,6 +32,7 @@ pub struct VideoObject {
     pub prompt: String,
     pub error: Option<VideoError>,
     pub num_frames: usize,
+    pub output_frames: usize,
     pub num_inference_steps: usize,
     pub guidance_scale: f32,
     pub true_cfg_scale: f32,
@@ -69,6 +71,7 @@ impl VideoObject {
                 message: e.message.clone(),
             }),
             num_frames: settings.num_frames,
+            output_frames: settings.delivered_frames(),
             num_inference_steps: settings.num_inference_steps,
             guidance_scale: settings.guidance_scale,
             true_cfg_scale: settings.true_cfg_scale,

@@ -5,7 +5,8 @@
 //! against diffusers' golden); every refusal a 400 (413 for the size) naming `input_reference`
 //! with no job made, on an image-to-video and a text-to-video server; the image surviving a
 //! `kill -9` of the server with its job queued; and, on a shared PostgreSQL queue, a job uploaded
-//! to one server run by another.
+//! to one server run by another; a latent_concat server's video object reporting the 4 frames
+//! fewer that its MP4 holds.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -271,6 +272,10 @@ fn an_image_to_video_server_runs_the_uploaded_image_as_generate_does() {
             "{v}"
         );
         assert!(v["timings"]["image encode"].as_f64().is_some(), "{v}");
+        assert_eq!(
+            (&v["num_frames"], &v["output_frames"]),
+            (&json!(9), &json!(9))
+        );
         videos.push(content(addr, id));
         let thumb = get(addr, &format!("/v1/videos/{id}/content?variant=thumbnail"));
         assert_eq!(&thumb.body[..8], b"\x89PNG\r\n\x1a\n");
@@ -278,6 +283,7 @@ fn an_image_to_video_server_runs_the_uploaded_image_as_generate_does() {
     for (id, v) in ids.iter().zip(&videos) {
         assert_eq!(v, &videos[0], "{id}: the same image, settings and seed");
     }
+    assert_eq!(mp4_frames(&videos[0]), 9);
     eprintln!(
         "serve_i2v: 4 jobs done in {:.1?} (with the server's start)",
         t0.elapsed()
@@ -302,6 +308,47 @@ fn an_image_to_video_server_runs_the_uploaded_image_as_generate_does() {
     assert!(queue.input_image(&ids[1]).unwrap().is_some());
     server.stop();
     eprintln!("serve_i2v: done in {:.1?}", t0.elapsed());
+}
+
+/// The sample (frame) count of an MP4's one video track: `stsz`'s `sample_count`.
+fn mp4_frames(mp4: &[u8]) -> u32 {
+    let at = mp4
+        .windows(4)
+        .position(|w| w == b"stsz")
+        .expect("an stsz box");
+    // type, version/flags, sample_size, then sample_count.
+    u32::from_be_bytes(mp4[at + 12..at + 16].try_into().unwrap())
+}
+
+/// HunyuanVideo-I2V-33ch delivers 4 frames fewer than asked (the reference pipeline drops the
+/// conditioning frame's): the video object keeps the requested `num_frames` and says what the
+/// MP4 holds in `output_frames` and `seconds`.
+#[test]
+fn a_latent_concat_server_reports_the_frames_it_delivers() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        crate::serve::config(data.path()),
+        i2v_pipeline("latent_concat"),
+    )
+    .unwrap();
+    let addr = server.addr();
+    let png = read(&i2v_image("resized"));
+    let body = json_request(json!(data_url("image/png", &png))).to_string();
+    let id = created(&post(addr, &[JSON_TYPE], body.as_bytes()));
+    let v = wait_done(addr, &id);
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(
+        (
+            &v["num_frames"],
+            &v["output_frames"],
+            &v["seconds"],
+            &v["guidance_scale"]
+        ),
+        (&json!(9), &json!(5), &json!("0.21"), &json!(1.0)),
+        "{v}"
+    );
+    assert_eq!(mp4_frames(&content(addr, &id)), 5);
+    server.stop();
 }
 
 /// Each refusal: status, the error's param, a piece of its message.
