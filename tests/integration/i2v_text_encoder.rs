@@ -1,5 +1,7 @@
 //! HunyuanVideo-I2V's LLaVA text encoder exported from `tiny_i2v/` against transformers'
-//! (`goldens/i2v_text_encoder.safetensors`): the vision graph (tower + projector), the language
+//! (`goldens/i2v_text_encoder.safetensors`): the vision graph (tower + projector) on the
+//! runtime's CLIP preprocessing (checked value for value against a sample of
+//! `CLIPImageProcessor`'s pixel values), the language
 //! model with the image merged, and the whole image-to-video prompt encoding against the
 //! pipeline's `encode_prompt` (`goldens/i2v_pipeline_*.safetensors`), negative prompt with the
 //! black image included.
@@ -8,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use hyvideo::engine_set::ModelFiles;
-use hyvideo::image::load_image;
+use hyvideo::image::{ClipImageConfig, clip_pixels, load_image};
 use hyvideo::image_prompt::ImageEmbedInterleave;
-use hyvideo::pipeline::TextEncoders;
+use hyvideo::pipeline::{IMAGE_PROCESSOR_CONFIG, IMAGE_PROCESSOR_FOLDER, TextEncoders};
 use hyvideo_bundle::{Component, Manifest, Precision};
 use hyvideo_engines::{Engine, Input, SessionConfig};
 use hyvideo_exporters::export::TransformerSource;
@@ -46,9 +48,35 @@ fn engine(component: Component) -> Engine {
     crate::text_encoders::engine(i2v_text_bundle(), component)
 }
 
-/// The vision graph `e` on the golden pixels of `image`.
+/// The golden's pixel values keep every `PIXEL_STRIDE`-th value of transformers'.
+const PIXEL_STRIDE: usize = 97;
+
+/// The vision graph's input for `image` (`goldens/i2v_images/{image}.png`): the runtime's CLIP
+/// preprocessing with `tiny_i2v`'s processor config, equal to the golden's sample of
+/// `CLIPImageProcessor`'s `pixel_values` value for value.
+fn pixels(image: &str) -> (Vec<usize>, Vec<f32>) {
+    let png = fixtures().join(format!("goldens/i2v_images/{image}.png"));
+    let config = ClipImageConfig::from_file(
+        &tiny_i2v_model("tiny_i2v")
+            .join(IMAGE_PROCESSOR_FOLDER)
+            .join(IMAGE_PROCESSOR_CONFIG),
+    )
+    .unwrap();
+    let (pixels, [c, h, w]) = clip_pixels(&load_image(&png).unwrap(), &config);
+    let (_, sample) = golden(FILE, &format!("{image}.pixel_values_sample"));
+    let ours: Vec<f32> = pixels.iter().step_by(PIXEL_STRIDE).copied().collect();
+    assert_eq!(ours.len(), sample.len(), "{image}");
+    let differing = ours.iter().zip(&sample).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differing, 0,
+        "{image}: pixel values differing from transformers'"
+    );
+    (vec![1, c, h, w], pixels)
+}
+
+/// The vision graph `e` on the pixels of `image`.
 fn run_vision(e: &mut Engine, image: &str) -> Vec<f32> {
-    let (shape, pixels) = golden(FILE, &format!("{image}.pixel_values"));
+    let (shape, pixels) = pixels(image);
     let out = e
         .run_one(
             &[(
