@@ -9,12 +9,14 @@
 //! - [`queue`]: the job queue, SQLite or a PostgreSQL database shared by several servers
 //!   (durable across restarts, leases for crashed workers);
 //! - [`error`]: the OpenAI error shape;
-//! - [`api`]: the routes; [`worker`]: the job loop; [`metrics`]: timings and failure counts;
+//! - [`api`]: the routes; [`worker`]: the job loop; [`lease`]: the heartbeat that renews a
+//!   running job's lease; [`metrics`]: timings and failure counts;
 //!   [`serve`]: starting and stopping; [`page`]: the web page at `/`.
 
 pub mod api;
 pub mod error;
 pub mod input_reference;
+pub mod lease;
 pub mod metrics;
 pub mod page;
 pub mod queue;

@@ -1,5 +1,5 @@
 //! The job loop of one server process: claim the oldest runnable job from the queue (with a
-//! lease this worker renews while it runs), run it on the loaded `Pipeline` — the engines are
+//! lease that a heartbeat renews while the job runs: `lease`), run it on the loaded `Pipeline` — the engines are
 //! loaded once for every job — reporting progress from the real step and tile counts, stop it
 //! when it is deleted (cooperative cancellation between denoising steps and decode tiles), and
 //! write the MP4 and its first-frame PNG under temporary names renamed into place before the
@@ -22,6 +22,7 @@ use hyvideo::generation::{CancelFlag, GenerationError, Pipeline, Progress};
 use hyvideo::image::{RgbImage, load_image_bytes};
 use hyvideo::video::{Video, save_video};
 
+use crate::lease::LeaseKeeper;
 use crate::queue::{Content, ContentStore, Job, JobQueue};
 use crate::request::{JobSettings, is_job_id, setting_field};
 use crate::video::progress;
@@ -183,6 +184,13 @@ impl Worker {
         if let Ok(mut r) = self.running.lock() {
             r.insert(id.clone(), cancel.clone());
         }
+        let lease = LeaseKeeper::start(
+            self.queue.clone(),
+            &id,
+            &self.id,
+            self.lease_secs,
+            cancel.clone(),
+        );
         let outcome = match serde_json::from_str::<JobSettings>(&job.settings) {
             Ok(s) => self.generate(&id, &s, &cancel),
             Err(e) => Outcome::Failed {
@@ -190,6 +198,8 @@ impl Worker {
                 message: format!("stored settings do not parse: {e}"),
             },
         };
+        // No renewal may follow what is recorded next (a release must stay a release).
+        drop(lease);
         if let Ok(mut r) = self.running.lock() {
             r.remove(&id);
         }
@@ -308,9 +318,8 @@ impl Worker {
             Err(outcome) => return outcome,
         };
         let request = s.generate_request(image);
-        let (queue, worker, lease) = (self.queue.clone(), self.id.clone(), self.lease_secs);
+        let (queue, worker) = (self.queue.clone(), self.id.clone());
         let metrics = self.metrics.clone();
-        let mut last_renew = Instant::now();
         let mut last_progress = 0u8;
         let (mut step, mut steps, mut tile, mut tiles) = (0, s.num_inference_steps, 0, 0);
         let mut on_progress = |e: Progress| {
@@ -327,15 +336,9 @@ impl Worker {
                 Progress::Stage(_) => {}
             }
             let p = progress(step, steps, tile, tiles);
-            let renew = last_renew.elapsed() >= Duration::from_secs((lease / 3).max(1) as u64);
-            let held = if renew {
-                last_renew = Instant::now();
-                queue.renew(id, &worker, lease, now()).unwrap_or(true)
-            } else if p != last_progress {
-                queue.set_progress(id, &worker, p).unwrap_or(true)
-            } else {
-                true
-            };
+            // (The lease is renewed by the heartbeat; a progress update that finds the job gone
+            // stops it between steps as soon as possible.)
+            let held = p == last_progress || queue.set_progress(id, &worker, p).unwrap_or(true);
             last_progress = p;
             if !held {
                 cancel.cancel();

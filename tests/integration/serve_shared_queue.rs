@@ -25,7 +25,7 @@ fn two_servers_on_one_postgres_queue_share_and_recover_the_jobs() {
             "--worker-id",
             worker,
             "--lease-seconds",
-            "10",
+            "6",
         ]
         .into_iter()
         .map(str::to_owned)
@@ -155,7 +155,7 @@ fn two_servers_on_one_postgres_queue_share_and_recover_the_jobs() {
     assert_eq!(v["attempts"].as_u64(), Some(2), "{v}");
     assert!(
         taken_after >= Duration::from_secs(1),
-        "taken over {taken_after:?} after the kill, before the 10 s lease could run out: {v}"
+        "taken over {taken_after:?} after the kill, before the 6 s lease could run out: {v}"
     );
     let v = wait_for(&survivor, &long, Duration::from_secs(120), is_final);
     assert_eq!(
