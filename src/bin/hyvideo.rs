@@ -566,6 +566,9 @@ struct RunRecord<'a> {
     neg_prompt: Option<&'a str>,
     video_size: [usize; 2],
     video_length: usize,
+    /// Frames in the written video: `video_length`, or 4 fewer for a latent_concat
+    /// (HunyuanVideo-I2V-33ch) bundle, as the reference pipeline returns.
+    output_frames: usize,
     seed: Option<u64>,
     latents: Option<String>,
     infer_steps: usize,
@@ -689,6 +692,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         neg_prompt: args.neg_prompt.as_deref(),
         video_size: [height, width],
         video_length: args.video_length,
+        output_frames: generated.video.shape()[2],
         seed: generated.seed,
         latents: args.latents.as_ref().map(|p| p.display().to_string()),
         infer_steps: request.sampling.steps,

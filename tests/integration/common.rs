@@ -173,3 +173,13 @@ pub fn text_encoders_bundle() -> &'static Path {
         )
     })
 }
+
+/// The sample (frame) count of an MP4's one video track: `stsz`'s `sample_count`.
+pub fn mp4_frames(mp4: &[u8]) -> u32 {
+    let at = mp4
+        .windows(4)
+        .position(|w| w == b"stsz")
+        .expect("an stsz box");
+    // type, version/flags, sample_size, then sample_count.
+    u32::from_be_bytes(mp4[at + 12..at + 16].try_into().unwrap())
+}

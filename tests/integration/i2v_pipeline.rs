@@ -15,8 +15,9 @@ use hyvideo::image::load_image;
 use hyvideo_bundle::{Component, Manifest};
 use hyvideo_engines::SessionConfig;
 use hyvideo_exporters::export::{ExportRequest, TransformerSource, export, scan_components};
+use serde_json::json;
 
-use crate::common::{fixtures, golden, golden5, rel_max_err, tiny_i2v_model};
+use crate::common::{fixtures, golden, golden5, mp4_frames, rel_max_err, tiny_i2v_model};
 
 /// `folder` exported with the components `hyvideo-export onnx` picks for it by default.
 fn export_default(folder: &str) -> PathBuf {
@@ -238,11 +239,45 @@ fn generate_cli_takes_the_image_and_refuses_what_it_cannot_use() {
     let o = hyvideo(&ok);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
-    assert!(std::fs::metadata(&mp4).unwrap().len() > 0);
+    assert_eq!(mp4_frames(&std::fs::read(&mp4).unwrap()), 9);
+    let record = |mp4: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(mp4.with_extension("json")).unwrap()).unwrap()
+    };
+    let r = record(&mp4);
+    assert_eq!(
+        (&r["video_length"], &r["output_frames"]),
+        (&json!(9), &json!(9))
+    );
     let got = hyvideo::latents::read_tensor5(&latents, hyvideo::latents::LATENTS_TENSOR).unwrap();
     let want = golden5("i2v_pipeline_token_replace.safetensors", "resized.latents");
     let e = rel_max_err(got.data(), want.data());
     assert!(e <= 1e-3, "--output-latents vs diffusers: {e:.3e}");
+
+    // HunyuanVideo-I2V-33ch: the reference's video from the fifth frame, and its defaults.
+    let lc_bundle = i2v_bundle("latent_concat");
+    let lc_mp4 = dir.path().join("lc.mp4");
+    let mut lc: Vec<&dyn AsRef<std::ffi::OsStr>> = common.to_vec();
+    lc.extend([
+        &"--bundle" as &dyn AsRef<std::ffi::OsStr>,
+        &lc_bundle,
+        &"--image",
+        &img,
+        &"--save-path",
+        &lc_mp4,
+    ]);
+    let o = hyvideo(&lc);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mp4_frames(&std::fs::read(&lc_mp4).unwrap()), 5);
+    let r = record(&lc_mp4);
+    assert_eq!(
+        (
+            &r["video_length"],
+            &r["output_frames"],
+            &r["embedded_cfg_scale"]
+        ),
+        (&json!(9), &json!(5), &json!(1.0)),
+        "{r}"
+    );
 
     // No --image for an image-to-video bundle; --image for a text-to-video one; a broken file.
     let fail = |extra: &[&dyn AsRef<std::ffi::OsStr>], needles: &[&str]| {

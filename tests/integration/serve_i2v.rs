@@ -18,7 +18,7 @@ use hyvideo_server::queue::QueueLocation;
 use hyvideo_server::serve::{ServeConfig, Server};
 use serde_json::{Value, json};
 
-use crate::common::{fixtures, golden5, rel_max_err};
+use crate::common::{fixtures, golden5, mp4_frames, rel_max_err};
 use crate::http_client::{Answer, get, http};
 use crate::i2v_pipeline::i2v_bundle;
 use crate::postgres::PgServer;
@@ -308,16 +308,6 @@ fn an_image_to_video_server_runs_the_uploaded_image_as_generate_does() {
     assert!(queue.input_image(&ids[1]).unwrap().is_some());
     server.stop();
     eprintln!("serve_i2v: done in {:.1?}", t0.elapsed());
-}
-
-/// The sample (frame) count of an MP4's one video track: `stsz`'s `sample_count`.
-fn mp4_frames(mp4: &[u8]) -> u32 {
-    let at = mp4
-        .windows(4)
-        .position(|w| w == b"stsz")
-        .expect("an stsz box");
-    // type, version/flags, sample_size, then sample_count.
-    u32::from_be_bytes(mp4[at + 12..at + 16].try_into().unwrap())
 }
 
 /// HunyuanVideo-I2V-33ch delivers 4 frames fewer than asked (the reference pipeline drops the
