@@ -4,15 +4,20 @@
 //! transformer over a few denoising steps on calibration prompts and record, for every Linear
 //! layer the FP8 profile quantises, the largest |input| seen. The layer inputs are read by
 //! adding them as outputs of an in-memory copy of the graph (loaded with the bundle's weight
-//! file; nothing is written into the bundle);
+//! file; nothing is written into the bundle). The prompts, the initial latents and, for an
+//! image-to-video bundle, the input image's conditioning come from the runtime's `Pipeline`
+//! stages, so the loop sees what a generation feeds the transformer;
 //! `hyvideo-export onnx --precision fp8 --scales FILE` turns amax into scales (amax / 448).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hyvideo::denoise::{DenoiseSettings, denoise};
-use hyvideo::engine_set::ModelFiles;
-use hyvideo::pipeline::{PipelineError, TextEncoders, VideoSize};
+use hyvideo::denoise::{DenoiseSettings, denoise_from_image};
+use hyvideo::generation::{
+    GenerationError, Pipeline, Sampling, Stage, StageConfigs, bundle_image_condition,
+};
+use hyvideo::image::RgbImage;
+use hyvideo::pipeline::VideoSize;
 use hyvideo::scheduler::FlowDirection;
 use hyvideo::tensor::Tensor5;
 use hyvideo::transformer::{StepInput, Transformer, TransformerError, VelocityModel};
@@ -32,7 +37,7 @@ pub enum CalibrateError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Generation(#[from] GenerationError),
     #[error(transparent)]
     Transformer(#[from] TransformerError),
     #[error(transparent)]
@@ -50,8 +55,11 @@ pub struct CalibrationRun {
     pub size: VideoSize,
     pub steps: usize,
     pub seed: u64,
-    pub embedded_guidance: f32,
+    /// `None`: the bundle's default (6.0; 1.0 for a latent_concat transformer).
+    pub embedded_guidance: Option<f32>,
     pub flow_shift: f32,
+    /// The input image of an image-to-video bundle (required there, refused otherwise).
+    pub image: Option<RgbImage>,
 }
 
 /// A transformer whose observed outputs update per-layer amax.
@@ -99,12 +107,22 @@ pub fn calibrate(
             manifest.precision
         )));
     }
-    if manifest.components.contains_key(&Component::VisionEncoder) {
-        return Err(CalibrateError::Setting(format!(
-            "{}: an image-to-video bundle; calibration runs text-to-video prompts only (not \
-             implemented for image-to-video: export it at fp16 or bf16)",
-            bundle.display()
-        )));
+    let kind = bundle_image_condition(bundle)?;
+    match (kind.is_image_to_video(), run.image.is_some()) {
+        (true, false) => {
+            return Err(CalibrateError::Setting(format!(
+                "--image: {} is an image-to-video bundle (image_condition_type {kind}): \
+                 calibrate it on an input image (PNG or JPEG) like the ones it will animate",
+                bundle.display()
+            )));
+        }
+        (false, true) => {
+            return Err(CalibrateError::Setting(format!(
+                "--image: {} is a text-to-video bundle; it takes no input image",
+                bundle.display()
+            )));
+        }
+        _ => {}
     }
     let quantize = PrecisionProfile::builtin(Precision::Fp8)?
         .fp8_quantize
@@ -148,48 +166,53 @@ pub fn calibrate(
     }
     // Loaded from memory, weights from the bundle's data file: the bundle is only read.
     let mut transformer = Transformer::load_edited(&graph_path, model, config)?;
-    let mut text = TextEncoders::load_with(&ModelFiles::bundle(bundle, &manifest), config)?;
-    let vae = manifest.vae.as_ref();
-    let (sr, tr) = vae.map_or((8, 4), |v| {
-        (v.spatial_compression_ratio, v.temporal_compression_ratio)
-    });
-    let channels = graph_channels(&manifest)?;
-    let shape = run.size.latent_shape(channels, sr, tr);
+    // The text encoders (with LLaVA's vision graph) and, for image-to-video, the VAE encoder.
+    let stages: &[Stage] = if kind.is_image_to_video() {
+        &[Stage::TextEncoders, Stage::ImageEncode]
+    } else {
+        &[Stage::TextEncoders]
+    };
+    let mut pipeline =
+        Pipeline::load_stages(bundle, None, &StageConfigs::all(config.clone()), stages)?;
+    let guidance = run
+        .embedded_guidance
+        .unwrap_or_else(|| Sampling::default_embedded_guidance(kind));
     let settings = DenoiseSettings {
         steps: run.steps,
         shift: run.flow_shift,
         direction: FlowDirection::Reverse,
-        embedded_guidance: transformer
-            .takes_guidance()
-            .then_some(run.embedded_guidance),
+        embedded_guidance: transformer.takes_guidance().then_some(guidance),
         true_cfg: None,
     };
     let mut amax = BTreeMap::new();
     for (i, prompt) in run.prompts.iter().enumerate() {
-        let enc = text.encode(&[prompt.as_str()], || {})?;
-        let init = hyvideo::noise::randn_latents(shape, run.seed + i as u64)
-            .map_err(|e| CalibrateError::Setting(e.to_string()))?;
+        let init = pipeline.initial_latents(run.size, run.seed + i as u64, None)?;
+        let (prompts, image) = match &run.image {
+            Some(image) => {
+                let prompts = pipeline.encode_with_image(prompt, None, image, run.size)?;
+                let c = pipeline.encode_image(image, run.size, init.shape())?;
+                (prompts, Some(c))
+            }
+            None => (pipeline.encode(prompt, None)?, None),
+        };
+        let init = match &image {
+            Some(c) => c.initial_latents(init),
+            None => init,
+        };
         let mut observing = Observing {
             model: &mut transformer,
             layers: &layers,
             amax: &mut amax,
         };
-        denoise(&mut observing, init, &enc.text, None, &settings, |_, _| {})?;
+        denoise_from_image(
+            &mut observing,
+            init,
+            &prompts.prompt,
+            None,
+            &settings,
+            image.as_ref(),
+            |_, _| {},
+        )?;
     }
     Ok(Fp8Scales::new(amax))
-}
-
-/// Latent channels of the transformer (its `hidden_states` input).
-fn graph_channels(manifest: &Manifest) -> Result<usize, CalibrateError> {
-    manifest
-        .components
-        .get(&Component::Transformer)
-        .and_then(|e| e.input(hyvideo::transformer::HIDDEN_STATES))
-        .and_then(|s| s.dims.get(1))
-        .and_then(|d| d.parse().ok())
-        .ok_or_else(|| {
-            CalibrateError::Setting(
-                "manifest: transformer hidden_states has no channel count".into(),
-            )
-        })
 }

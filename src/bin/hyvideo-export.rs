@@ -123,10 +123,16 @@ struct CalibrateArgs {
     steps: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 6.0)]
-    embedded_cfg_scale: f32,
+    /// Embedded guidance scale [default: 6.0; 1.0 for an image_condition_type latent_concat
+    /// bundle]
+    #[arg(long)]
+    embedded_cfg_scale: Option<f32>,
     #[arg(long, default_value_t = 7.0)]
     flow_shift: f32,
+    /// The input image (PNG or JPEG) an image-to-video bundle is calibrated on: required
+    /// there, refused for text-to-video
+    #[arg(long)]
+    image: Option<PathBuf>,
     #[command(flatten)]
     runtime: hyvideo_cli::cli::SessionArgs,
 }
@@ -256,6 +262,10 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
         seed: args.seed,
         embedded_guidance: args.embedded_cfg_scale,
         flow_shift: args.flow_shift,
+        image: match &args.image {
+            Some(p) => Some(hyvideo::image::load_image(p).context("--image")?),
+            None => None,
+        },
     };
     let dir = match args.out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -17,7 +17,7 @@ use hyvideo_engines::SessionConfig;
 use hyvideo_exporters::export::{ExportRequest, TransformerSource, export, scan_components};
 use serde_json::json;
 
-use crate::common::{fixtures, golden, golden5, mp4_frames, rel_max_err, tiny_i2v_model};
+use crate::common::{fixtures, golden, golden5, mp4_frames, rel_l2, rel_max_err, tiny_i2v_model};
 
 /// `folder` exported with the components `hyvideo-export onnx` picks for it by default.
 fn export_default(folder: &str) -> PathBuf {
@@ -399,20 +399,81 @@ fn step_caches_run_on_the_token_replace_stages() {
     }
 }
 
+/// FP8 for image-to-video: `calibrate --image` runs the fp32 I2V bundle's transformer on the
+/// image's conditioning (refused without an image), the fp8 export takes its scales, and a
+/// generation on the fp8 bundle stays near the reference's fp32 latents.
 #[test]
-fn fp8_calibration_of_an_i2v_bundle_is_refused_clearly() {
+fn fp8_calibration_and_export_of_an_i2v_bundle() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
-        .args(["calibrate", "--bundle"])
-        .arg(i2v_bundle("token_replace"))
-        .arg("--out")
-        .arg(dir.path().join("scales.json"))
-        .output()
-        .unwrap();
+    let scales = dir.path().join("scales.json");
+    let calibrate = |extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"));
+        c.args(["calibrate", "--bundle"])
+            .arg(i2v_bundle("token_replace"))
+            .arg("--out")
+            .arg(&scales)
+            .args(["--video-size", "32", "48", "--steps", "2", "--threads", "2"]);
+        for a in extra {
+            c.arg(a);
+        }
+        c.output().unwrap()
+    };
+    let o = calibrate(&[]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(
-        !o.status.success() && err.contains("image-to-video"),
+        !o.status.success() && err.contains("--image") && err.contains("image-to-video"),
         "{err}"
     );
-    assert!(!dir.path().join("scales.json").exists());
+    assert!(!scales.exists());
+    let img = image("resized");
+    let o = calibrate(&[&"--image", &img]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let amax: serde_json::Value = serde_json::from_slice(&std::fs::read(&scales).unwrap()).unwrap();
+    let layers = amax["amax"].as_object().unwrap();
+    assert_eq!(layers.len(), 26, "{amax}");
+    assert!(layers.values().all(|v| v.as_f64().is_some_and(|a| a > 0.0)));
+
+    let b = dir.path().join("fp8");
+    let o = Command::new(env!("CARGO_BIN_EXE_hyvideo-export"))
+        .arg("onnx")
+        .arg("--model")
+        .arg(tiny_i2v_model("tiny_i2v"))
+        .arg("--out")
+        .arg(&b)
+        .args(["--precision", "fp8", "--scales"])
+        .arg(&scales)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let latents = dir.path().join("latents.safetensors");
+    let o = hyvideo(&[
+        &"generate",
+        &"--bundle",
+        &b,
+        &"--image",
+        &img,
+        &"--prompt",
+        &"A cat walks on the grass, realistic style.",
+        &"--video-size",
+        &"32",
+        &"48",
+        &"--video-length",
+        &"9",
+        &"--infer-steps",
+        &"4",
+        &"--seed",
+        &"42",
+        &"--threads",
+        &"2",
+        &"--save-path",
+        &dir.path().join("fp8.mp4"),
+        &"--output-latents",
+        &latents,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = hyvideo::latents::read_tensor5(&latents, hyvideo::latents::LATENTS_TENSOR).unwrap();
+    let want = golden5("i2v_pipeline_token_replace.safetensors", "resized.latents");
+    let e = rel_l2(got.data(), want.data());
+    eprintln!("fp8 I2V generation (4 steps) vs diffusers fp32: final latents relative L2 {e:.2e}");
+    assert!(e <= 0.1 && e > 1e-4, "{e:.2e}");
 }
