@@ -196,6 +196,27 @@ fn requests_without_an_image_or_too_short_are_refused() {
     );
 }
 
+/// `hyvideo generate` with the pipeline goldens' prompt, size, length and steps.
+const GOLDEN_RUN: [&str; 10] = [
+    "generate",
+    "--prompt",
+    "A cat walks on the grass, realistic style.",
+    "--video-size",
+    "32",
+    "48",
+    "--video-length",
+    "9",
+    "--infer-steps",
+    "4",
+];
+
+fn golden_run() -> Vec<&'static dyn AsRef<std::ffi::OsStr>> {
+    GOLDEN_RUN
+        .iter()
+        .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+        .collect()
+}
+
 fn hyvideo(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hyvideo"));
     for a in args {
@@ -209,18 +230,7 @@ fn generate_cli_takes_the_image_and_refuses_what_it_cannot_use() {
     let dir = tempfile::tempdir().unwrap();
     let mp4 = dir.path().join("out.mp4");
     let latents = dir.path().join("latents.safetensors");
-    let common: [&dyn AsRef<std::ffi::OsStr>; 10] = [
-        &"generate",
-        &"--prompt",
-        &"A cat walks on the grass, realistic style.",
-        &"--video-size",
-        &"32",
-        &"48",
-        &"--video-length",
-        &"9",
-        &"--infer-steps",
-        &"4",
-    ];
+    let common = golden_run();
     let bundle = i2v_bundle("token_replace");
     let mut ok: Vec<&dyn AsRef<std::ffi::OsStr>> = common.to_vec();
     let img = image("resized");
@@ -446,30 +456,23 @@ fn fp8_calibration_and_export_of_an_i2v_bundle() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let latents = dir.path().join("latents.safetensors");
-    let o = hyvideo(&[
-        &"generate",
-        &"--bundle",
+    let mp4 = dir.path().join("fp8.mp4");
+    let mut run = golden_run();
+    run.extend([
+        &"--bundle" as &dyn AsRef<std::ffi::OsStr>,
         &b,
         &"--image",
         &img,
-        &"--prompt",
-        &"A cat walks on the grass, realistic style.",
-        &"--video-size",
-        &"32",
-        &"48",
-        &"--video-length",
-        &"9",
-        &"--infer-steps",
-        &"4",
         &"--seed",
         &"42",
         &"--threads",
         &"2",
         &"--save-path",
-        &dir.path().join("fp8.mp4"),
+        &mp4,
         &"--output-latents",
         &latents,
     ]);
+    let o = hyvideo(&run);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let got = hyvideo::latents::read_tensor5(&latents, hyvideo::latents::LATENTS_TENSOR).unwrap();
     let want = golden5("i2v_pipeline_token_replace.safetensors", "resized.latents");
