@@ -9,6 +9,9 @@ use hyvideo_bundle::{Component, Precision};
 use hyvideo_exporters::export::{ExportRequest, TransformerSource, export};
 use safetensors::SafeTensors;
 
+/// The goldens' video shape as CLI arguments: 32x48 pixels, 9 frames.
+pub const TINY_VIDEO: [&str; 5] = ["--video-size", "32", "48", "--video-length", "9"];
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use hyvideo_bundle::Component;
 use hyvideo_exporters::export::TransformerSource;
 
-use crate::common::{export_tiny, golden, list_dir, rel_max_err};
+use crate::common::{TINY_VIDEO, export_tiny, golden, list_dir, rel_max_err};
 
 const PIPE: &str = "pipeline.safetensors";
 const PROMPT: &str = "A cat walks on the grass, realistic style.";
@@ -354,15 +354,8 @@ fn bench_reports_every_stage() {
         .arg("bench")
         .arg("--bundle")
         .arg(full_bundle())
-        .args([
-            "--video-size",
-            "32",
-            "48",
-            "--video-length",
-            "9",
-            "--infer-steps",
-            "2",
-        ])
+        .args(TINY_VIDEO)
+        .args(["--infer-steps", "2"])
         .args(["--runs", "2", "--warmup", "0", "--threads", "2"])
         .arg("--json")
         .arg(&json)

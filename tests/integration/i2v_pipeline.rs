@@ -17,7 +17,9 @@ use hyvideo_engines::SessionConfig;
 use hyvideo_exporters::export::{ExportRequest, TransformerSource, export, scan_components};
 use serde_json::json;
 
-use crate::common::{fixtures, golden, golden5, mp4_frames, rel_l2, rel_max_err, tiny_i2v_model};
+use crate::common::{
+    TINY_VIDEO, fixtures, golden, golden5, mp4_frames, rel_l2, rel_max_err, tiny_i2v_model,
+};
 
 /// `folder` exported with the components `hyvideo-export onnx` picks for it by default.
 fn export_default(folder: &str) -> PathBuf {
@@ -197,22 +199,17 @@ fn requests_without_an_image_or_too_short_are_refused() {
 }
 
 /// `hyvideo generate` with the pipeline goldens' prompt, size, length and steps.
-const GOLDEN_RUN: [&str; 10] = [
+const GOLDEN_RUN: [&str; 3] = [
     "generate",
     "--prompt",
     "A cat walks on the grass, realistic style.",
-    "--video-size",
-    "32",
-    "48",
-    "--video-length",
-    "9",
-    "--infer-steps",
-    "4",
 ];
 
 fn golden_run() -> Vec<&'static dyn AsRef<std::ffi::OsStr>> {
     GOLDEN_RUN
         .iter()
+        .chain(TINY_VIDEO.iter())
+        .chain(["--infer-steps", "4"].iter())
         .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
         .collect()
 }

@@ -18,7 +18,7 @@ use hyvideo_server::queue::QueueLocation;
 use hyvideo_server::serve::{ServeConfig, Server};
 use serde_json::{Value, json};
 
-use crate::common::{fixtures, golden5, mp4_frames, rel_max_err};
+use crate::common::{TINY_VIDEO, fixtures, golden5, mp4_frames, rel_max_err};
 use crate::http_client::{Answer, get, http};
 use crate::i2v_pipeline::i2v_bundle;
 use crate::postgres::PgServer;
@@ -165,15 +165,8 @@ fn generate_with_image(image: &Path, dir: &Path) -> (Vec<u8>, hyvideo::tensor::T
         .arg(i2v_bundle("token_replace"))
         .arg("--image")
         .arg(image)
-        .args([
-            "--prompt",
-            PROMPT,
-            "--video-size",
-            "32",
-            "48",
-            "--video-length",
-            "9",
-        ])
+        .args(["--prompt", PROMPT])
+        .args(TINY_VIDEO)
         .args(["--infer-steps", "4", "--seed", "42", "--flow-shift", "7.0"])
         .args(["--threads", "2"])
         .arg("--save-path")

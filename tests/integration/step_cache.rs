@@ -17,7 +17,9 @@ use hyvideo_bundle::Manifest;
 use hyvideo_engines::SessionConfig;
 use serde_json::Value;
 
-use crate::common::{golden, golden_i64, golden5, goldens, rel_max_err, transformer_bundle};
+use crate::common::{
+    TINY_VIDEO, golden, golden_i64, golden5, goldens, rel_max_err, transformer_bundle,
+};
 
 const FILE: &str = "step_cache.safetensors";
 
@@ -281,15 +283,8 @@ fn bench_reports_the_step_cache() {
         .arg("bench")
         .arg("--bundle")
         .arg(crate::generate::full_bundle())
-        .args([
-            "--video-size",
-            "32",
-            "48",
-            "--video-length",
-            "9",
-            "--infer-steps",
-            "12",
-        ])
+        .args(TINY_VIDEO)
+        .args(["--infer-steps", "12"])
         .args(["--runs", "1", "--warmup", "0", "--threads", "2"])
         .args(["--step-cache", "teacache", "--step-cache-threshold", "0.52"])
         .arg("--json")
