@@ -130,7 +130,11 @@ fn check(kind: &str) {
         assert!(err <= 2e-3, "{kind} {case} frames: {err:.3e}");
         if kind == "token_replace" {
             // The first latent frame is the input image through the VAE encoder (the reference's
-            // image latent), so the video starts from the image.
+            // image latent), and the frames above are the reference's decode of those latents: the
+            // video starts from the image's VAE round trip. Checked on the latent, not the pixel
+            // frame: the fixture's VAE is untrained, and the decoder's group norms span every
+            // latent frame, so decoding the image latent alone does not give frame 0 (0.79
+            // relative here).
             let img = golden5(&file, &format!("{case}.image_latents"));
             let [_, c, _, h, w] = img.shape();
             let first = g.latents.slice(0..1, 0..h, 0..w);
