@@ -184,20 +184,23 @@ pub fn calibrate(
         embedded_guidance: transformer.takes_guidance().then_some(guidance),
         true_cfg: None,
     };
+    // The image's conditioning is the same for every prompt: encoded once.
+    let image = match &run.image {
+        Some(img) => {
+            let shape = pipeline.latent_shape(run.size)?;
+            Some((img, pipeline.encode_image(img, run.size, shape)?))
+        }
+        None => None,
+    };
     let mut amax = BTreeMap::new();
     for (i, prompt) in run.prompts.iter().enumerate() {
         let init = pipeline.initial_latents(run.size, run.seed + i as u64, None)?;
-        let (prompts, image) = match &run.image {
-            Some(image) => {
-                let prompts = pipeline.encode_with_image(prompt, None, image, run.size)?;
-                let c = pipeline.encode_image(image, run.size, init.shape())?;
-                (prompts, Some(c))
-            }
-            None => (pipeline.encode(prompt, None)?, None),
-        };
-        let init = match &image {
-            Some(c) => c.initial_latents(init),
-            None => init,
+        let (prompts, init) = match &image {
+            Some((img, c)) => (
+                pipeline.encode_with_image(prompt, None, img, run.size)?,
+                c.initial_latents(init),
+            ),
+            None => (pipeline.encode(prompt, None)?, init),
         };
         let mut observing = Observing {
             model: &mut transformer,
@@ -210,7 +213,7 @@ pub fn calibrate(
             &prompts.prompt,
             None,
             &settings,
-            image.as_ref(),
+            image.as_ref().map(|(_, c)| c),
             |_, _| {},
         )?;
     }

@@ -622,6 +622,16 @@ impl Pipeline {
         self.manifest.vae.as_ref().ok_or(GenerationError::NoVae)
     }
 
+    /// The shape of a `size` video's latents (the VAE's channels and compression).
+    pub fn latent_shape(&self, size: VideoSize) -> Result<[usize; 5], GenerationError> {
+        let v = self.vae_settings()?;
+        Ok(size.latent_shape(
+            v.latent_channels,
+            v.spatial_compression_ratio,
+            v.temporal_compression_ratio,
+        ))
+    }
+
     /// The initial latents of a `size` video: `given` (checked against the shape), else the
     /// seeded noise.
     pub fn initial_latents(
@@ -630,13 +640,7 @@ impl Pipeline {
         seed: u64,
         given: Option<Tensor5>,
     ) -> Result<Tensor5, GenerationError> {
-        let v = self.vae_settings()?;
-        let shape = size.latent_shape(
-            v.latent_channels,
-            v.spatial_compression_ratio,
-            v.temporal_compression_ratio,
-        );
-        Ok(initial_latents(shape, seed, given)?)
+        Ok(initial_latents(self.latent_shape(size)?, seed, given)?)
     }
 
     /// Encode `prompt` (and, when given, the negative prompt).

@@ -1,7 +1,8 @@
 //! The job loop of one server process: claim the oldest runnable job from the queue (with a
-//! lease that a heartbeat renews while the job runs: `lease`), run it on the loaded `Pipeline` — the engines are
-//! loaded once for every job — reporting progress from the real step and tile counts, stop it
-//! when it is deleted (cooperative cancellation between denoising steps and decode tiles), and
+//! lease that a heartbeat renews while the job runs: `lease`), run it on the loaded
+//! `Pipeline` — the engines are loaded once for every job — reporting progress from the real
+//! step and tile counts, stop it when it is
+//! deleted (cooperative cancellation between denoising steps and decode tiles), and
 //! write the MP4 and its first-frame PNG under temporary names renamed into place before the
 //! job is marked completed (a queue that stores videos — PostgreSQL — gets them in the same
 //! transaction). A worker that dies leaves its lease to run out; the job then runs again from
